@@ -1,0 +1,119 @@
+//! Segments of exited threads, and their reclaim by live threads.
+//!
+//! When a thread exits with live blocks, its heap *abandons* the segments
+//! that hold them: every page is switched to `DelayedMode::Never` (remote
+//! frees go onto the page lists only, never near the dead heap), the owner
+//! id is set to 0, and the segment is pushed onto the process-wide
+//! [`AbandonedSegments`] list. Frees into an abandoned segment keep working
+//! (they are "remote" for every thread).
+//!
+//! A live thread that needs a fresh page *reclaims*: it takes the whole
+//! list at once (one atomic swap, so it owns every segment on it
+//! exclusively), collects each segment's pages, returns the segments that
+//! became empty to the OS, adopts one segment of the kind it needs, and
+//! pushes the rest back.
+//!
+//! Taking the whole list (instead of popping one segment) is what makes the
+//! list safe without tags or epochs: a segment is only ever read by the
+//! thread that took it, so it cannot be unmapped under a reader and no ABA
+//! can occur. The loom model `abandoned_list` checks it.
+
+use crate::segment::Segment;
+use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
+use core::ptr;
+
+/// A lock-free list of abandoned segments: many pushers, take-all readers.
+pub(crate) struct AbandonedSegments {
+    head: AtomicPtr<Segment>,
+    count: AtomicUsize,
+}
+
+impl AbandonedSegments {
+    /// An empty list.
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> AbandonedSegments {
+        AbandonedSegments { head: AtomicPtr::new(ptr::null_mut()), count: AtomicUsize::new(0) }
+    }
+
+    /// An empty list.
+    #[cfg(loom)]
+    pub(crate) fn new() -> AbandonedSegments {
+        AbandonedSegments { head: AtomicPtr::new(ptr::null_mut()), count: AtomicUsize::new(0) }
+    }
+
+    /// Publishes the chain `first ..= last` (linked through
+    /// `abandoned_next`, `count` segments long).
+    ///
+    /// # Safety
+    /// The caller owns every segment of the chain and gives them up; `last`
+    /// is reachable from `first`.
+    pub(crate) unsafe fn push_chain(&self, first: *mut Segment, last: *mut Segment, count: usize) {
+        // Relaxed: counts are statistics, read for reporting only.
+        self.count.fetch_add(count, Ordering::Relaxed);
+        // Relaxed: starting guess for the CAS loop.
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: we still own `last` until the CAS publishes it.
+            unsafe { (*last).abandoned_next.set(head) };
+            // Release pairs with the Acquire swap in `take_all`: the taker
+            // sees every write we made to these segments and their pages.
+            match self.head.compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Publishes one segment.
+    ///
+    /// # Safety
+    /// As [`AbandonedSegments::push_chain`].
+    pub(crate) unsafe fn push(&self, segment: *mut Segment) {
+        // SAFETY: forwarded.
+        unsafe { self.push_chain(segment, segment, 1) }
+    }
+
+    /// Takes every segment on the list; the caller owns them exclusively and
+    /// must push back (or release, or adopt) each one.
+    pub(crate) fn take_all(&self) -> *mut Segment {
+        // Relaxed: avoid the RMW (and its cache-line write) when empty.
+        if self.head.load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        // Acquire pairs with the Release CAS in `push_chain`.
+        self.head.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+
+    /// Records that `count` taken segments were not pushed back.
+    pub(crate) fn note_removed(&self, count: usize) {
+        // Relaxed: statistics only.
+        self.count.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    /// Segments currently on the list (approximate while threads race).
+    pub(crate) fn len(&self) -> usize {
+        // Relaxed: statistics only.
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Process-wide state shared by all heaps. Normal builds have one static
+/// instance; loom models build their own, so the type holds no statics.
+pub(crate) struct Shared {
+    /// Segments of exited threads.
+    pub(crate) abandoned: AbandonedSegments,
+}
+
+impl Shared {
+    /// Fresh shared state.
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Shared {
+        Shared { abandoned: AbandonedSegments::new() }
+    }
+
+    /// Fresh shared state.
+    #[cfg(loom)]
+    pub(crate) fn new() -> Shared {
+        Shared { abandoned: AbandonedSegments::new() }
+    }
+}

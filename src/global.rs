@@ -1,0 +1,213 @@
+//! `ShardAlloc`, the global allocator, and the public free functions. This
+//! module only routes: size and alignment pick the fast path, the heap's
+//! slow path or a huge segment; a pointer's segment picks the local or the
+//! remote free.
+
+use crate::heap::{Heap, zero_block};
+use crate::os::{self, OS_PAGE_SIZE};
+use crate::page::{Block, Page};
+use crate::segment::Segment;
+use crate::size_class::{LARGE_BLOCK_MAX, MIN_ALIGN, PageKind, SMALL_SIZE_MAX, fitting_size};
+use crate::sync::Ordering;
+use crate::thread;
+use core::alloc::{GlobalAlloc, Layout};
+use core::ptr;
+
+/// The shardalloc global allocator.
+///
+/// ```
+/// #[global_allocator]
+/// static GLOBAL: shardalloc::ShardAlloc = shardalloc::ShardAlloc;
+/// ```
+///
+/// Every method is lock-free; `alloc` returns null (never panics or aborts)
+/// when memory runs out or the request is absurd. `dealloc` ignores the
+/// layout's size: the block's page knows it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ShardAlloc;
+
+// SAFETY: `alloc` returns blocks of at least `layout.size()` bytes aligned to
+// `layout.align()` (size classes are chosen by `fitting_size`, which the
+// `size_class` tests check for every size and alignment; larger alignments
+// get their own segment placed at the alignment), or null. Blocks are never
+// handed out twice while live: each sits on exactly one free list until
+// popped. `dealloc`/`realloc` accept exactly the pointers `alloc` returned.
+// Nothing here unwinds: internal failures abort through `fatal`.
+unsafe impl GlobalAlloc for ShardAlloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        allocate(layout.size(), layout.align(), false)
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        allocate(layout.size(), layout.align(), true)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
+        // SAFETY: the caller passes a live block of ours.
+        unsafe { free(ptr) }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller passes a live block of ours allocated with `layout`.
+        unsafe { reallocate(ptr, layout, new_size) }
+    }
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two) from the
+/// calling thread's heap; null when out of memory.
+#[inline(always)]
+fn allocate(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let heap = thread::current_heap();
+    if size <= SMALL_SIZE_MAX && align <= MIN_ALIGN {
+        // Blocks ≥ 16 B are 16-aligned; the 8 B class only 8-aligned.
+        let size = size.max(align);
+        // SAFETY: `heap` is the thread's heap or the static empty heap, and
+        // the direct table of either holds real pages or the empty-page
+        // sentinel. Only `free` is read before we know the page is real
+        // (the sentinel's `free` is null); a real page is ours alone.
+        unsafe {
+            let page = (*heap).direct_page(size);
+            let block = (*page).free.get();
+            if !block.is_null() {
+                (*page).free.set(Block::next(block));
+                (*page).used.set((*page).used.get() + 1);
+                if zero {
+                    zero_block(page, block, size);
+                }
+                return block.cast();
+            }
+        }
+    }
+    allocate_slow(heap, size, align, zero)
+}
+
+#[cold]
+#[inline(never)]
+fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+    let heap = if heap == thread::empty_heap() { thread::init_current() } else { heap };
+    if heap.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: a real heap of the calling thread.
+    unsafe {
+        match fitting_size(size, align) {
+            Some(fit) => (*heap).malloc_generic(fit, zero),
+            None => (*heap).malloc_huge(size, align),
+        }
+    }
+}
+
+/// Frees a block.
+///
+/// # Safety
+/// `ptr` is a live block returned by this allocator.
+#[inline(always)]
+unsafe fn free(ptr: *mut u8) {
+    let segment = Segment::of(ptr);
+    // SAFETY: `ptr` is a live block (caller), so its segment and page are
+    // live. The segment's owner id equals ours only if this thread owns it,
+    // in which case the page's lists are ours to touch.
+    unsafe {
+        let page = Segment::page_of(segment, ptr);
+        let block = ptr.cast::<Block>();
+        // Relaxed: only equality with our own id matters, and only this
+        // thread ever stores its own id into a segment.
+        if (*segment).thread_id.load(Ordering::Relaxed) == thread::current_thread_id() {
+            let used = (*page).push_local(block);
+            if used == 0 || (*page).flags.get() != 0 {
+                Heap::after_local_free(page);
+            }
+        } else {
+            free_remote(segment, page, block);
+        }
+    }
+}
+
+/// # Safety
+/// `block` is a live block of `page` in `segment`, given up by the caller.
+#[inline(never)]
+unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if (*segment).kind == PageKind::Huge {
+            // Give the memory back now; the owner unmaps the segment when it
+            // processes the free. The first OS page keeps the link word.
+            let usable = (*page).block_size.get();
+            if usable > OS_PAGE_SIZE {
+                os::reset(block.cast::<u8>().add(OS_PAGE_SIZE), (usable - OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1));
+            }
+        }
+        (*page).free_remote(block);
+    }
+}
+
+/// # Safety
+/// `ptr` is a live block allocated with `layout`; `new_size > 0`.
+unsafe fn reallocate(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    // SAFETY: a live block (caller).
+    let usable = unsafe { usable_size(ptr) };
+    if new_size <= usable {
+        let segment = Segment::of(ptr);
+        // SAFETY: a live block's segment.
+        if unsafe { (*segment).kind } == PageKind::Huge {
+            if new_size > LARGE_BLOCK_MAX {
+                // Shrink in place: hand the tail's memory back to the OS.
+                let keep = (new_size + OS_PAGE_SIZE - 1) & !(OS_PAGE_SIZE - 1);
+                if usable > keep {
+                    // SAFETY: the tail is inside the block and no longer used.
+                    unsafe { os::reset(ptr.add(keep), (usable - keep) & !(OS_PAGE_SIZE - 1)) };
+                }
+                return ptr;
+            }
+        } else if new_size >= usable / 2 {
+            // Fits, and wastes at most half: stay. (The block is already
+            // aligned to `layout.align()`.)
+            return ptr;
+        }
+    }
+    // Move: the new block honours the alignment for the new size.
+    let new = allocate(new_size, layout.align(), false);
+    if !new.is_null() {
+        // SAFETY: both blocks are live, distinct, and at least this long.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr, new, layout.size().min(new_size));
+            free(ptr);
+        }
+    }
+    new
+}
+
+/// The usable size of a block: at least the size it was allocated with (the
+/// rest of its size class, or of its huge segment). 0 for null.
+///
+/// # Safety
+/// `ptr` is null or a live block returned by [`ShardAlloc`] (not a pointer
+/// into the middle of one).
+pub unsafe fn usable_size(ptr: *const u8) -> usize {
+    if ptr.is_null() {
+        return 0;
+    }
+    // SAFETY: a live block (caller): its segment and page are live, and the
+    // block size never changes while a block of the page is live.
+    unsafe {
+        let segment = Segment::of(ptr);
+        let page = Segment::page_of(segment, ptr);
+        (*page).block_size.get()
+    }
+}
+
+/// Returns to the OS what the calling thread's heap can give back now:
+/// processes frees parked by other threads, frees empty pages (with `force`,
+/// also the retired ones kept for reuse) and releases abandoned segments that
+/// became empty.
+pub fn collect(force: bool) {
+    let heap = thread::current_heap();
+    if heap != thread::empty_heap() {
+        // SAFETY: the calling thread's own real heap.
+        unsafe { (*heap).collect(force) };
+    }
+}

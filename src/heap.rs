@@ -1,0 +1,957 @@
+//! A heap: page queues per size class, the direct table for small sizes,
+//! the delayed-free list, and the segments its pages live in.
+//!
+//! Every thread has a default heap (see `thread`); a first-class heap is the
+//! same type. A heap belongs to one thread: only that thread allocates from
+//! it or touches its non-atomic state. Other threads reach it in exactly one
+//! way: pushing a block onto `thread_delayed_free` (the delayed route of a
+//! remote free, see `page`).
+//!
+//! Segments belong to the heap whose pages they hold, so tearing a heap down
+//! touches its pages and segments only, never its blocks.
+
+use crate::abandon::Shared;
+use crate::page::{Block, DelayedMode, IN_FULL, Page, empty_page};
+use crate::segment::{Links, Segment};
+use crate::size_class::{
+    BIN_COUNT, BIN_FULL, BIN_HUGE, BLOCK_SIZES, DIRECT_SLOTS, PageKind, QUEUE_COUNT, SMALL_BLOCK_MAX,
+    SMALL_SIZE_MAX, WORD, bin_of, direct_slots_of, page_kind_of,
+};
+use crate::sync::{AtomicPtr, Ordering, yield_thread};
+use core::cell::Cell;
+use core::ptr;
+
+/// A doubly linked list of pages (owner only).
+pub(crate) struct PageQueue {
+    first: Cell<*mut Page>,
+    last: Cell<*mut Page>,
+}
+
+impl PageQueue {
+    const fn new() -> PageQueue {
+        PageQueue { first: Cell::new(ptr::null_mut()), last: Cell::new(ptr::null_mut()) }
+    }
+}
+
+/// Which of a segment's two link pairs a [`SegmentList`] threads through.
+#[derive(Clone, Copy)]
+enum SegmentLinks {
+    /// All segments of the heap.
+    All,
+    /// Segments with an unused page slot.
+    FreeSlot,
+}
+
+/// A doubly linked list of segments (owner only).
+pub(crate) struct SegmentList {
+    first: Cell<*mut Segment>,
+}
+
+impl SegmentList {
+    const fn new() -> SegmentList {
+        SegmentList { first: Cell::new(ptr::null_mut()) }
+    }
+
+    /// # Safety
+    /// `segment` is live.
+    unsafe fn links(segment: *mut Segment, which: SegmentLinks) -> *const Links {
+        match which {
+            // SAFETY: a field of a live segment (caller).
+            SegmentLinks::All => unsafe { ptr::addr_of!((*segment).all) },
+            // SAFETY: a field of a live segment (caller).
+            SegmentLinks::FreeSlot => unsafe { ptr::addr_of!((*segment).with_free_slot) },
+        }
+    }
+
+    /// # Safety
+    /// `segment` is live, owned, and not on this list.
+    unsafe fn push(&self, segment: *mut Segment, which: SegmentLinks) {
+        // SAFETY: owner-only links of live segments (caller).
+        unsafe {
+            let links = Self::links(segment, which);
+            let first = self.first.get();
+            (*links).prev.set(ptr::null_mut());
+            (*links).next.set(first);
+            if !first.is_null() {
+                (*Self::links(first, which)).prev.set(segment);
+            }
+            self.first.set(segment);
+        }
+    }
+
+    /// # Safety
+    /// `segment` is live, owned, and on this list.
+    unsafe fn remove(&self, segment: *mut Segment, which: SegmentLinks) {
+        // SAFETY: owner-only links of live segments (caller).
+        unsafe {
+            let links = Self::links(segment, which);
+            let (prev, next) = ((*links).prev.get(), (*links).next.get());
+            if prev.is_null() {
+                self.first.set(next);
+            } else {
+                (*Self::links(prev, which)).next.set(next);
+            }
+            if !next.is_null() {
+                (*Self::links(next, which)).prev.set(prev);
+            }
+            (*links).prev.set(ptr::null_mut());
+            (*links).next.set(ptr::null_mut());
+        }
+    }
+}
+
+/// A heap. See the module documentation.
+#[repr(C)]
+pub(crate) struct Heap {
+    /// For every request of up to `SMALL_SIZE_MAX` bytes, indexed by size in
+    /// words: the first page of its size class, or the empty-page sentinel.
+    /// First field, so the fast path indexes it straight off the heap pointer.
+    direct: [Cell<*mut Page>; DIRECT_SLOTS],
+    /// Page queues: one per size class, then huge pages, then full pages.
+    queues: [PageQueue; QUEUE_COUNT],
+    /// Blocks pushed by remote threads freeing into pages that asked to be
+    /// noticed (`DelayedMode::UseDelayed`). The only field other threads touch.
+    thread_delayed_free: AtomicPtr<Block>,
+    /// Id of the owning thread, stamped into every segment of the heap.
+    thread_id: Cell<usize>,
+    /// Process-wide state (the abandoned-segment list).
+    shared: Cell<*const Shared>,
+    /// Every segment holding pages of this heap.
+    segments: SegmentList,
+    /// Small segments with an unused page slot.
+    small_slots: SegmentList,
+    /// Medium segments with an unused page slot.
+    medium_slots: SegmentList,
+    /// Slow-path calls so far (housekeeping cadence).
+    slow_calls: Cell<usize>,
+    /// Lowest and highest bin holding a retired page.
+    retired_min: Cell<usize>,
+    retired_max: Cell<usize>,
+}
+
+// SAFETY: every `Cell` field is touched only by the owning thread (the heap
+// is reached through that thread's thread-local pointer, or through pages of
+// segments stamped with its id, which other threads treat as remote). The
+// one field other threads write, `thread_delayed_free`, is atomic. The
+// static empty heap is never written (every write path first replaces it
+// with a real heap).
+unsafe impl Sync for Heap {}
+
+macro_rules! heap_value {
+    ($thread_id:expr, $shared:expr) => {
+        Heap {
+            direct: [const { Cell::new(empty_page()) }; DIRECT_SLOTS],
+            queues: [const { PageQueue::new() }; QUEUE_COUNT],
+            thread_delayed_free: AtomicPtr::new(ptr::null_mut()),
+            thread_id: Cell::new($thread_id),
+            shared: Cell::new($shared),
+            segments: SegmentList::new(),
+            small_slots: SegmentList::new(),
+            medium_slots: SegmentList::new(),
+            slow_calls: Cell::new(0),
+            retired_min: Cell::new(BIN_COUNT),
+            retired_max: Cell::new(0),
+        }
+    };
+}
+
+/// Retire countdown (in fresh-page searches) of an empty small page kept
+/// for reuse, and of a larger one.
+const RETIRE_CYCLES_SMALL: u8 = 16;
+const RETIRE_CYCLES_LARGE: u8 = 4;
+
+impl Heap {
+    /// The read-only heap every thread starts with: all its direct-table
+    /// slots point at the empty page, so the first allocation takes the slow
+    /// path, which replaces it with a real heap. Its thread id (1) matches
+    /// no segment.
+    #[cfg(not(loom))]
+    pub(crate) const EMPTY: Heap = heap_value!(1, ptr::null());
+
+    /// A fresh heap for thread `thread_id`.
+    pub(crate) fn new(thread_id: usize, shared: *const Shared) -> Heap {
+        heap_value!(thread_id, shared)
+    }
+
+    /// The owner thread's id.
+    #[inline(always)]
+    pub(crate) fn thread_id(&self) -> usize {
+        self.thread_id.get()
+    }
+
+    /// The page to pop a block of `size ≤ SMALL_SIZE_MAX` bytes from (maybe
+    /// the empty-page sentinel, whose `free` is null).
+    #[inline(always)]
+    pub(crate) fn direct_page(&self, size: usize) -> *mut Page {
+        match self.direct.get(size.div_ceil(WORD)) {
+            Some(slot) => slot.get(),
+            None => empty_page(),
+        }
+    }
+
+    #[inline]
+    fn queue(&self, index: usize) -> &PageQueue {
+        match self.queues.get(index) {
+            Some(queue) => queue,
+            None => crate::fatal::fatal("page queue index out of range"),
+        }
+    }
+
+    fn as_ptr(&self) -> *mut Heap {
+        ptr::from_ref(self).cast_mut()
+    }
+
+    // === page queues ===
+
+    /// Points the direct-table slots of `index` at its queue's first page.
+    fn update_direct(&self, index: usize) {
+        if index >= BIN_COUNT || BLOCK_SIZES[index.min(BIN_COUNT - 1)] > SMALL_SIZE_MAX {
+            return;
+        }
+        let first = self.queue(index).first.get();
+        let page = if first.is_null() { empty_page() } else { first };
+        let (low, high) = direct_slots_of(index);
+        for slot in self.direct.get(low..=high).unwrap_or(&[]) {
+            slot.set(page);
+        }
+    }
+
+    /// # Safety
+    /// `page` is an owned page on no queue.
+    unsafe fn queue_push_front(&self, index: usize, page: *mut Page) {
+        let queue = self.queue(index);
+        // SAFETY: owner-only links of owned pages (caller).
+        unsafe {
+            let first = queue.first.get();
+            (*page).prev.set(ptr::null_mut());
+            (*page).next.set(first);
+            if first.is_null() {
+                queue.last.set(page);
+            } else {
+                (*first).prev.set(page);
+            }
+        }
+        queue.first.set(page);
+        self.update_direct(index);
+    }
+
+    /// # Safety
+    /// `page` is an owned page on no queue.
+    unsafe fn queue_push_back(&self, index: usize, page: *mut Page) {
+        let queue = self.queue(index);
+        // SAFETY: owner-only links of owned pages (caller).
+        unsafe {
+            let last = queue.last.get();
+            (*page).next.set(ptr::null_mut());
+            (*page).prev.set(last);
+            if last.is_null() {
+                queue.first.set(page);
+                queue.last.set(page);
+                self.update_direct(index);
+            } else {
+                (*last).next.set(page);
+                queue.last.set(page);
+            }
+        }
+    }
+
+    /// # Safety
+    /// `page` is an owned page on queue `index`.
+    unsafe fn queue_remove(&self, index: usize, page: *mut Page) {
+        let queue = self.queue(index);
+        // SAFETY: owner-only links of owned pages (caller).
+        unsafe {
+            let (prev, next) = ((*page).prev.get(), (*page).next.get());
+            if prev.is_null() {
+                queue.first.set(next);
+            } else {
+                (*prev).next.set(next);
+            }
+            if next.is_null() {
+                queue.last.set(prev);
+            } else {
+                (*next).prev.set(prev);
+            }
+            (*page).prev.set(ptr::null_mut());
+            (*page).next.set(ptr::null_mut());
+            if prev.is_null() {
+                self.update_direct(index);
+            }
+        }
+    }
+
+    /// The queue a page currently sits on.
+    ///
+    /// # Safety
+    /// `page` is an owned page.
+    unsafe fn queue_index_of(page: *mut Page) -> usize {
+        // SAFETY: owned page (caller).
+        unsafe { if (*page).is_in_full() { BIN_FULL } else { usize::from((*page).bin.get()) } }
+    }
+
+    // === allocation ===
+
+    /// Allocates a size-classed block of `size ≤ LARGE_BLOCK_MAX` bytes when
+    /// the fast path missed. Returns null when out of memory.
+    ///
+    /// # Safety
+    /// Called on the owner thread, on a real (non-empty) heap.
+    #[inline(never)]
+    pub(crate) unsafe fn malloc_generic(&self, size: usize, zero: bool) -> *mut u8 {
+        // SAFETY: owner thread (caller) throughout.
+        unsafe {
+            self.heartbeat();
+            let bin = bin_of(size);
+            let page = self.find_page(bin);
+            if page.is_null() {
+                return ptr::null_mut();
+            }
+            let block = (*page).pop();
+            if block.is_null() {
+                crate::fatal::fatal("found page has no free block");
+            }
+            if zero {
+                zero_block(page, block, size);
+            }
+            block.cast()
+        }
+    }
+
+    /// Allocates a huge block (its own segment) of `size` bytes aligned to
+    /// `align`. Fresh OS memory is already zero. Returns null when out of memory.
+    ///
+    /// # Safety
+    /// Called on the owner thread, on a real (non-empty) heap.
+    #[inline(never)]
+    pub(crate) unsafe fn malloc_huge(&self, size: usize, align: usize) -> *mut u8 {
+        // SAFETY: owner thread (caller) throughout.
+        unsafe {
+            self.heartbeat();
+            let Some((segment, block)) =
+                Segment::create_huge(size, align, self.thread_id(), self.as_ptr(), BIN_HUGE)
+            else {
+                return ptr::null_mut();
+            };
+            self.segments.push(segment.as_ptr(), SegmentLinks::All);
+            self.queue_push_back(BIN_HUGE, Segment::page(segment.as_ptr(), 0));
+            block
+        }
+    }
+
+    /// Housekeeping on every slow path: process blocks that remote threads
+    /// parked on the delayed list.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn heartbeat(&self) {
+        self.slow_calls.set(self.slow_calls.get().wrapping_add(1));
+        // Relaxed: a cheap emptiness test; `process_delayed` acquires.
+        if !self.thread_delayed_free.load(Ordering::Relaxed).is_null() {
+            // SAFETY: owner thread (caller).
+            unsafe { self.process_delayed(false) };
+        }
+    }
+
+    /// A page of `bin` with a free block, or null when out of memory.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn find_page(&self, bin: usize) -> *mut Page {
+        // SAFETY: owner thread (caller) throughout.
+        unsafe {
+            let page = self.search_queue(bin);
+            if !page.is_null() {
+                return page;
+            }
+            let kind = page_kind_of(BLOCK_SIZES[bin]);
+            if self.reclaim(Some(kind)) {
+                let page = self.search_queue(bin);
+                if !page.is_null() {
+                    return page;
+                }
+            }
+            self.collect_retired(false);
+            self.page_fresh(bin)
+        }
+    }
+
+    /// Walks queue `bin` for a page with a free block (collecting and
+    /// extending on the way); pages found full move to the full queue.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn search_queue(&self, bin: usize) -> *mut Page {
+        let queue = self.queue(bin);
+        let mut page = queue.first.get();
+        // SAFETY: pages on our queues are ours (owner thread, caller).
+        unsafe {
+            while !page.is_null() {
+                let next = (*page).next.get();
+                (*page).collect();
+                if !(*page).has_free() {
+                    (*page).extend();
+                }
+                if !(*page).has_free() {
+                    // About to look full: ask to be told about remote frees,
+                    // then collect once more for frees that raced the switch.
+                    (*page).set_delayed_mode(DelayedMode::UseDelayed, false);
+                    (*page).collect();
+                    if (*page).has_free() {
+                        let _ = (*page).try_set_delayed_mode(DelayedMode::NoDelayed, false);
+                    }
+                }
+                if (*page).has_free() {
+                    (*page).retire_expire.set(0);
+                    if page != queue.first.get() {
+                        self.queue_remove(bin, page);
+                        self.queue_push_front(bin, page);
+                    }
+                    return page;
+                }
+                self.queue_remove(bin, page);
+                (*page).flags.set((*page).flags.get() | IN_FULL);
+                self.queue_push_back(BIN_FULL, page);
+                page = next;
+            }
+        }
+        ptr::null_mut()
+    }
+
+    /// Takes a fresh page for `bin` from one of the heap's segments (or a new
+    /// segment) and puts it at the front of its queue.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn page_fresh(&self, bin: usize) -> *mut Page {
+        let block_size = BLOCK_SIZES[bin];
+        let kind = page_kind_of(block_size);
+        // SAFETY: owner thread (caller); the claimed slot is ours and unused.
+        unsafe {
+            let page = self.claim_page(kind);
+            if page.is_null() {
+                return page;
+            }
+            let segment = Segment::of(page.cast());
+            let (area, area_size) = Segment::page_area(segment, Segment::page_index(segment, page));
+            (*page).init(self.as_ptr(), bin, block_size, area, area_size);
+            self.queue_push_front(bin, page);
+            page
+        }
+    }
+
+    /// An unused page slot of `kind`, from a segment with room or a new one.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn claim_page(&self, kind: PageKind) -> *mut Page {
+        let slots = match kind {
+            PageKind::Small => Some(&self.small_slots),
+            PageKind::Medium => Some(&self.medium_slots),
+            PageKind::Large | PageKind::Huge => None,
+        };
+        let mut segment = slots.map_or(ptr::null_mut(), |list| list.first.get());
+        // SAFETY: owner thread (caller); segments on our lists are ours.
+        unsafe {
+            if segment.is_null() {
+                let Some(fresh) = Segment::create(kind, self.thread_id(), self.as_ptr()) else {
+                    return ptr::null_mut();
+                };
+                segment = fresh.as_ptr();
+                self.segments.push(segment, SegmentLinks::All);
+                if let Some(list) = slots {
+                    list.push(segment, SegmentLinks::FreeSlot);
+                    (*segment).in_free_slot_list.set(true);
+                }
+            }
+            let page = Segment::claim_slot(segment);
+            if !Segment::has_free_slot(segment) && (*segment).in_free_slot_list.get() {
+                if let Some(list) = slots {
+                    list.remove(segment, SegmentLinks::FreeSlot);
+                }
+                (*segment).in_free_slot_list.set(false);
+            }
+            page
+        }
+    }
+
+    // === freeing ===
+
+    /// After a local free left `page` empty or took it out of the full
+    /// state: retire or unfull it.
+    ///
+    /// # Safety
+    /// `page` is a page of a heap owned by the calling thread.
+    #[cold]
+    #[inline(never)]
+    pub(crate) unsafe fn after_local_free(page: *mut Page) {
+        // SAFETY: the page is ours (caller), so is its heap, set by us.
+        unsafe {
+            // Relaxed: we wrote it on this thread.
+            let heap = (*page).heap.load(Ordering::Relaxed);
+            if heap.is_null() {
+                crate::fatal::fatal("local free into a page without a heap");
+            }
+            (*heap).page_after_free(page);
+        }
+    }
+
+    /// # Safety
+    /// Owner thread; `page` is ours.
+    unsafe fn page_after_free(&self, page: *mut Page) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            if (*page).used.get() == 0 {
+                self.page_retire(page);
+            } else if (*page).is_in_full() {
+                self.page_unfull(page);
+            }
+        }
+    }
+
+    /// Frees `block` of `page` on the owner thread (delayed-list processing).
+    ///
+    /// # Safety
+    /// Owner thread; `block` is a block of `page` that is ours to free.
+    unsafe fn free_block_local(&self, page: *mut Page, block: *mut Block) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            let used = (*page).push_local(block);
+            if used == 0 || (*page).is_in_full() {
+                self.page_after_free(page);
+            }
+        }
+    }
+
+    /// Moves a page out of the full queue back to its size-class queue.
+    ///
+    /// # Safety
+    /// Owner thread; `page` is ours and in the full queue.
+    unsafe fn page_unfull(&self, page: *mut Page) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            self.queue_remove(BIN_FULL, page);
+            (*page).flags.set((*page).flags.get() & !IN_FULL);
+            // Best effort: if a remote thread is mid-way through the delayed
+            // route it will leave the page in `NoDelayed` itself.
+            let _ = (*page).try_set_delayed_mode(DelayedMode::NoDelayed, false);
+            self.queue_push_back(usize::from((*page).bin.get()), page);
+        }
+    }
+
+    /// A page whose last block was just freed: keep it a while if it is the
+    /// only page of its size class (so a free/alloc cycle does not thrash),
+    /// otherwise give it back to its segment.
+    ///
+    /// # Safety
+    /// Owner thread; `page` is ours and has `used == 0`.
+    unsafe fn page_retire(&self, page: *mut Page) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            if (*page).is_in_full() {
+                self.page_unfull(page);
+            }
+            let bin = usize::from((*page).bin.get());
+            if bin < BIN_COUNT && (*page).prev.get().is_null() && (*page).next.get().is_null() {
+                let small = (*page).block_size.get() <= SMALL_BLOCK_MAX;
+                (*page).retire_expire.set(if small { RETIRE_CYCLES_SMALL } else { RETIRE_CYCLES_LARGE });
+                self.retired_min.set(self.retired_min.get().min(bin));
+                self.retired_max.set(self.retired_max.get().max(bin));
+                return;
+            }
+            self.page_free(page);
+        }
+    }
+
+    /// Counts down retired pages and frees those that expired (all of them
+    /// when `force`).
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn collect_retired(&self, force: bool) {
+        let (low, high) = (self.retired_min.get(), self.retired_max.get());
+        self.retired_min.set(BIN_COUNT);
+        self.retired_max.set(0);
+        for bin in low..=high.min(BIN_COUNT - 1) {
+            let page = self.queue(bin).first.get();
+            // SAFETY: pages on our queues are ours (owner thread, caller).
+            unsafe {
+                if page.is_null() || (*page).used.get() != 0 || (*page).retire_expire.get() == 0 {
+                    continue;
+                }
+                let left = (*page).retire_expire.get() - 1;
+                if force || left == 0 {
+                    (*page).retire_expire.set(0);
+                    self.page_free(page);
+                } else {
+                    (*page).retire_expire.set(left);
+                    self.retired_min.set(self.retired_min.get().min(bin));
+                    self.retired_max.set(self.retired_max.get().max(bin));
+                }
+            }
+        }
+    }
+
+    /// Gives an empty page back to its segment, and the segment back to the
+    /// OS when it has no page left.
+    ///
+    /// # Safety
+    /// Owner thread; `page` is ours, on one of our queues, with no live block.
+    unsafe fn page_free(&self, page: *mut Page) {
+        // SAFETY: owner thread (caller); no block of the page is live, so no
+        // remote thread can reach the page.
+        unsafe {
+            self.queue_remove(Self::queue_index_of(page), page);
+            // Relaxed: no other thread can read it (no live block).
+            (*page).heap.store(ptr::null_mut(), Ordering::Relaxed);
+            (*page).retire_expire.set(0);
+            let segment = Segment::of(page.cast());
+            Segment::release_slot(segment, page);
+            if (*segment).used_pages.get() == 0 {
+                self.segment_free(segment);
+            } else if !(*segment).in_free_slot_list.get() {
+                let slots = match (*segment).kind {
+                    PageKind::Small => &self.small_slots,
+                    PageKind::Medium => &self.medium_slots,
+                    PageKind::Large | PageKind::Huge => return,
+                };
+                slots.push(segment, SegmentLinks::FreeSlot);
+                (*segment).in_free_slot_list.set(true);
+            }
+        }
+    }
+
+    /// Returns an empty segment of ours to the OS.
+    ///
+    /// # Safety
+    /// Owner thread; the segment is ours and has no page in use.
+    unsafe fn segment_free(&self, segment: *mut Segment) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            self.segments.remove(segment, SegmentLinks::All);
+            if (*segment).in_free_slot_list.get() {
+                match (*segment).kind {
+                    PageKind::Small => self.small_slots.remove(segment, SegmentLinks::FreeSlot),
+                    PageKind::Medium => self.medium_slots.remove(segment, SegmentLinks::FreeSlot),
+                    PageKind::Large | PageKind::Huge => {}
+                }
+                (*segment).in_free_slot_list.set(false);
+            }
+            Segment::release(segment);
+        }
+    }
+
+    // === delayed free ===
+
+    /// Pushes a remotely freed block onto the heap's delayed list.
+    ///
+    /// # Safety
+    /// `heap` is live (the caller holds a page of it in `Freeing`, or owns
+    /// it); the caller owns `block` and gives it up.
+    pub(crate) unsafe fn push_delayed(heap: *mut Heap, block: *mut Block) {
+        // SAFETY: the delayed list is the one field remote threads may touch;
+        // the heap is live (caller).
+        let list = unsafe { &(*heap).thread_delayed_free };
+        // Relaxed: starting guess for the CAS loop.
+        let mut head = list.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the block is ours until the CAS publishes it.
+            unsafe { Block::set_next(block, head) };
+            // Release pairs with the Acquire take in `process_delayed`.
+            match list.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Frees the blocks remote threads parked on the delayed list. With
+    /// `wait_all`, repeats until every block is processed (a block whose page
+    /// still has a remote thread in `Freeing` is put back and retried).
+    ///
+    /// # Safety
+    /// Owner thread.
+    pub(crate) unsafe fn process_delayed(&self, wait_all: bool) {
+        loop {
+            // Relaxed: emptiness test; the CAS below acquires.
+            let mut head = self.thread_delayed_free.load(Ordering::Relaxed);
+            while !head.is_null() {
+                // AcqRel/Acquire pairs with the Release pushes of
+                // `push_delayed` (every update is an RMW, so all links are
+                // visible). A CAS, not a swap: the list is usually empty.
+                match self.thread_delayed_free.compare_exchange_weak(
+                    head,
+                    ptr::null_mut(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => break,
+                    Err(current) => head = current,
+                }
+            }
+            if head.is_null() {
+                return;
+            }
+            let mut all_done = true;
+            let mut block = head;
+            // SAFETY: taken blocks are ours; each belongs to a page of this
+            // heap (a remote thread pushed it here because the page's heap
+            // is us), which stays live while the block is unfreed.
+            unsafe {
+                while !block.is_null() {
+                    let next = Block::next(block);
+                    let segment = Segment::of(block.cast());
+                    let page = Segment::page_of(segment, block.cast());
+                    // First wait out a remote thread still in `Freeing` on this
+                    // page: freeing the block could free the page under it.
+                    if (*page).try_set_delayed_mode(DelayedMode::UseDelayed, false) {
+                        (*page).collect_thread_free();
+                        self.free_block_local(page, block);
+                    } else {
+                        Heap::push_delayed(self.as_ptr(), block);
+                        all_done = false;
+                    }
+                    block = next;
+                }
+            }
+            if all_done || !wait_all {
+                return;
+            }
+            yield_thread();
+        }
+    }
+
+    // === abandon and reclaim ===
+
+    /// Tears the heap down at thread exit: frees what is free and abandons
+    /// every segment that still holds live blocks. Afterwards no other thread
+    /// can reach the heap, and the caller may unmap it.
+    ///
+    /// # Safety
+    /// Owner thread; nothing allocates from the heap afterwards.
+    pub(crate) unsafe fn abandon(&self) {
+        // SAFETY: owner thread (caller) throughout.
+        unsafe {
+            // 1. From here on no remote free uses this heap (waits out any
+            //    remote thread in `Freeing`).
+            self.for_each_page(|page| (*page).set_delayed_mode(DelayedMode::Never, false));
+            // 2. Blocks parked before that: free them all.
+            self.process_delayed(true);
+            // 3. Give back every page that is now empty (including retired ones).
+            self.for_each_page(|page| {
+                (*page).collect_thread_free();
+                if (*page).used.get() == 0 {
+                    self.page_free(page);
+                }
+            });
+            // 4. Abandon the segments that still hold live blocks.
+            let shared = self.shared.get();
+            let mut segment = self.segments.first.get();
+            while !segment.is_null() {
+                let next = (*segment).all.next.get();
+                for index in 0..(*segment).page_count {
+                    let page = Segment::page(segment, index);
+                    if (*page).in_use.get() {
+                        // Relaxed: every remote free now sees `Never` and
+                        // ignores this field; the reclaimer acquires it
+                        // through the abandoned list.
+                        (*page).heap.store(ptr::null_mut(), Ordering::Relaxed);
+                        (*page).next.set(ptr::null_mut());
+                        (*page).prev.set(ptr::null_mut());
+                        (*page).flags.set(0);
+                        (*page).retire_expire.set(0);
+                    }
+                }
+                (*segment).heap.set(ptr::null_mut());
+                (*segment).in_free_slot_list.set(false);
+                (*segment).all.next.set(ptr::null_mut());
+                (*segment).all.prev.set(ptr::null_mut());
+                (*segment).with_free_slot.next.set(ptr::null_mut());
+                (*segment).with_free_slot.prev.set(ptr::null_mut());
+                // Relaxed: frees only compare it with their own (nonzero) id;
+                // the hand-off to a reclaiming thread is ordered by the
+                // list's Release push.
+                (*segment).thread_id.store(0, Ordering::Relaxed);
+                (*shared).abandoned.push(segment);
+                segment = next;
+            }
+            self.segments.first.set(ptr::null_mut());
+            self.small_slots.first.set(ptr::null_mut());
+            self.medium_slots.first.set(ptr::null_mut());
+            for index in 0..QUEUE_COUNT {
+                self.queue(index).first.set(ptr::null_mut());
+                self.queue(index).last.set(ptr::null_mut());
+            }
+            for slot in &self.direct {
+                slot.set(empty_page());
+            }
+        }
+    }
+
+    /// Calls `f` on every page of every queue (`f` may free the page).
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn for_each_page(&self, mut f: impl FnMut(*mut Page)) {
+        for index in 0..QUEUE_COUNT {
+            let mut page = self.queue(index).first.get();
+            while !page.is_null() {
+                // SAFETY: pages on our queues are ours (caller).
+                let next = unsafe { (*page).next.get() };
+                f(page);
+                page = next;
+            }
+        }
+    }
+
+    /// Looks through the abandoned segments: returns the empty ones to the
+    /// OS and adopts one of `kind` (never a huge one: a huge page must stay
+    /// in `UseDelayed`, so it is left abandoned until its block is freed).
+    /// Returns whether one was adopted.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn reclaim(&self, kind: Option<PageKind>) -> bool {
+        let kind = kind.filter(|&kind| kind != PageKind::Huge);
+        // SAFETY: `shared` outlives every heap.
+        let abandoned = unsafe { &(*self.shared.get()).abandoned };
+        let mut segment = abandoned.take_all();
+        if segment.is_null() {
+            return false;
+        }
+        let mut adopted = false;
+        let (mut keep_first, mut keep_last, mut kept, mut taken) =
+            (ptr::null_mut::<Segment>(), ptr::null_mut::<Segment>(), 0, 0);
+        // SAFETY: `take_all` gave us exclusive ownership of every segment on
+        // the chain; remote frees into them only push onto page lists.
+        unsafe {
+            while !segment.is_null() {
+                taken += 1;
+                let next = (*segment).abandoned_next.get();
+                (*segment).abandoned_next.set(ptr::null_mut());
+                collect_abandoned(segment);
+                if (*segment).used_pages.get() == 0 {
+                    Segment::release(segment);
+                } else if !adopted && Some((*segment).kind) == kind {
+                    self.adopt(segment);
+                    adopted = true;
+                } else {
+                    if keep_first.is_null() {
+                        keep_first = segment;
+                    } else {
+                        (*keep_last).abandoned_next.set(segment);
+                    }
+                    keep_last = segment;
+                    kept += 1;
+                }
+                segment = next;
+            }
+            abandoned.note_removed(taken);
+            if !keep_first.is_null() {
+                abandoned.push_chain(keep_first, keep_last, kept);
+            }
+        }
+        adopted
+    }
+
+    /// Makes an abandoned segment (already collected) ours.
+    ///
+    /// # Safety
+    /// Owner thread; we took `segment` off the abandoned list.
+    unsafe fn adopt(&self, segment: *mut Segment) {
+        // SAFETY: exclusive ownership (caller).
+        unsafe {
+            // Relaxed: from now on frees on this thread are local; other
+            // threads only compare it with their own ids.
+            (*segment).thread_id.store(self.thread_id(), Ordering::Relaxed);
+            (*segment).heap.set(self.as_ptr());
+            self.segments.push(segment, SegmentLinks::All);
+            if Segment::has_free_slot(segment) {
+                let slots = match (*segment).kind {
+                    PageKind::Small => Some(&self.small_slots),
+                    PageKind::Medium => Some(&self.medium_slots),
+                    PageKind::Large | PageKind::Huge => None,
+                };
+                if let Some(list) = slots {
+                    list.push(segment, SegmentLinks::FreeSlot);
+                    (*segment).in_free_slot_list.set(true);
+                }
+            }
+            for index in 0..(*segment).page_count {
+                let page = Segment::page(segment, index);
+                if !(*page).in_use.get() {
+                    continue;
+                }
+                // Release pairs with the Acquire load of `heap` in the
+                // delayed route of `free_remote`.
+                (*page).heap.store(self.as_ptr(), Ordering::Release);
+                // Leave `Never` only after the heap is published; no remote
+                // thread can be `Freeing` on a `Never` page.
+                (*page).set_delayed_mode(DelayedMode::NoDelayed, true);
+                (*page).collect();
+                self.queue_push_back(usize::from((*page).bin.get()), page);
+            }
+        }
+    }
+
+    /// Returns what can be returned now: processes delayed frees, frees
+    /// empty pages (retired ones too when `force`), and looks through the
+    /// abandoned segments.
+    ///
+    /// # Safety
+    /// Owner thread, real heap.
+    pub(crate) unsafe fn collect(&self, force: bool) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            self.process_delayed(force);
+            self.for_each_page(|page| {
+                (*page).collect();
+                if (*page).used.get() == 0 && (force || (*page).retire_expire.get() == 0) {
+                    self.page_free(page);
+                }
+            });
+            self.collect_retired(force);
+            if force {
+                // Frees the abandoned segments that became empty.
+                let _ = self.reclaim(None);
+            }
+        }
+    }
+}
+
+/// Collects every page of an abandoned segment and gives back the slots of
+/// pages that became empty.
+///
+/// # Safety
+/// The caller exclusively owns the abandoned segment.
+unsafe fn collect_abandoned(segment: *mut Segment) {
+    // SAFETY: exclusive ownership (caller); remote frees only push onto the
+    // page lists, which `collect_thread_free` takes atomically.
+    unsafe {
+        for index in 0..(*segment).page_count {
+            let page = Segment::page(segment, index);
+            if (*page).in_use.get() {
+                (*page).collect_thread_free();
+                if (*page).used.get() == 0 {
+                    Segment::release_slot(segment, page);
+                }
+            }
+        }
+    }
+}
+
+/// Zeroes a block about to be handed out by `alloc_zeroed`: only its link
+/// word when the page's free blocks are known to be zero.
+///
+/// # Safety
+/// `block` was just popped from `page` and spans at least `size` bytes.
+#[inline(always)]
+pub(crate) unsafe fn zero_block(page: *mut Page, block: *mut Block, size: usize) {
+    // SAFETY: the block is ours and at least `size` (≥ one word) long.
+    unsafe {
+        if (*page).free_is_zero.get() {
+            block.cast::<usize>().write(0);
+        } else {
+            block.cast::<u8>().write_bytes(0, size);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! The operating-system seam: every page of memory the allocator uses comes
+//! from here, and goes back through here.
+//!
+//! Two backends implement the same four functions:
+//!
+//! * `unix` (normal builds): `mmap`, `munmap` and `madvise` through `libc`;
+//! * `test_backend` (under `cfg(loom)` and `cfg(miri)`): aligned blocks from
+//!   `std::alloc::System`, because neither loom nor Miri can run real `mmap`
+//!   trimming or `madvise`.
+//!
+//! Nothing in this module allocates or panics. Failures are reported as
+//! `None` / `false` and the caller turns them into a null allocation.
+
+/// The granule of `mmap` and `madvise`.
+pub(crate) const OS_PAGE_SIZE: usize = 4096;
+
+/// Rounds `n` up to a multiple of the power of two `align`, or `None` on
+/// overflow.
+#[inline]
+pub(crate) const fn checked_align_up(n: usize, align: usize) -> Option<usize> {
+    match n.checked_add(align - 1) {
+        Some(m) => Some(m & !(align - 1)),
+        None => None,
+    }
+}
+
+#[cfg(not(any(loom, miri)))]
+pub(crate) use unix::{map, reset, unmap};
+
+#[cfg(any(loom, miri))]
+pub(crate) use test_backend::{map, reset, unmap};
+
+#[cfg(not(any(loom, miri)))]
+mod unix {
+    use super::{OS_PAGE_SIZE, checked_align_up};
+    use core::ptr::{self, NonNull};
+
+    /// Maps `size` bytes of zeroed read-write memory whose address plus
+    /// `offset` is a multiple of `align` (a power of two ≥ the OS page).
+    ///
+    /// Over-maps by `align` and trims the head and the tail, so the result is
+    /// exactly `size` bytes (rounded to OS pages) that [`unmap`] gives back
+    /// with the same `size`.
+    pub(crate) fn map(size: usize, align: usize, offset: usize) -> Option<NonNull<u8>> {
+        let size = checked_align_up(size, OS_PAGE_SIZE)?;
+        let align = align.max(OS_PAGE_SIZE);
+        if align == OS_PAGE_SIZE {
+            return raw_map(size);
+        }
+        let over = size.checked_add(align)?;
+        let base = raw_map(over)?;
+        let base_addr = base.as_ptr().addr();
+        // The first address ≥ base whose sum with `offset` is aligned.
+        let start_addr = checked_align_up(base_addr.checked_add(offset)?, align)? - offset;
+        let head = start_addr - base_addr;
+        let tail = over - head - size;
+        // SAFETY: both ranges lie inside the `over` bytes mapped just above
+        // and are page-aligned (`align` and `size` are page multiples, and
+        // `offset` is a page multiple by the callers' contract).
+        unsafe {
+            if head > 0 {
+                libc::munmap(base.as_ptr().cast(), head);
+            }
+            if tail > 0 {
+                libc::munmap(base.as_ptr().add(head + size).cast(), tail);
+            }
+        }
+        // `base` carries the provenance of the whole mapping; keep it.
+        NonNull::new(base.as_ptr().with_addr(start_addr))
+    }
+
+    fn raw_map(size: usize) -> Option<NonNull<u8>> {
+        // SAFETY: an anonymous private mapping with no address hint has no
+        // preconditions; failure is reported as MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return None;
+        }
+        NonNull::new(p.cast())
+    }
+
+    /// Returns a range obtained from [`map`] to the OS.
+    ///
+    /// # Safety
+    /// `ptr` and `size` are exactly what one call to [`map`] returned and was
+    /// given; nothing uses the range afterwards.
+    pub(crate) unsafe fn unmap(ptr: NonNull<u8>, size: usize, _align: usize) {
+        let size = checked_align_up(size, OS_PAGE_SIZE).unwrap_or(size);
+        // SAFETY: the caller guarantees the range is a live mapping of ours.
+        unsafe {
+            libc::munmap(ptr.as_ptr().cast(), size);
+        }
+    }
+
+    /// Gives the physical memory behind `[ptr, ptr + size)` back to the OS;
+    /// the range stays mapped and reads back as zeros.
+    ///
+    /// Uses `MADV_DONTNEED`, which lowers RSS at once (unlike `MADV_FREE`,
+    /// which waits for memory pressure).
+    ///
+    /// # Safety
+    /// The range is page-aligned, lies inside one of our mappings, and holds
+    /// nothing anyone still needs.
+    pub(crate) unsafe fn reset(ptr: *mut u8, size: usize) -> bool {
+        // SAFETY: the caller guarantees the range is ours and unused.
+        unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) == 0 }
+    }
+}
+
+#[cfg(any(loom, miri))]
+mod test_backend {
+    use core::alloc::{GlobalAlloc, Layout};
+    use core::ptr::NonNull;
+    use std::alloc::System;
+
+    /// See the unix backend. This backend cannot honour an `offset` that is
+    /// not a multiple of `align` (only over-aligned huge blocks ask for one)
+    /// and reports it as out of memory.
+    pub(crate) fn map(size: usize, align: usize, offset: usize) -> Option<NonNull<u8>> {
+        if offset % align != 0 {
+            return None;
+        }
+        let layout = Layout::from_size_align(size, align).ok()?;
+        // SAFETY: `size` is non-zero for every caller (a segment header at least).
+        NonNull::new(unsafe { System.alloc_zeroed(layout) })
+    }
+
+    /// # Safety
+    /// `ptr`, `size` and `align` are exactly those of one [`map`] call.
+    pub(crate) unsafe fn unmap(ptr: NonNull<u8>, size: usize, align: usize) {
+        // SAFETY: map() succeeded with this very layout.
+        unsafe { System.dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, align)) }
+    }
+
+    /// # Safety
+    /// The range lies inside one of our mappings and holds nothing anyone needs.
+    pub(crate) unsafe fn reset(ptr: *mut u8, size: usize) -> bool {
+        // SAFETY: the caller guarantees the range is ours and unused.
+        unsafe { ptr.write_bytes(0, size) };
+        true
+    }
+}
+
+/// Returns the current resident set size of the process in bytes, read from
+/// `/proc/self/statm` with raw system calls (no allocation).
+#[cfg(not(any(loom, miri)))]
+pub fn resident_bytes() -> Option<usize> {
+    let mut buf = [0u8; 128];
+    // SAFETY: the path is a NUL-terminated literal.
+    let fd = unsafe { libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: `buf` is writable for its whole length; `fd` is open.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    // SAFETY: `fd` is open and ours.
+    unsafe { libc::close(fd) };
+    let text = buf.get(..usize::try_from(n).ok()?)?;
+    // Second field: resident pages.
+    let field = text.split(|&b| b == b' ').nth(1)?;
+    let mut pages = 0usize;
+    for &digit in field {
+        if !digit.is_ascii_digit() {
+            break;
+        }
+        pages = pages.checked_mul(10)?.checked_add(usize::from(digit - b'0'))?;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages.checked_mul(usize::try_from(page).ok()?)
+}

@@ -1,0 +1,575 @@
+//! A page: a run of memory inside a segment holding blocks of one size.
+//!
+//! Each page shards its free blocks over three lists, so that the owner
+//! thread never needs an atomic instruction for its own work:
+//!
+//! * `free` — blocks ready to be handed out (owner only);
+//! * `local_free` — blocks the owner freed (owner only); moved to `free` in
+//!   one step when `free` runs dry, which forces the owner through the slow
+//!   path regularly (the allocator's heartbeat);
+//! * `thread_free` — blocks freed by other threads: an atomic list that a
+//!   remote free pushes onto with one compare-and-swap, and the owner takes
+//!   whole.
+//!
+//! `used` counts blocks handed out, *including* those sitting in
+//! `thread_free`; the page is empty exactly when `used` reaches 0 after a
+//! collect.
+//!
+//! The low two bits of `thread_free` carry the page's [`DelayedMode`], the
+//! delayed-free state machine that tells a remote thread whether to push
+//! onto the page list or onto the owning heap's `thread_delayed_free` list
+//! (see `docs/design.md`, "Delayed free", and the loom models in
+//! `loom-tests/`).
+
+use crate::fatal::fatal;
+use crate::heap::Heap;
+use crate::sync::{AtomicPtr, Ordering, UnsafeCell, spin_hint, yield_thread};
+use core::cell::Cell;
+use core::ptr;
+
+/// A free block: its first word links to the next free block of the same
+/// list. Blocks are user memory while allocated.
+#[repr(transparent)]
+pub(crate) struct Block {
+    next: UnsafeCell<*mut Block>,
+}
+
+impl Block {
+    /// Reads the link of a free block.
+    ///
+    /// # Safety
+    /// `block` is a free block of ours that no other thread is writing.
+    #[inline(always)]
+    pub(crate) unsafe fn next(block: *mut Block) -> *mut Block {
+        // SAFETY: the caller guarantees the block is valid and not being
+        // written concurrently.
+        unsafe { (*block).next.with(|p| *p) }
+    }
+
+    /// Writes the link of a block this thread owns (about to be freed).
+    ///
+    /// # Safety
+    /// `block` is a block of ours that this thread exclusively owns.
+    #[inline(always)]
+    pub(crate) unsafe fn set_next(block: *mut Block, next: *mut Block) {
+        // SAFETY: the caller guarantees exclusive ownership of the block.
+        unsafe { (*block).next.with_mut(|p| *p = next) }
+    }
+
+    /// Turns fresh page memory into a block (loom needs its cells built).
+    ///
+    /// # Safety
+    /// `block` points to at least `size_of::<Block>()` writable bytes of page
+    /// memory that hold no live block.
+    #[inline(always)]
+    unsafe fn init(block: *mut Block, next: *mut Block) {
+        #[cfg(loom)]
+        // SAFETY: the caller guarantees the memory is writable and unused.
+        unsafe {
+            ptr::write(block, Block { next: UnsafeCell::new(next) });
+        }
+        #[cfg(not(loom))]
+        // SAFETY: as above; a block is just its link word.
+        unsafe {
+            Block::set_next(block, next);
+        }
+    }
+}
+
+/// The delayed-free mode of a page, kept in the low two bits of its
+/// `thread_free` word. The values matter: a zeroed word is `UseDelayed`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub(crate) enum DelayedMode {
+    /// The next remote free goes to the owning heap's delayed list (the page
+    /// sits in the heap's full queue and the owner must be told).
+    UseDelayed = 0,
+    /// Transient: a remote thread is pushing onto the owning heap's delayed
+    /// list right now; the heap must not go away until it is done.
+    Freeing = 1,
+    /// Remote frees go onto the page's own list: either the owner will find
+    /// them when it scans the page's queue, or one block of the page is
+    /// already on the heap's delayed list.
+    NoDelayed = 2,
+    /// Sticky: the page has no heap (abandoned, or its heap is being torn
+    /// down); remote frees go onto the page list. Only reclaim clears it.
+    Never = 3,
+}
+
+const MODE_MASK: usize = 3;
+
+impl DelayedMode {
+    #[inline(always)]
+    fn of(word: *mut Block) -> DelayedMode {
+        match word.addr() & MODE_MASK {
+            0 => DelayedMode::UseDelayed,
+            1 => DelayedMode::Freeing,
+            2 => DelayedMode::NoDelayed,
+            _ => DelayedMode::Never,
+        }
+    }
+}
+
+/// The block-pointer part of a `thread_free` word.
+#[inline(always)]
+fn list_of(word: *mut Block) -> *mut Block {
+    word.map_addr(|a| a & !MODE_MASK)
+}
+
+/// A `thread_free` word from a list head and a mode.
+#[inline(always)]
+fn tagged(head: *mut Block, mode: DelayedMode) -> *mut Block {
+    head.map_addr(|a| (a & !MODE_MASK) | mode as usize)
+}
+
+/// `flags` bit: the page sits in its heap's full queue.
+pub(crate) const IN_FULL: u8 = 1;
+
+/// Minimum number of blocks threaded per extension.
+const MIN_EXTEND: usize = 4;
+/// Bytes of blocks threaded per extension: about one OS page, so page memory
+/// becomes resident gradually.
+const EXTEND_BYTES: usize = 4096;
+
+/// One page descriptor. It lives in its segment's header, never in the page
+/// memory itself.
+///
+/// Fields in `Cell`s are touched only by the owner thread; `block_size` and
+/// `page_start` are also read by remote freeing threads but never change
+/// while a block of the page is live; the two atomics are the only fields
+/// written across threads.
+#[repr(C)]
+pub(crate) struct Page {
+    /// Blocks ready for allocation. First field: the empty-page sentinel
+    /// (see [`empty_page`]) has only this one.
+    pub(crate) free: Cell<*mut Block>,
+    /// Blocks freed by the owner.
+    pub(crate) local_free: Cell<*mut Block>,
+    /// Blocks handed out, including those in `thread_free`.
+    pub(crate) used: Cell<u32>,
+    /// Blocks threaded into the lists so far (lazy extension).
+    pub(crate) capacity: Cell<u32>,
+    /// Blocks that fit in the page.
+    pub(crate) reserved: Cell<u32>,
+    /// Heap queue index (a size-class bin, `BIN_HUGE`; `BIN_FULL` is a flag).
+    pub(crate) bin: Cell<u8>,
+    /// [`IN_FULL`]; tested on the local free fast path.
+    pub(crate) flags: Cell<u8>,
+    /// Every block on `free` is zero except its link word.
+    pub(crate) free_is_zero: Cell<bool>,
+    /// Countdown of a retired (empty, kept) page; 0 when not retired.
+    pub(crate) retire_expire: Cell<u8>,
+    /// Size of every block; for a huge page, the usable size of its block.
+    pub(crate) block_size: Cell<usize>,
+    /// Address of the first block.
+    pub(crate) page_start: Cell<*mut u8>,
+    /// Blocks freed by other threads, tagged with the [`DelayedMode`].
+    pub(crate) thread_free: AtomicPtr<Block>,
+    /// The owning heap; null while the page is abandoned or unused.
+    pub(crate) heap: AtomicPtr<Heap>,
+    /// Queue links (owner only).
+    pub(crate) next: Cell<*mut Page>,
+    pub(crate) prev: Cell<*mut Page>,
+    /// The page slot holds a page in use (segment bookkeeping).
+    pub(crate) in_use: Cell<bool>,
+    /// The page's memory is known to be zero (fresh from the OS or reset).
+    pub(crate) memory_is_zero: Cell<bool>,
+}
+
+// SAFETY: a `Page` is shared between the owner thread and remote freeing
+// threads. The remote side only touches the two atomics and reads
+// `block_size`/`page_start`, which the owner never writes while any block
+// of the page is live (a live block keeps `used > 0`, and the fields change
+// only in `init`, on an unused page). All `Cell` fields are owner-only: the
+// owner is the thread whose id is stored in the segment, checked on every
+// free before a `Cell` is touched.
+unsafe impl Sync for Page {}
+
+/// The stand-in page of every direct-table slot whose size class has no
+/// page: its `free` list is empty, so a pop misses and takes the slow path.
+/// Only `free` (the first field of `Page`) is ever read through it.
+#[repr(C)]
+struct EmptyPage {
+    free: Cell<*mut Block>,
+}
+
+// SAFETY: the sentinel is never written; its only field is read.
+unsafe impl Sync for EmptyPage {}
+
+static EMPTY_PAGE: EmptyPage = EmptyPage { free: Cell::new(ptr::null_mut()) };
+
+/// The empty-page sentinel. Callers may read only `free` through it.
+#[inline(always)]
+pub(crate) const fn empty_page() -> *mut Page {
+    ptr::from_ref(&EMPTY_PAGE).cast_mut().cast()
+}
+
+impl Page {
+    /// An unused page descriptor.
+    pub(crate) fn new() -> Page {
+        Page {
+            free: Cell::new(ptr::null_mut()),
+            local_free: Cell::new(ptr::null_mut()),
+            used: Cell::new(0),
+            capacity: Cell::new(0),
+            reserved: Cell::new(0),
+            bin: Cell::new(0),
+            flags: Cell::new(0),
+            free_is_zero: Cell::new(false),
+            retire_expire: Cell::new(0),
+            block_size: Cell::new(0),
+            page_start: Cell::new(ptr::null_mut()),
+            thread_free: AtomicPtr::new(tagged(ptr::null_mut(), DelayedMode::NoDelayed)),
+            heap: AtomicPtr::new(ptr::null_mut()),
+            next: Cell::new(ptr::null_mut()),
+            prev: Cell::new(ptr::null_mut()),
+            in_use: Cell::new(false),
+            memory_is_zero: Cell::new(true),
+        }
+    }
+
+    /// Prepares an unused page for blocks of `block_size` in
+    /// `[area, area + area_size)`, owned by `heap`, and threads its first
+    /// blocks.
+    ///
+    /// # Safety
+    /// The page is unused (no live block, no remote thread can reach it) and
+    /// the area is writable memory of its segment. `block_size ≥ 8`.
+    pub(crate) unsafe fn init(
+        &self,
+        heap: *mut Heap,
+        bin: usize,
+        block_size: usize,
+        area: *mut u8,
+        area_size: usize,
+    ) {
+        let align = crate::size_class::block_alignment(block_size);
+        let first = area.map_addr(|a| (a + align - 1) & !(align - 1));
+        let slack = first.addr() - area.addr();
+        let reserved = area_size.saturating_sub(slack) / block_size;
+        self.free.set(ptr::null_mut());
+        self.local_free.set(ptr::null_mut());
+        self.used.set(0);
+        self.capacity.set(0);
+        self.reserved.set(u32::try_from(reserved).unwrap_or(u32::MAX));
+        self.bin.set(u8::try_from(bin).unwrap_or(u8::MAX));
+        self.flags.set(0);
+        self.free_is_zero.set(self.memory_is_zero.get());
+        self.retire_expire.set(0);
+        self.block_size.set(block_size);
+        self.page_start.set(first);
+        self.next.set(ptr::null_mut());
+        self.prev.set(ptr::null_mut());
+        // Relaxed: no remote thread can reach this page until one of its
+        // blocks is handed out, which happens-after this store on the owner
+        // and reaches the remote thread through the user's own hand-off.
+        self.thread_free.store(tagged(ptr::null_mut(), DelayedMode::NoDelayed), Ordering::Relaxed);
+        // Release pairs with the Acquire load in `free_remote` (the delayed
+        // route): a remote thread that finds this heap sees it initialised.
+        self.heap.store(heap, Ordering::Release);
+        self.in_use.set(true);
+        self.memory_is_zero.set(false);
+        // SAFETY: the page is ours and its area is writable (caller).
+        unsafe { self.extend() };
+    }
+
+    /// Prepares an unused page as the single block of a huge segment.
+    ///
+    /// # Safety
+    /// As [`Page::init`]; `block` starts `usable` writable bytes.
+    pub(crate) unsafe fn init_huge(&self, heap: *mut Heap, bin: usize, block: *mut u8, usable: usize) {
+        self.free.set(ptr::null_mut());
+        self.local_free.set(ptr::null_mut());
+        self.used.set(1);
+        self.capacity.set(1);
+        self.reserved.set(1);
+        self.bin.set(u8::try_from(bin).unwrap_or(u8::MAX));
+        self.flags.set(0);
+        self.free_is_zero.set(false);
+        self.retire_expire.set(0);
+        self.block_size.set(usable);
+        self.page_start.set(block);
+        self.next.set(ptr::null_mut());
+        self.prev.set(ptr::null_mut());
+        // Relaxed, as in `init`. A huge page is always "full": its one remote
+        // free must reach the owner through the heap's delayed list.
+        self.thread_free.store(tagged(ptr::null_mut(), DelayedMode::UseDelayed), Ordering::Relaxed);
+        // Release pairs with the Acquire load in `free_remote`.
+        self.heap.store(heap, Ordering::Release);
+        self.in_use.set(true);
+        self.memory_is_zero.set(false);
+    }
+
+    /// The page has a block ready on `free`.
+    #[inline(always)]
+    pub(crate) fn has_free(&self) -> bool {
+        !self.free.get().is_null()
+    }
+
+    /// Pops a block from `free`, or returns null.
+    #[inline(always)]
+    pub(crate) fn pop(&self) -> *mut Block {
+        let block = self.free.get();
+        if !block.is_null() {
+            // SAFETY: blocks on `free` are free blocks of this page, and only
+            // the owner (this thread) touches `free` lists.
+            self.free.set(unsafe { Block::next(block) });
+            self.used.set(self.used.get() + 1);
+        }
+        block
+    }
+
+    /// Can more blocks be threaded into `free`?
+    #[inline]
+    pub(crate) fn can_extend(&self) -> bool {
+        self.capacity.get() < self.reserved.get()
+    }
+
+    /// Threads the next run of untouched blocks into `free` (about one OS
+    /// page worth). Called only when `free` is empty.
+    ///
+    /// # Safety
+    /// Owner only; the page is initialised.
+    pub(crate) unsafe fn extend(&self) {
+        let capacity = self.capacity.get() as usize;
+        let remaining = self.reserved.get() as usize - capacity;
+        if remaining == 0 {
+            return;
+        }
+        let size = self.block_size.get();
+        let count = (EXTEND_BYTES / size).max(MIN_EXTEND).min(remaining);
+        let start = self.page_start.get();
+        // SAFETY: blocks `capacity .. capacity + count` lie inside the page
+        // (count ≤ reserved − capacity) and have never been handed out.
+        unsafe {
+            let first = start.add(capacity * size).cast::<Block>();
+            let mut block = first;
+            for _ in 1..count {
+                let next = block.byte_add(size);
+                Block::init(block, next);
+                block = next;
+            }
+            Block::init(block, self.free.get());
+            self.free.set(first);
+        }
+        self.capacity.set((capacity + count) as u32);
+    }
+
+    /// Pushes a block freed by the owner; returns the new `used`.
+    ///
+    /// # Safety
+    /// Owner only; `block` is a live block of this page.
+    #[inline(always)]
+    pub(crate) unsafe fn push_local(&self, block: *mut Block) -> u32 {
+        // SAFETY: the caller hands us the block.
+        unsafe { Block::set_next(block, self.local_free.get()) };
+        self.local_free.set(block);
+        let used = self.used.get().wrapping_sub(1);
+        self.used.set(used);
+        used
+    }
+
+    /// Moves remotely freed blocks to `local_free`, then `local_free` to
+    /// `free` if `free` is empty.
+    ///
+    /// # Safety
+    /// Owner only.
+    pub(crate) unsafe fn collect(&self) {
+        // SAFETY: owner only (caller).
+        unsafe { self.collect_thread_free() };
+        if self.free.get().is_null() {
+            let local = self.local_free.replace(ptr::null_mut());
+            if !local.is_null() {
+                self.free.set(local);
+                self.free_is_zero.set(false);
+            }
+        }
+    }
+
+    /// Takes the whole `thread_free` list (keeping the mode bits) onto
+    /// `local_free`, and lowers `used` by its length.
+    ///
+    /// # Safety
+    /// Owner only (or the exclusive holder of an abandoned page).
+    pub(crate) unsafe fn collect_thread_free(&self) {
+        // Relaxed: a cheap emptiness test; the CAS below acquires.
+        let mut word = self.thread_free.load(Ordering::Relaxed);
+        let head = loop {
+            let head = list_of(word);
+            if head.is_null() {
+                return;
+            }
+            // AcqRel: the Acquire half pairs with the Release CAS of every
+            // push in `free_remote` (all updates of this word are RMWs, so
+            // the release sequence carries each pushed block's link); the
+            // Release half keeps the mode bits' release sequence unbroken.
+            // Acquire on failure: the new value may carry new pushes.
+            match self.thread_free.compare_exchange_weak(
+                word,
+                tagged(ptr::null_mut(), DelayedMode::of(word)),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break head,
+                Err(current) => word = current,
+            }
+        };
+        // Walk to the tail, counting; a list longer than the page can hold
+        // means a corrupted (e.g. double-freed) block.
+        let limit = self.capacity.get();
+        let mut count: u32 = 1;
+        let mut tail = head;
+        // SAFETY: every block on the taken list was pushed by `free_remote`,
+        // whose Release CAS our Acquire synchronised with; we own them now.
+        unsafe {
+            loop {
+                let next = Block::next(tail);
+                if next.is_null() {
+                    break;
+                }
+                count += 1;
+                if count > limit {
+                    fatal("corrupted thread-free list (double free?)");
+                }
+                tail = next;
+            }
+            Block::set_next(tail, self.local_free.get());
+        }
+        self.local_free.set(head);
+        let used = self.used.get();
+        if count > used {
+            fatal("thread-free list longer than the blocks in use (double free?)");
+        }
+        self.used.set(used - count);
+    }
+
+    /// Frees `block` from a thread that does not own the page: one CAS push
+    /// onto `thread_free`, or, when the page asks for it (`UseDelayed`), a
+    /// push onto the owning heap's delayed list.
+    ///
+    /// # Safety
+    /// `block` is a live block of this page that the caller owns and gives up.
+    pub(crate) unsafe fn free_remote(&self, block: *mut Block) {
+        // Relaxed: only the starting guess for the CAS loop.
+        let mut word = self.thread_free.load(Ordering::Relaxed);
+        let delayed = loop {
+            let mode = DelayedMode::of(word);
+            let (desired, delayed) = if mode == DelayedMode::UseDelayed {
+                // Claim the right to use the heap; the block is not linked.
+                (tagged(list_of(word), DelayedMode::Freeing), true)
+            } else {
+                // SAFETY: we own the block until the CAS publishes it.
+                unsafe { Block::set_next(block, list_of(word)) };
+                (tagged(block, mode), false)
+            };
+            // Release pairs with the AcqRel CAS in `collect_thread_free`
+            // (the block's link must be visible to the collector) and with
+            // the Acquire load in `try_set_delayed_mode`.
+            match self.thread_free.compare_exchange_weak(
+                word,
+                desired,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break delayed,
+                Err(current) => word = current,
+            }
+        };
+        if !delayed {
+            return;
+        }
+        // We hold `Freeing`: the owner waits for us before it retargets or
+        // tears down the heap (`try_set_delayed_mode`), so the heap stays valid.
+        // Acquire pairs with the Release stores of `heap` (`init`, reclaim).
+        let heap = self.heap.load(Ordering::Acquire);
+        if !heap.is_null() {
+            // SAFETY: the heap is live while we hold `Freeing` (above).
+            unsafe { Heap::push_delayed(heap, block) };
+        }
+        // Relaxed: starting guess only.
+        let mut word = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            let desired = if heap.is_null() {
+                // No heap to tell (cannot happen while the protocol holds,
+                // but never lose a block): link it into the page list.
+                // SAFETY: still ours until the CAS succeeds.
+                unsafe { Block::set_next(block, list_of(word)) };
+                tagged(block, DelayedMode::NoDelayed)
+            } else {
+                tagged(list_of(word), DelayedMode::NoDelayed)
+            };
+            // Release pairs with the Acquire load in `try_set_delayed_mode`:
+            // an owner that sees `Freeing` gone also sees our heap push.
+            match self.thread_free.compare_exchange_weak(
+                word,
+                desired,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(current) => word = current,
+            }
+        }
+    }
+
+    /// The page's current delayed-free mode.
+    #[inline]
+    pub(crate) fn delayed_mode(&self) -> DelayedMode {
+        // Acquire pairs with the Release CASes of remote frees.
+        DelayedMode::of(self.thread_free.load(Ordering::Acquire))
+    }
+
+    /// Moves the page to `mode`, waiting (a few spins) for a remote thread in
+    /// `Freeing` to finish; `Never` is left alone unless `override_never`.
+    /// Returns false if a remote thread was still `Freeing` after the spins.
+    ///
+    /// # Safety
+    /// Owner only (or the exclusive holder of an abandoned page).
+    pub(crate) unsafe fn try_set_delayed_mode(&self, mode: DelayedMode, override_never: bool) -> bool {
+        let mut spins = 0;
+        loop {
+            // Acquire pairs with the remote's Release CAS that leaves
+            // `Freeing`: we must see its heap push once we see it done. The
+            // loop can exit without a CAS, so the load itself acquires.
+            let word = self.thread_free.load(Ordering::Acquire);
+            let current = DelayedMode::of(word);
+            if current == DelayedMode::Freeing {
+                if spins >= 4 {
+                    return false;
+                }
+                spins += 1;
+                spin_hint();
+                continue;
+            }
+            if current == mode || (current == DelayedMode::Never && !override_never) {
+                return true;
+            }
+            // Release: keeps every earlier push's release sequence intact for
+            // the collector (it is an RMW, so the sequence continues anyway).
+            if self
+                .thread_free
+                .compare_exchange_weak(word, tagged(list_of(word), mode), Ordering::Release, Ordering::Relaxed)
+                .is_ok()
+            {
+                return true;
+            }
+        }
+    }
+
+    /// [`Page::try_set_delayed_mode`] that waits as long as needed.
+    ///
+    /// # Safety
+    /// As [`Page::try_set_delayed_mode`].
+    pub(crate) unsafe fn set_delayed_mode(&self, mode: DelayedMode, override_never: bool) {
+        // SAFETY: forwarded from the caller.
+        while !unsafe { self.try_set_delayed_mode(mode, override_never) } {
+            yield_thread();
+        }
+    }
+
+    /// The page is in its heap's full queue.
+    #[inline(always)]
+    pub(crate) fn is_in_full(&self) -> bool {
+        self.flags.get() & IN_FULL != 0
+    }
+}

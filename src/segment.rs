@@ -1,0 +1,314 @@
+//! Segments: regions aligned to their size (4 MiB), split into pages of one
+//! kind, whose header holds the page descriptors.
+//!
+//! ```text
+//!  segment (4 MiB, 4 MiB-aligned)
+//!  ┌────────────┬──────────────┬──────────────┬─────┬──────────────┐
+//!  │ header     │ page 0 area  │ page 1       │ ... │ page 63      │  small: 64 × 64 KiB
+//!  │ (Segment,  │ (rest of the │              │     │              │  medium: 8 × 512 KiB
+//!  │  [Page;64])│  first page) │              │     │              │  large: 1 × 4 MiB
+//!  └────────────┴──────────────┴──────────────┴─────┴──────────────┘
+//! ```
+//!
+//! Pointer → segment is a mask of `p − 1`; pointer → page is a shift of the
+//! offset into the segment. Neither touches global data. (`p − 1` matters
+//! only for a huge block placed exactly one segment size past its segment's
+//! start, which is how alignments above 4 MiB are served.)
+//!
+//! A huge segment holds one block and may be larger than 4 MiB; its block
+//! always starts within the first `SEGMENT_SIZE` bytes (plus one), so the
+//! mask still finds the header.
+
+use crate::heap::Heap;
+use crate::os::{self, OS_PAGE_SIZE, checked_align_up};
+use crate::page::Page;
+use crate::size_class::PageKind;
+use crate::sync::AtomicUsize;
+use core::cell::Cell;
+use core::ptr::{self, NonNull};
+
+/// log2 of the segment size.
+pub(crate) const SEGMENT_SHIFT: usize = 22;
+/// Size and alignment of a (non-huge) segment: 4 MiB.
+pub(crate) const SEGMENT_SIZE: usize = 1 << SEGMENT_SHIFT;
+const SEGMENT_MASK: usize = SEGMENT_SIZE - 1;
+
+/// Page descriptors per segment (small segments use all of them).
+pub(crate) const MAX_PAGES: usize = 64;
+
+const SMALL_PAGE_SHIFT: usize = 16;
+const MEDIUM_PAGE_SHIFT: usize = 19;
+/// A large page spans the segment, so every offset maps to page 0.
+const LARGE_PAGE_SHIFT: usize = SEGMENT_SHIFT;
+/// Offsets into a huge segment that the page lookup sees are at most
+/// `SEGMENT_SIZE`, so this shift maps them all to page 0.
+const HUGE_PAGE_SHIFT: usize = SEGMENT_SHIFT + 1;
+
+/// Bytes reserved at the start of every segment for its header.
+pub(crate) const HEADER_SIZE: usize = match checked_align_up(size_of::<Segment>(), OS_PAGE_SIZE) {
+    Some(size) => size,
+    None => panic!("segment header size overflows"),
+};
+
+/// Largest huge request (128 TiB); anything larger is reported as out of
+/// memory without asking the OS.
+pub(crate) const HUGE_SIZE_MAX: usize = 1 << 47;
+
+/// Links of a segment in one of its heap's segment lists (owner only).
+pub(crate) struct Links {
+    pub(crate) next: Cell<*mut Segment>,
+    pub(crate) prev: Cell<*mut Segment>,
+}
+
+impl Links {
+    const fn new() -> Links {
+        Links { next: Cell::new(ptr::null_mut()), prev: Cell::new(ptr::null_mut()) }
+    }
+}
+
+/// A segment header.
+///
+/// `thread_id` is read by every free (relaxed, compared with the caller's
+/// own id); everything else is owner-only, or immutable after
+/// [`Segment::create`].
+#[repr(C)]
+pub(crate) struct Segment {
+    /// Owner thread id; 0 while the segment is abandoned.
+    pub(crate) thread_id: AtomicUsize,
+    /// Immutable: the segment's page kind.
+    pub(crate) kind: PageKind,
+    /// Immutable: shift from an offset to a page index.
+    page_shift: usize,
+    /// Immutable: number of page slots.
+    pub(crate) page_count: usize,
+    /// Immutable: bytes mapped from the segment start.
+    pub(crate) size: usize,
+    /// Immutable: the alignment the mapping was requested with.
+    map_align: usize,
+    /// Page slots in use.
+    pub(crate) used_pages: Cell<usize>,
+    /// The owning heap (null while abandoned).
+    pub(crate) heap: Cell<*mut Heap>,
+    /// Membership in the heap's list of all its segments.
+    pub(crate) all: Links,
+    /// Membership in the heap's list of segments with a free page slot.
+    pub(crate) with_free_slot: Links,
+    /// The segment is on the heap's `with_free_slot` list.
+    pub(crate) in_free_slot_list: Cell<bool>,
+    /// Next segment on the abandoned list (written before publication).
+    pub(crate) abandoned_next: Cell<*mut Segment>,
+    /// Page descriptors; only the first `page_count` are initialised.
+    pages: [Page; MAX_PAGES],
+}
+
+// SAFETY: the only field written by threads other than the owner is the
+// atomic `thread_id`; the `Cell` fields are owner-only (or touched by the
+// thread that took the segment off the abandoned list, which then owns it
+// exclusively); pages carry their own `Sync` argument.
+unsafe impl Sync for Segment {}
+
+impl Segment {
+    /// The segment holding `p` (a block start handed out by this allocator).
+    #[inline(always)]
+    pub(crate) fn of(p: *const u8) -> *mut Segment {
+        p.wrapping_byte_sub(1).map_addr(|a| a & !SEGMENT_MASK).cast_mut().cast()
+    }
+
+    /// Page descriptor `index` of `segment`.
+    ///
+    /// # Safety
+    /// `segment` is a live segment and `index < MAX_PAGES`.
+    #[inline(always)]
+    pub(crate) unsafe fn page(segment: *mut Segment, index: usize) -> *mut Page {
+        // SAFETY: in bounds of the header (caller), no reference is created
+        // to the possibly uninitialised rest of the array.
+        unsafe { ptr::addr_of_mut!((*segment).pages).cast::<Page>().add(index) }
+    }
+
+    /// The page holding block `p` of `segment`.
+    ///
+    /// # Safety
+    /// `p` is a block handed out from `segment`.
+    #[inline(always)]
+    pub(crate) unsafe fn page_of(segment: *mut Segment, p: *const u8) -> *mut Page {
+        // SAFETY: `p` lies in the segment's page area (caller), so the
+        // shifted offset is a valid page index.
+        unsafe {
+            let index = (p.addr() - segment.addr()) >> (*segment).page_shift;
+            Segment::page(segment, index)
+        }
+    }
+
+    /// Index of `page` in its segment.
+    ///
+    /// # Safety
+    /// `page` is a descriptor inside `segment`'s header.
+    pub(crate) unsafe fn page_index(segment: *mut Segment, page: *const Page) -> usize {
+        // SAFETY: both point into the same header (caller).
+        let base = unsafe { Segment::page(segment, 0) };
+        (page.addr() - base.addr()) / size_of::<Page>()
+    }
+
+    /// Maps and initialises a segment of `kind` (not huge) owned by `heap`
+    /// on thread `thread_id`. Returns `None` when the OS refuses.
+    pub(crate) fn create(kind: PageKind, thread_id: usize, heap: *mut Heap) -> Option<NonNull<Segment>> {
+        let (page_shift, page_count) = match kind {
+            PageKind::Small => (SMALL_PAGE_SHIFT, SEGMENT_SIZE >> SMALL_PAGE_SHIFT),
+            PageKind::Medium => (MEDIUM_PAGE_SHIFT, SEGMENT_SIZE >> MEDIUM_PAGE_SHIFT),
+            PageKind::Large => (LARGE_PAGE_SHIFT, 1),
+            PageKind::Huge => return None,
+        };
+        let base = os::map(SEGMENT_SIZE, SEGMENT_SIZE, 0)?;
+        let segment = base.cast::<Segment>();
+        // SAFETY: fresh, exclusively ours, large enough for the header.
+        unsafe { Segment::init_header(segment.as_ptr(), kind, page_shift, page_count, SEGMENT_SIZE, SEGMENT_SIZE, thread_id, heap) };
+        Some(segment)
+    }
+
+    /// Maps a huge segment whose single block of at least `size` bytes is
+    /// aligned to `align`, and initialises its page for `heap` (queue index
+    /// `bin`). Returns the segment and the block.
+    pub(crate) fn create_huge(
+        size: usize,
+        align: usize,
+        thread_id: usize,
+        heap: *mut Heap,
+        bin: usize,
+    ) -> Option<(NonNull<Segment>, *mut u8)> {
+        if size > HUGE_SIZE_MAX || align > HUGE_SIZE_MAX {
+            return None;
+        }
+        let align = align.max(OS_PAGE_SIZE);
+        // Where the block goes, and how the mapping must be aligned so that
+        // (segment + block_offset) is `align`-aligned and the segment itself
+        // is SEGMENT_SIZE-aligned.
+        let (block_offset, map_align, map_offset) = if align <= SEGMENT_SIZE {
+            (checked_align_up(HEADER_SIZE, align)?, SEGMENT_SIZE, 0)
+        } else {
+            // The block sits exactly one segment size in: (block − 1) still
+            // masks to the header.
+            (SEGMENT_SIZE, align, SEGMENT_SIZE)
+        };
+        let total = checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)?;
+        let base = os::map(total, map_align, map_offset)?;
+        let segment = base.cast::<Segment>();
+        // SAFETY: fresh, exclusively ours, large enough for header and block.
+        unsafe {
+            Segment::init_header(segment.as_ptr(), PageKind::Huge, HUGE_PAGE_SHIFT, 1, total, map_align, thread_id, heap);
+            let block = base.as_ptr().add(block_offset);
+            let page = Segment::page(segment.as_ptr(), 0);
+            (*page).init_huge(heap, bin, block, total - block_offset);
+            (*segment.as_ptr()).used_pages.set(1);
+            Some((segment, block))
+        }
+    }
+
+    /// # Safety
+    /// `segment` is fresh zeroed memory of at least `HEADER_SIZE` bytes.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn init_header(
+        segment: *mut Segment,
+        kind: PageKind,
+        page_shift: usize,
+        page_count: usize,
+        size: usize,
+        map_align: usize,
+        thread_id: usize,
+        heap: *mut Heap,
+    ) {
+        // SAFETY: the memory is ours and writable (caller); fields are
+        // written in place so no reference to the uninitialised header exists.
+        unsafe {
+            ptr::addr_of_mut!((*segment).thread_id).write(AtomicUsize::new(thread_id));
+            ptr::addr_of_mut!((*segment).kind).write(kind);
+            ptr::addr_of_mut!((*segment).page_shift).write(page_shift);
+            ptr::addr_of_mut!((*segment).page_count).write(page_count);
+            ptr::addr_of_mut!((*segment).size).write(size);
+            ptr::addr_of_mut!((*segment).map_align).write(map_align);
+            ptr::addr_of_mut!((*segment).used_pages).write(Cell::new(0));
+            ptr::addr_of_mut!((*segment).heap).write(Cell::new(heap));
+            ptr::addr_of_mut!((*segment).all).write(Links::new());
+            ptr::addr_of_mut!((*segment).with_free_slot).write(Links::new());
+            ptr::addr_of_mut!((*segment).in_free_slot_list).write(Cell::new(false));
+            ptr::addr_of_mut!((*segment).abandoned_next).write(Cell::new(ptr::null_mut()));
+            for index in 0..page_count {
+                Segment::page(segment, index).write(Page::new());
+            }
+        }
+    }
+
+    /// Returns the segment's memory to the OS.
+    ///
+    /// # Safety
+    /// The segment holds no live block, is on no list, and no thread can
+    /// reach it any more.
+    pub(crate) unsafe fn release(segment: *mut Segment) {
+        // SAFETY: the caller guarantees nothing uses the segment; the
+        // mapping parameters are the ones it was created with.
+        unsafe {
+            let size = (*segment).size;
+            let align = (*segment).map_align;
+            os::unmap(NonNull::new_unchecked(segment.cast()), size, align);
+        }
+    }
+
+    /// The page area of slot `index`: its start and length.
+    ///
+    /// # Safety
+    /// `segment` is live and `index < page_count`.
+    pub(crate) unsafe fn page_area(segment: *mut Segment, index: usize) -> (*mut u8, usize) {
+        // SAFETY: the computed range lies inside the segment mapping.
+        unsafe {
+            let shift = (*segment).page_shift.min(SEGMENT_SHIFT);
+            let page_size = 1usize << shift;
+            let start = index << shift;
+            let begin = start.max(HEADER_SIZE);
+            let end = (start + page_size).min((*segment).size);
+            (segment.cast::<u8>().add(begin), end - begin)
+        }
+    }
+
+    /// The segment has an unused page slot.
+    ///
+    /// # Safety
+    /// `segment` is live; owner only.
+    #[inline]
+    pub(crate) unsafe fn has_free_slot(segment: *mut Segment) -> bool {
+        // SAFETY: live segment (caller).
+        unsafe { (*segment).used_pages.get() < (*segment).page_count }
+    }
+
+    /// Takes an unused page slot; the caller initialises the page.
+    ///
+    /// # Safety
+    /// `segment` is live, owned by the caller, and has a free slot.
+    pub(crate) unsafe fn claim_slot(segment: *mut Segment) -> *mut Page {
+        // SAFETY: owner only (caller); indices are below page_count.
+        unsafe {
+            for index in 0..(*segment).page_count {
+                let page = Segment::page(segment, index);
+                if !(*page).in_use.get() {
+                    (*segment).used_pages.set((*segment).used_pages.get() + 1);
+                    return page;
+                }
+            }
+        }
+        crate::fatal::fatal("segment bookkeeping: no free page slot")
+    }
+
+    /// Gives a page slot back to its segment.
+    ///
+    /// # Safety
+    /// `page` is an in-use page of `segment` with no live block; owner only.
+    pub(crate) unsafe fn release_slot(segment: *mut Segment, page: *mut Page) {
+        // SAFETY: owner only (caller).
+        unsafe {
+            (*page).in_use.set(false);
+            (*page).memory_is_zero.set(false);
+            (*page).flags.set(0);
+            (*page).free.set(ptr::null_mut());
+            (*page).local_free.set(ptr::null_mut());
+            (*segment).used_pages.set((*segment).used_pages.get() - 1);
+        }
+    }
+}

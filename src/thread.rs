@@ -1,0 +1,141 @@
+//! The thread's default heap: the thread-local pointer to it, thread start
+//! and thread exit.
+//!
+//! * Every thread's pointer starts at [`EMPTY_HEAP`], a static read-only
+//!   heap whose direct table points at the empty page; the first allocation
+//!   therefore misses on the fast path with no "initialised?" test, and the
+//!   slow path calls [`init_current`].
+//! * The heap of a thread is mapped from the OS layer, never from the global
+//!   allocator (which is us).
+//! * Thread exit runs through a `pthread_key_create` destructor, which glibc
+//!   runs after Rust's own thread-local destructors, so frees from those
+//!   still find a live heap. It abandons the heap's segments that still hold
+//!   blocks. An allocation after that (from a later destructor) initialises
+//!   a fresh heap, and glibc runs the destructor again for it.
+//! * The thread id is the address of the thread-local pointer itself:
+//!   unique among live threads, nonzero, and free (no system call). A dead
+//!   thread's id can come back with a new thread, which is harmless because
+//!   abandonment set the dead thread's segments to id 0.
+
+use crate::abandon::Shared;
+use crate::heap::Heap;
+use crate::os::{self, OS_PAGE_SIZE};
+use crate::sync::{AtomicUsize, Ordering};
+use core::cell::Cell;
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+
+/// Process-wide shared state.
+pub(crate) static SHARED: Shared = Shared::new();
+
+/// The heap of every thread that has not allocated yet. Never written.
+static EMPTY_HEAP: Heap = Heap::EMPTY;
+
+thread_local! {
+    /// The calling thread's default heap (or [`EMPTY_HEAP`]).
+    static THREAD_HEAP: Cell<*mut Heap> = const { Cell::new(empty_heap()) };
+}
+
+/// The empty heap's address.
+#[inline(always)]
+pub(crate) const fn empty_heap() -> *mut Heap {
+    ptr::from_ref(&EMPTY_HEAP).cast_mut()
+}
+
+/// The calling thread's default heap; [`empty_heap`] before its first
+/// allocation.
+#[inline(always)]
+pub(crate) fn current_heap() -> *mut Heap {
+    THREAD_HEAP.with(Cell::get)
+}
+
+/// The calling thread's id (see the module documentation).
+#[inline(always)]
+pub(crate) fn current_thread_id() -> usize {
+    THREAD_HEAP.with(|cell| ptr::from_ref(cell).addr())
+}
+
+/// The pthread key whose destructor tears a thread's heap down, plus one;
+/// 0 until created.
+static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
+
+/// Creates the exit key once per process (racing threads: the loser deletes
+/// its key). Returns `None` if the system has no key left.
+fn exit_key() -> Option<libc::pthread_key_t> {
+    // Acquire pairs with the Release CAS below: the key value is complete.
+    let existing = EXIT_KEY.load(Ordering::Acquire);
+    if existing != 0 {
+        return libc::pthread_key_t::try_from(existing - 1).ok();
+    }
+    let mut key: libc::pthread_key_t = 0;
+    // SAFETY: `key` is a valid out-pointer; the destructor has the C ABI
+    // signature pthread expects.
+    if unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } != 0 {
+        return None;
+    }
+    let encoded = usize::try_from(key).ok()? + 1;
+    // Release pairs with the Acquire load above; Acquire on failure to read
+    // the winner's key.
+    match EXIT_KEY.compare_exchange(0, encoded, Ordering::Release, Ordering::Acquire) {
+        Ok(_) => Some(key),
+        Err(winner) => {
+            // SAFETY: the key is ours and never used.
+            unsafe { libc::pthread_key_delete(key) };
+            libc::pthread_key_t::try_from(winner - 1).ok()
+        }
+    }
+}
+
+/// Bytes mapped for one thread's heap.
+const HEAP_MAP_SIZE: usize = match os::checked_align_up(size_of::<Heap>(), OS_PAGE_SIZE) {
+    Some(size) => size,
+    None => panic!("heap size overflows"),
+};
+
+/// Gives the calling thread a real default heap. Returns null if the OS
+/// refuses memory (the allocation then fails with null).
+#[cold]
+#[inline(never)]
+pub(crate) fn init_current() -> *mut Heap {
+    let current = current_heap();
+    if current != empty_heap() {
+        return current;
+    }
+    let Some(key) = exit_key() else {
+        return ptr::null_mut();
+    };
+    let Some(memory) = os::map(HEAP_MAP_SIZE, OS_PAGE_SIZE, 0) else {
+        return ptr::null_mut();
+    };
+    let heap = memory.cast::<Heap>().as_ptr();
+    // SAFETY: fresh memory, large enough and aligned for a `Heap`.
+    unsafe { heap.write(Heap::new(current_thread_id(), ptr::from_ref(&SHARED))) };
+    THREAD_HEAP.with(|cell| cell.set(heap));
+    // SAFETY: the key exists; a failure here only means the heap is never
+    // torn down at exit (its memory stays valid: a leak, not a fault).
+    unsafe { libc::pthread_setspecific(key, heap.cast::<c_void>().cast_const()) };
+    heap
+}
+
+/// The exit-key destructor: abandons the exiting thread's heap.
+unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
+    let heap = value.cast::<Heap>();
+    if heap.is_null() {
+        return;
+    }
+    // From here on this thread allocates from a fresh heap, if at all.
+    THREAD_HEAP.with(|cell| {
+        if cell.get() == heap {
+            cell.set(empty_heap());
+        }
+    });
+    // SAFETY: the key holds only heaps made by `init_current` on this very
+    // thread; nothing else can reach the heap once its pages are abandoned.
+    unsafe {
+        if (*heap).thread_id() != current_thread_id() {
+            return;
+        }
+        (*heap).abandon();
+        os::unmap(NonNull::new_unchecked(heap.cast()), HEAP_MAP_SIZE, OS_PAGE_SIZE);
+    }
+}
