@@ -3,12 +3,11 @@
 //! slow path or a huge segment; a pointer's segment picks the local or the
 //! remote free.
 
-use crate::heap::{Heap, zero_block};
+use crate::heap::{Heap, free_block, zero_block};
 use crate::os::{self, OS_PAGE_SIZE};
-use crate::page::{Block, Page};
+use crate::page::Block;
 use crate::segment::Segment;
 use crate::size_class::{LARGE_BLOCK_MAX, MIN_ALIGN, PageKind, SMALL_SIZE_MAX, fitting_size};
-use crate::sync::Ordering;
 use crate::thread;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
@@ -107,42 +106,8 @@ fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut
 /// `ptr` is a live block returned by this allocator.
 #[inline(always)]
 unsafe fn free(ptr: *mut u8) {
-    let segment = Segment::of(ptr);
-    // SAFETY: `ptr` is a live block (caller), so its segment and page are
-    // live. The segment's owner id equals ours only if this thread owns it,
-    // in which case the page's lists are ours to touch.
-    unsafe {
-        let page = Segment::page_of(segment, ptr);
-        let block = ptr.cast::<Block>();
-        // Relaxed: only equality with our own id matters, and only this
-        // thread ever stores its own id into a segment.
-        if (*segment).thread_id.load(Ordering::Relaxed) == thread::current_thread_id() {
-            let used = (*page).push_local(block);
-            if used == 0 || (*page).flags.get() != 0 {
-                Heap::after_local_free(page);
-            }
-        } else {
-            free_remote(segment, page, block);
-        }
-    }
-}
-
-/// # Safety
-/// `block` is a live block of `page` in `segment`, given up by the caller.
-#[inline(never)]
-unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if (*segment).kind == PageKind::Huge {
-            // Give the memory back now; the owner unmaps the segment when it
-            // processes the free. The first OS page keeps the link word.
-            let usable = (*page).block_size.get();
-            if usable > OS_PAGE_SIZE {
-                os::reset(block.cast::<u8>().add(OS_PAGE_SIZE), (usable - OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1));
-            }
-        }
-        (*page).free_remote(block);
-    }
+    // SAFETY: forwarded from the caller; the id is the calling thread's.
+    unsafe { free_block(ptr, thread::current_thread_id()) }
 }
 
 /// # Safety

@@ -17,6 +17,7 @@ use crate::size_class::{
     BIN_COUNT, BIN_FULL, BIN_HUGE, BLOCK_SIZES, DIRECT_SLOTS, PageKind, QUEUE_COUNT, SMALL_BLOCK_MAX,
     SMALL_SIZE_MAX, WORD, bin_of, direct_slots_of, page_kind_of,
 };
+use crate::os::{self, OS_PAGE_SIZE};
 use crate::sync::{AtomicPtr, Ordering, yield_thread};
 use core::cell::Cell;
 use core::ptr;
@@ -955,3 +956,50 @@ pub(crate) unsafe fn zero_block(page: *mut Page, block: *mut Block, size: usize)
         }
     }
 }
+
+/// Frees a block on the thread whose id is `thread_id`: a local free when
+/// that thread owns the block's segment, a remote free otherwise.
+///
+/// # Safety
+/// `ptr` is a live block returned by this allocator; `thread_id` is the
+/// calling thread's id.
+#[inline(always)]
+pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
+    let segment = Segment::of(ptr);
+    // SAFETY: `ptr` is a live block (caller), so its segment and page are
+    // live. The segment's owner id equals ours only if this thread owns it,
+    // in which case the page's lists are ours to touch.
+    unsafe {
+        let page = Segment::page_of(segment, ptr);
+        let block = ptr.cast::<Block>();
+        // Relaxed: only equality with our own id matters, and only this
+        // thread ever stores its own id into a segment.
+        if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
+            let used = (*page).push_local(block);
+            if used == 0 || (*page).flags.get() != 0 {
+                Heap::after_local_free(page);
+            }
+        } else {
+            free_remote(segment, page, block);
+        }
+    }
+}
+
+/// # Safety
+/// `block` is a live block of `page` in `segment`, given up by the caller.
+#[inline(never)]
+unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if (*segment).kind == PageKind::Huge {
+            // Give the memory back now; the owner unmaps the segment when it
+            // processes the free. The first OS page keeps the link word.
+            let usable = (*page).block_size.get();
+            if usable > OS_PAGE_SIZE {
+                os::reset(block.cast::<u8>().add(OS_PAGE_SIZE), (usable - OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1));
+            }
+        }
+        (*page).free_remote(block);
+    }
+}
+

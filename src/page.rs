@@ -319,12 +319,6 @@ impl Page {
         block
     }
 
-    /// Can more blocks be threaded into `free`?
-    #[inline]
-    pub(crate) fn can_extend(&self) -> bool {
-        self.capacity.get() < self.reserved.get()
-    }
-
     /// Threads the next run of untouched blocks into `free` (about one OS
     /// page worth). Called only when `free` is empty.
     ///
@@ -513,7 +507,7 @@ impl Page {
     }
 
     /// The page's current delayed-free mode.
-    #[inline]
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     pub(crate) fn delayed_mode(&self) -> DelayedMode {
         // Acquire pairs with the Release CASes of remote frees.
         DelayedMode::of(self.thread_free.load(Ordering::Acquire))

@@ -1,0 +1,186 @@
+//! Entry points for the loom models in `loom-tests/` (built only with
+//! `--cfg loom`). They drive the crate's real heap, page, segment and
+//! abandon code; only thread identity (an explicit id instead of the
+//! thread-local address) and the OS backend (`std::alloc::System` instead
+//! of `mmap`) differ from a normal build.
+//!
+//! Blocks handed out here are at least 64 bytes: under loom a free block's
+//! link is a `loom::cell::UnsafeCell`, larger than a pointer.
+
+use crate::abandon::Shared;
+use crate::heap::{Heap, free_block};
+use crate::page::{Block, DelayedMode, Page};
+use crate::segment::Segment;
+
+/// Process-wide state of one model run (the abandoned-segment list).
+pub struct World {
+    shared: Shared,
+}
+
+impl World {
+    /// Fresh process state.
+    pub fn new() -> World {
+        World { shared: Shared::new() }
+    }
+
+    /// Segments on the abandoned list.
+    pub fn abandoned_segments(&self) -> usize {
+        self.shared.abandoned.len()
+    }
+}
+
+impl Default for World {
+    fn default() -> World {
+        World::new()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Release whatever is still abandoned, so model iterations do not
+        // accumulate memory.
+        let mut segment = self.shared.abandoned.take_all();
+        while !segment.is_null() {
+            // SAFETY: the model is over; we own every segment on the list.
+            unsafe {
+                let next = (*segment).abandoned_next.get();
+                Segment::release(segment);
+                segment = next;
+            }
+        }
+    }
+}
+
+/// A heap owned by the model thread that created it.
+pub struct ModelHeap {
+    heap: Box<Heap>,
+}
+
+impl ModelHeap {
+    /// A heap owned by the thread whose id is `thread_id` (nonzero, not 1,
+    /// distinct per model thread).
+    pub fn new(world: &World, thread_id: usize) -> ModelHeap {
+        ModelHeap { heap: Box::new(Heap::new(thread_id, &world.shared)) }
+    }
+
+    /// Allocates `size ≥ 64` bytes through the heap's slow path (the real
+    /// page search, extension, full-queue and fresh-page code).
+    pub fn alloc(&self, size: usize) -> *mut u8 {
+        // SAFETY: owner thread (the model thread that created the heap).
+        unsafe { self.heap.malloc_generic(size.max(64), false) }
+    }
+
+    /// Frees a block on the owner thread.
+    ///
+    /// # Safety
+    /// `ptr` is a live block of this model.
+    pub unsafe fn free(&self, ptr: *mut u8) {
+        // SAFETY: forwarded.
+        unsafe { free_block(ptr, self.heap.thread_id()) }
+    }
+
+    /// Processes the delayed-free list once (the heartbeat's work), or
+    /// until empty with `wait_all`.
+    pub fn process_delayed(&self, wait_all: bool) {
+        // SAFETY: owner thread.
+        unsafe { self.heap.process_delayed(wait_all) }
+    }
+
+    /// Collects the free lists of the page holding `ptr` (what the owner
+    /// does when it scans a queue).
+    ///
+    /// # Safety
+    /// `ptr` is a block (live or freed) of a page of this heap.
+    pub unsafe fn collect_page_of(&self, ptr: *mut u8) {
+        // SAFETY: the page is ours (caller), we are its owner.
+        unsafe { (*page_of(ptr)).collect() }
+    }
+
+    /// `Heap::collect`.
+    pub fn collect(&self, force: bool) {
+        // SAFETY: owner thread.
+        unsafe { self.heap.collect(force) }
+    }
+
+    /// Thread exit: abandon the heap (the model may then drop it).
+    pub fn abandon(&self) {
+        // SAFETY: owner thread.
+        unsafe { self.heap.abandon() }
+    }
+}
+
+/// Frees `ptr` from the model thread whose id is `thread_id`.
+///
+/// # Safety
+/// `ptr` is a live block of this model that the caller gives up.
+pub unsafe fn free(ptr: *mut u8, thread_id: usize) {
+    // SAFETY: forwarded.
+    unsafe { free_block(ptr, thread_id) }
+}
+
+/// The page holding `ptr`.
+///
+/// # Safety
+/// `ptr` is a block of this model.
+unsafe fn page_of(ptr: *mut u8) -> *mut Page {
+    // SAFETY: forwarded.
+    unsafe { Segment::page_of(Segment::of(ptr), ptr) }
+}
+
+/// What the owner sees of the page holding `ptr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageView {
+    /// Blocks handed out (including remotely freed, uncollected ones).
+    pub used: u32,
+    /// Delayed-free mode: 0 use-delayed, 1 freeing, 2 no-delayed, 3 never.
+    pub mode: usize,
+    /// The page sits in its heap's full queue.
+    pub in_full: bool,
+}
+
+/// Reads the page holding `ptr`.
+///
+/// # Safety
+/// `ptr` is a block of a page owned by the calling model thread.
+pub unsafe fn page_view(ptr: *mut u8) -> PageView {
+    // SAFETY: owner thread (caller).
+    unsafe {
+        let page = page_of(ptr);
+        PageView {
+            used: (*page).used.get(),
+            mode: (*page).delayed_mode() as usize,
+            in_full: (*page).is_in_full(),
+        }
+    }
+}
+
+/// Counts how many times `ptr` appears on the owner-side free lists
+/// (`free` and `local_free`) of its page.
+///
+/// # Safety
+/// `ptr` is a block of a page owned by the calling model thread, collected
+/// (its `thread_free` taken) by the caller.
+pub unsafe fn times_on_free_lists(ptr: *mut u8) -> usize {
+    // SAFETY: owner thread (caller); the lists are owner-only.
+    unsafe {
+        let page = page_of(ptr);
+        let mut count = 0;
+        for head in [(*page).free.get(), (*page).local_free.get()] {
+            let mut block = head;
+            while !block.is_null() {
+                if block.cast::<u8>() == ptr {
+                    count += 1;
+                }
+                block = Block::next(block);
+            }
+        }
+        count
+    }
+}
+
+/// `DelayedMode::UseDelayed` as a number, for `PageView::mode`.
+pub const MODE_USE_DELAYED: usize = DelayedMode::UseDelayed as usize;
+/// `DelayedMode::NoDelayed` as a number.
+pub const MODE_NO_DELAYED: usize = DelayedMode::NoDelayed as usize;
+/// `DelayedMode::Never` as a number.
+pub const MODE_NEVER: usize = DelayedMode::Never as usize;
