@@ -1003,3 +1003,173 @@ unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block)
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::LARGE_BLOCK_MAX;
+
+    const OWNER: usize = 0x1000;
+    const OTHER: usize = 0x2000;
+    const THIRD: usize = 0x3000;
+
+    fn count_segments(heap: &Heap) -> usize {
+        let mut n = 0;
+        let mut segment = heap.segments.first.get();
+        while !segment.is_null() {
+            n += 1;
+            // SAFETY: segments on the heap's list are live.
+            segment = unsafe { (*segment).all.next.get() };
+        }
+        n
+    }
+
+    #[test]
+    fn blocks_of_every_class_round_trip_and_memory_goes_back() {
+        let shared = Shared::new();
+        let heap = Heap::new(OWNER, &shared);
+        let mut blocks = Vec::new();
+        // SAFETY: this test thread plays the owner of `heap`.
+        unsafe {
+            for bin in 0..BIN_COUNT {
+                let size = BLOCK_SIZES[bin];
+                for _ in 0..3 {
+                    let p = heap.malloc_generic(size, false);
+                    assert!(!p.is_null());
+                    p.write_bytes(bin as u8, size);
+                    blocks.push((p, size, bin as u8));
+                }
+            }
+            let huge = heap.malloc_huge(3 * LARGE_BLOCK_MAX, 16);
+            huge.write_bytes(0xEE, 3 * LARGE_BLOCK_MAX);
+            assert!(count_segments(&heap) > 3);
+            for &(p, size, fill) in &blocks {
+                assert!((0..size).step_by(61).all(|i| p.add(i).read() == fill), "bin {fill} overwritten");
+            }
+            for (p, _, _) in blocks {
+                free_block(p, OWNER);
+            }
+            free_block(huge, OWNER);
+            heap.collect(true);
+            assert_eq!(count_segments(&heap), 0, "every segment went back to the OS");
+        }
+    }
+
+    #[test]
+    fn exhausted_pages_move_to_the_full_queue_and_back() {
+        let shared = Shared::new();
+        let heap = Heap::new(OWNER, &shared);
+        // SAFETY: owner thread of `heap`.
+        unsafe {
+            // A large page holds three 1 MiB blocks.
+            let first: Vec<*mut u8> = (0..3).map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false)).collect();
+            let page = Segment::page_of(Segment::of(first[0]), first[0]);
+            assert!(!(*page).is_in_full());
+            let fourth = heap.malloc_generic(LARGE_BLOCK_MAX, false);
+            assert!((*page).is_in_full(), "the search parked the exhausted page");
+            assert_eq!((*page).delayed_mode(), DelayedMode::UseDelayed);
+            assert_eq!(heap.queue(BIN_FULL).first.get(), page);
+            free_block(first[1], OWNER);
+            assert!(!(*page).is_in_full(), "a local free brings it back");
+            assert_eq!((*page).delayed_mode(), DelayedMode::NoDelayed);
+            for p in [first[0], first[2], fourth] {
+                free_block(p, OWNER);
+            }
+            heap.collect(true);
+            assert_eq!(count_segments(&heap), 0);
+        }
+    }
+
+    #[test]
+    fn remote_free_into_a_full_page_is_noticed_through_the_delayed_list() {
+        let shared = Shared::new();
+        let heap = Heap::new(OWNER, &shared);
+        // SAFETY: owner thread of `heap`; `OTHER` frees only blocks it was given.
+        unsafe {
+            let first: Vec<*mut u8> = (0..3).map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false)).collect();
+            let fourth = heap.malloc_generic(LARGE_BLOCK_MAX, false);
+            let page = Segment::page_of(Segment::of(first[0]), first[0]);
+            assert!((*page).is_in_full());
+            let addrs: Vec<usize> = first.iter().map(|p| p.expose_provenance()).collect();
+            std::thread::spawn(move || {
+                for a in addrs {
+                    free_block(ptr::with_exposed_provenance_mut(a), OTHER);
+                }
+            })
+            .join()
+            .unwrap();
+            assert!(!heap.thread_delayed_free.load(Ordering::Relaxed).is_null(), "one block went to the heap");
+            assert_eq!((*page).used.get(), 3, "not collected yet");
+            assert_eq!(count_segments(&heap), 2);
+            heap.process_delayed(true);
+            // Processing the parked block collected the other two, emptied
+            // the page, and (another page serving the class) gave its
+            // segment back to the OS.
+            assert_eq!(count_segments(&heap), 1);
+            assert_eq!(heap.queue(BIN_FULL).first.get(), ptr::null_mut());
+            free_block(fourth, OWNER);
+            heap.collect(true);
+            assert_eq!(count_segments(&heap), 0);
+        }
+    }
+
+    #[test]
+    fn abandoned_segments_are_reclaimed_and_their_blocks_stay_valid() {
+        let shared = Shared::new();
+        let dying = Heap::new(OWNER, &shared);
+        // SAFETY: this thread plays the owners of both heaps in turn; after
+        // `abandon`, blocks of the dead heap are freed as remote frees.
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..2000).map(|i| dying.malloc_generic(16 + i % 200, false)).collect();
+            for (i, &p) in blocks.iter().enumerate() {
+                p.write_bytes(i as u8, 16);
+            }
+            // Half freed by the owner before it dies.
+            for &p in blocks.iter().step_by(2) {
+                free_block(p, OWNER);
+            }
+            let segments = count_segments(&dying);
+            dying.abandon();
+            assert_eq!(count_segments(&dying), 0);
+            assert_eq!(shared.abandoned.len(), segments);
+            for (i, &p) in blocks.iter().enumerate().skip(1).step_by(2) {
+                assert!((0..16).all(|k| p.add(k).read() == i as u8), "block {i} survived abandonment");
+            }
+            // A third thread frees some blocks into the abandoned segment.
+            for &p in blocks.iter().skip(1).step_by(4) {
+                free_block(p, THIRD);
+            }
+            let heir = Heap::new(OTHER, &shared);
+            let q = heir.malloc_generic(32, false);
+            assert!(!q.is_null());
+            assert_eq!(Segment::of(q), Segment::of(blocks[1]), "the heir adopted the abandoned small segment");
+            assert_eq!(shared.abandoned.len(), 0);
+            // The rest are now local frees of the heir.
+            for &p in blocks.iter().skip(3).step_by(4) {
+                free_block(p, OTHER);
+            }
+            free_block(q, OTHER);
+            heir.collect(true);
+            assert_eq!(count_segments(&heir), 0, "every reclaimed page emptied and went back");
+        }
+    }
+
+    #[test]
+    fn empty_abandoned_segments_go_back_to_the_os_on_collect() {
+        let shared = Shared::new();
+        let dying = Heap::new(OWNER, &shared);
+        // SAFETY: as above.
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..100).map(|_| dying.malloc_generic(5000, false)).collect();
+            dying.abandon();
+            assert_eq!(shared.abandoned.len(), 1);
+            for p in blocks {
+                free_block(p, THIRD);
+            }
+            let other = Heap::new(OTHER, &shared);
+            let _ = other.malloc_generic(16, false);
+            other.collect(true);
+            assert_eq!(shared.abandoned.len(), 0, "the emptied abandoned segment was released");
+        }
+    }
+}

@@ -178,3 +178,47 @@ pub fn resident_bytes() -> Option<usize> {
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     pages.checked_mul(usize::try_from(page).ok()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_honours_alignment_and_offset() {
+        for (size, align, offset) in [(8192, 1 << 22, 0), (1 << 20, 1 << 24, 1 << 22), (4096, 4096, 0)] {
+            let p = map(size, align, offset).expect("map");
+            assert_eq!((p.as_ptr().addr() + offset) % align, 0, "size {size} align {align} offset {offset}");
+            // SAFETY: the mapping is ours, `size` bytes long and zeroed.
+            unsafe {
+                assert_eq!(p.as_ptr().read(), 0);
+                p.as_ptr().add(size - 1).write(7);
+                unmap(p, size, align);
+            }
+        }
+    }
+
+    #[test]
+    fn reset_reads_back_zero() {
+        let size = 16 * OS_PAGE_SIZE;
+        let p = map(size, OS_PAGE_SIZE, 0).expect("map");
+        // SAFETY: the mapping is ours and `size` bytes long.
+        unsafe {
+            p.as_ptr().write_bytes(0xAB, size);
+            assert!(reset(p.as_ptr(), size));
+            assert!((0..size).step_by(512).all(|i| p.as_ptr().add(i).read() == 0));
+            unmap(p, size, OS_PAGE_SIZE);
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused() {
+        assert!(map(usize::MAX - 100, 1 << 22, 0).is_none());
+        assert!(map(1 << 62, 1 << 22, 0).is_none());
+    }
+
+    #[test]
+    fn resident_bytes_reads_statm() {
+        let rss = resident_bytes().expect("statm");
+        assert!(rss > 0);
+    }
+}

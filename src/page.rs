@@ -567,3 +567,124 @@ impl Page {
         self.flags.get() & IN_FULL != 0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Segment;
+    use crate::size_class::PageKind;
+
+    /// A page of `block_size` blocks in the first slot of a fresh small segment
+    /// (no heap: the tests drive the page directly).
+    fn fresh_page(block_size: usize) -> (*mut Segment, *mut Page) {
+        let segment = Segment::create(PageKind::Small, 7, ptr::null_mut()).expect("segment").as_ptr();
+        // SAFETY: the segment is ours and fresh, so it has a free slot.
+        unsafe {
+            let page = Segment::claim_slot(segment);
+            let (area, len) = Segment::page_area(segment, Segment::page_index(segment, page));
+            (*page).init(ptr::null_mut(), 0, block_size, area, len);
+            (segment, page)
+        }
+    }
+
+    #[test]
+    fn extension_is_lazy_and_bounded() {
+        let (segment, page) = fresh_page(64);
+        // SAFETY: the page is ours.
+        unsafe {
+            let page = &*page;
+            let (_, len) = Segment::page_area(segment, 0);
+            assert_eq!(page.reserved.get() as usize, len / 64);
+            assert_eq!(page.capacity.get() as usize, EXTEND_BYTES / 64, "one OS page worth at a time");
+            assert!(page.free_is_zero.get());
+            let mut blocks = Vec::new();
+            while let Some(block) = Some(page.pop()).filter(|b| !b.is_null()) {
+                blocks.push(block.addr());
+            }
+            assert_eq!(blocks.len(), EXTEND_BYTES / 64);
+            assert!(blocks.windows(2).all(|w| w[1] == w[0] + 64), "sequential order");
+            assert_eq!(page.used.get() as usize, blocks.len());
+            page.extend();
+            assert_eq!(page.capacity.get() as usize, 2 * EXTEND_BYTES / 64);
+            Segment::release(segment);
+        }
+    }
+
+    #[test]
+    fn local_frees_come_back_through_collect() {
+        let (segment, page) = fresh_page(128);
+        // SAFETY: the page is ours.
+        unsafe {
+            let page = &*page;
+            let a = page.pop();
+            let b = page.pop();
+            assert_eq!(page.push_local(a), 1);
+            assert_eq!(page.push_local(b), 0);
+            // `free` still has extended blocks, so collect keeps local_free.
+            page.collect();
+            assert_eq!(page.local_free.get(), b);
+            while !page.pop().is_null() {}
+            page.collect();
+            assert_eq!(page.free.get(), b, "local_free became free");
+            assert!(!page.free_is_zero.get(), "recycled blocks are dirty");
+            Segment::release(segment);
+        }
+    }
+
+    #[test]
+    fn remote_frees_from_many_threads_all_come_back() {
+        let (segment, page) = fresh_page(64);
+        // SAFETY: the page is ours; blocks are handed to the threads below.
+        unsafe {
+            let page = &*page;
+            page.extend();
+            page.extend();
+            let blocks: Vec<usize> = (0..(3 * EXTEND_BYTES / 64)).map(|_| page.pop().addr()).collect();
+            let page_addr = ptr::from_ref(page).addr();
+            std::thread::scope(|scope| {
+                for chunk in blocks.chunks(blocks.len() / 4 + 1) {
+                    scope.spawn(move || {
+                        let page: &Page = &*ptr::with_exposed_provenance::<Page>(page_addr);
+                        for &block in chunk {
+                            page.free_remote(ptr::with_exposed_provenance_mut(block));
+                        }
+                    });
+                }
+                // The owner collects while the frees land.
+                for _ in 0..100 {
+                    page.collect_thread_free();
+                }
+            });
+            page.collect_thread_free();
+            assert_eq!(page.used.get(), 0);
+            let mut seen = std::collections::HashSet::new();
+            let mut block = page.local_free.get();
+            while !block.is_null() {
+                assert!(seen.insert(block.addr()), "block listed twice");
+                block = Block::next(block);
+            }
+            assert_eq!(seen.len(), blocks.len());
+            assert_eq!(page.delayed_mode(), DelayedMode::NoDelayed);
+            Segment::release(segment);
+        }
+    }
+
+    #[test]
+    fn delayed_modes_follow_the_protocol() {
+        let (segment, page) = fresh_page(64);
+        // SAFETY: the page is ours.
+        unsafe {
+            let page = &*page;
+            assert_eq!(page.delayed_mode(), DelayedMode::NoDelayed);
+            assert!(page.try_set_delayed_mode(DelayedMode::Never, false));
+            assert!(page.try_set_delayed_mode(DelayedMode::UseDelayed, false));
+            assert_eq!(page.delayed_mode(), DelayedMode::Never, "Never is sticky");
+            assert!(page.try_set_delayed_mode(DelayedMode::UseDelayed, true));
+            assert_eq!(page.delayed_mode(), DelayedMode::UseDelayed);
+            // A remote thread caught in `Freeing` makes the owner wait.
+            page.thread_free.store(tagged(ptr::null_mut(), DelayedMode::Freeing), Ordering::Relaxed);
+            assert!(!page.try_set_delayed_mode(DelayedMode::Never, false));
+            Segment::release(segment);
+        }
+    }
+}

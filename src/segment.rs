@@ -312,3 +312,55 @@ impl Segment {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::PageKind;
+
+    #[test]
+    fn pointer_to_segment_and_page_is_a_mask_and_a_shift() {
+        for (kind, pages) in [(PageKind::Small, 64), (PageKind::Medium, 8), (PageKind::Large, 1)] {
+            let segment = Segment::create(kind, 42, ptr::null_mut()).expect("segment").as_ptr();
+            assert_eq!(segment.addr() % SEGMENT_SIZE, 0);
+            // SAFETY: the segment is ours; indices are below its page count.
+            unsafe {
+                assert_eq!((*segment).page_count, pages);
+                for index in 0..pages {
+                    let (area, len) = Segment::page_area(segment, index);
+                    assert!(area.addr() >= segment.addr() + HEADER_SIZE);
+                    for p in [area, area.add(len / 2), area.add(len - 1)] {
+                        assert_eq!(Segment::of(p), segment, "{kind:?} page {index}");
+                        assert_eq!(Segment::page_of(segment, p), Segment::page(segment, index));
+                    }
+                }
+                Segment::release(segment);
+            }
+        }
+    }
+
+    #[test]
+    fn huge_blocks_are_aligned_and_find_their_header() {
+        for (size, align) in [(5 << 20, 16), (100, 1 << 20), (100, 1 << 22), (3 << 20, 1 << 23), (10, 1 << 30)] {
+            let (segment, block) = Segment::create_huge(size, align, 42, ptr::null_mut(), 0).expect("huge");
+            let segment = segment.as_ptr();
+            assert_eq!(block.addr() % align, 0, "size {size} align {align}");
+            assert_eq!(segment.addr() % SEGMENT_SIZE, 0);
+            assert_eq!(Segment::of(block), segment, "size {size} align {align}");
+            // SAFETY: the huge segment and its block are ours.
+            unsafe {
+                let page = Segment::page_of(segment, block);
+                assert_eq!(page, Segment::page(segment, 0));
+                assert!((*page).block_size.get() >= size);
+                block.write_bytes(0x5A, size);
+                Segment::release(segment);
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_huge_requests_fail_cleanly() {
+        assert!(Segment::create_huge(usize::MAX / 2, 16, 42, ptr::null_mut(), 0).is_none());
+        assert!(Segment::create_huge(16, 1 << 60, 42, ptr::null_mut(), 0).is_none());
+    }
+}
