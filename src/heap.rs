@@ -167,7 +167,9 @@ impl Heap {
     /// path, which replaces it with a real heap. Its thread id (1) matches
     /// no segment.
     #[cfg(not(loom))]
-    pub(crate) const EMPTY: Heap = heap_value!(1, ptr::null());
+    pub(crate) const fn empty() -> Heap {
+        heap_value!(1, ptr::null())
+    }
 
     /// A fresh heap for thread `thread_id`.
     pub(crate) fn new(thread_id: usize, shared: *const Shared) -> Heap {
@@ -1027,12 +1029,11 @@ mod tests {
     #[test]
     fn blocks_of_every_class_round_trip_and_memory_goes_back() {
         let shared = Shared::new();
-        let heap = Heap::new(OWNER, &shared);
+        let heap = Heap::new(OWNER, &raw const shared);
         let mut blocks = Vec::new();
         // SAFETY: this test thread plays the owner of `heap`.
         unsafe {
-            for bin in 0..BIN_COUNT {
-                let size = BLOCK_SIZES[bin];
+            for (bin, &size) in BLOCK_SIZES.iter().enumerate() {
                 for _ in 0..3 {
                     let p = heap.malloc_generic(size, false);
                     assert!(!p.is_null());
@@ -1058,7 +1059,7 @@ mod tests {
     #[test]
     fn exhausted_pages_move_to_the_full_queue_and_back() {
         let shared = Shared::new();
-        let heap = Heap::new(OWNER, &shared);
+        let heap = Heap::new(OWNER, &raw const shared);
         // SAFETY: owner thread of `heap`.
         unsafe {
             // A large page holds three 1 MiB blocks.
@@ -1083,7 +1084,7 @@ mod tests {
     #[test]
     fn remote_free_into_a_full_page_is_noticed_through_the_delayed_list() {
         let shared = Shared::new();
-        let heap = Heap::new(OWNER, &shared);
+        let heap = Heap::new(OWNER, &raw const shared);
         // SAFETY: owner thread of `heap`; `OTHER` frees only blocks it was given.
         unsafe {
             let first: Vec<*mut u8> = (0..3).map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false)).collect();
@@ -1116,7 +1117,7 @@ mod tests {
     #[test]
     fn abandoned_segments_are_reclaimed_and_their_blocks_stay_valid() {
         let shared = Shared::new();
-        let dying = Heap::new(OWNER, &shared);
+        let dying = Heap::new(OWNER, &raw const shared);
         // SAFETY: this thread plays the owners of both heaps in turn; after
         // `abandon`, blocks of the dead heap are freed as remote frees.
         unsafe {
@@ -1139,7 +1140,7 @@ mod tests {
             for &p in blocks.iter().skip(1).step_by(4) {
                 free_block(p, THIRD);
             }
-            let heir = Heap::new(OTHER, &shared);
+            let heir = Heap::new(OTHER, &raw const shared);
             let q = heir.malloc_generic(32, false);
             assert!(!q.is_null());
             assert_eq!(Segment::of(q), Segment::of(blocks[1]), "the heir adopted the abandoned small segment");
@@ -1157,7 +1158,7 @@ mod tests {
     #[test]
     fn empty_abandoned_segments_go_back_to_the_os_on_collect() {
         let shared = Shared::new();
-        let dying = Heap::new(OWNER, &shared);
+        let dying = Heap::new(OWNER, &raw const shared);
         // SAFETY: as above.
         unsafe {
             let blocks: Vec<*mut u8> = (0..100).map(|_| dying.malloc_generic(5000, false)).collect();
@@ -1166,7 +1167,7 @@ mod tests {
             for p in blocks {
                 free_block(p, THIRD);
             }
-            let other = Heap::new(OTHER, &shared);
+            let other = Heap::new(OTHER, &raw const shared);
             let _ = other.malloc_generic(16, false);
             other.collect(true);
             assert_eq!(shared.abandoned.len(), 0, "the emptied abandoned segment was released");

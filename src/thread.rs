@@ -29,7 +29,7 @@ use core::ptr::{self, NonNull};
 pub(crate) static SHARED: Shared = Shared::new();
 
 /// The heap of every thread that has not allocated yet. Never written.
-static EMPTY_HEAP: Heap = Heap::EMPTY;
+static EMPTY_HEAP: Heap = Heap::empty();
 
 thread_local! {
     /// The calling thread's default heap (or [`EMPTY_HEAP`]).
@@ -70,7 +70,7 @@ fn exit_key() -> Option<libc::pthread_key_t> {
     let mut key: libc::pthread_key_t = 0;
     // SAFETY: `key` is a valid out-pointer; the destructor has the C ABI
     // signature pthread expects.
-    if unsafe { libc::pthread_key_create(&mut key, Some(on_thread_exit)) } != 0 {
+    if unsafe { libc::pthread_key_create(&raw mut key, Some(on_thread_exit)) } != 0 {
         return None;
     }
     let encoded = usize::try_from(key).ok()? + 1;
