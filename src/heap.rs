@@ -489,6 +489,11 @@ impl Heap {
     pub(crate) unsafe fn after_local_free(page: *mut Page) {
         // SAFETY: the page is ours (caller), so is its heap, set by us.
         unsafe {
+            // Emptied again while still retired (an alloc/free loop on the
+            // only page of its class): it stays retired, nothing to do.
+            if (*page).retire_expire.get() != 0 && (*page).flags.get() == 0 {
+                return;
+            }
             // Relaxed: we wrote it on this thread.
             let heap = (*page).heap.load(Ordering::Relaxed);
             if heap.is_null() {
@@ -575,20 +580,26 @@ impl Heap {
         self.retired_min.set(BIN_COUNT);
         self.retired_max.set(0);
         for bin in low..=high.min(BIN_COUNT - 1) {
-            let page = self.queue(bin).first.get();
+            let mut page = self.queue(bin).first.get();
             // SAFETY: pages on our queues are ours (owner thread, caller).
             unsafe {
-                if page.is_null() || (*page).used.get() != 0 || (*page).retire_expire.get() == 0 {
-                    continue;
-                }
-                let left = (*page).retire_expire.get() - 1;
-                if force || left == 0 {
-                    (*page).retire_expire.set(0);
-                    self.page_free(page);
-                } else {
-                    (*page).retire_expire.set(left);
-                    self.retired_min.set(self.retired_min.get().min(bin));
-                    self.retired_max.set(self.retired_max.get().max(bin));
+                while !page.is_null() {
+                    let next = (*page).next.get();
+                    let expire = (*page).retire_expire.get();
+                    if expire != 0 {
+                        if (*page).used.get() != 0 {
+                            // In use again: no longer retired.
+                            (*page).retire_expire.set(0);
+                        } else if force || expire == 1 {
+                            (*page).retire_expire.set(0);
+                            self.page_free(page);
+                        } else {
+                            (*page).retire_expire.set(expire - 1);
+                            self.retired_min.set(self.retired_min.get().min(bin));
+                            self.retired_max.set(self.retired_max.get().max(bin));
+                        }
+                    }
+                    page = next;
                 }
             }
         }
