@@ -20,7 +20,9 @@ pub struct World {
 impl World {
     /// Fresh process state.
     pub fn new() -> World {
-        World { shared: Shared::new() }
+        World {
+            shared: Shared::new(),
+        }
     }
 
     /// Segments on the abandoned list.
@@ -60,7 +62,9 @@ impl ModelHeap {
     /// A heap owned by the thread whose id is `thread_id` (nonzero, not 1,
     /// distinct per model thread).
     pub fn new(world: &World, thread_id: usize) -> ModelHeap {
-        ModelHeap { heap: Box::new(Heap::new(thread_id, &world.shared)) }
+        ModelHeap {
+            heap: Box::new(Heap::new(thread_id, &world.shared)),
+        }
     }
 
     /// Allocates `size ≥ 64` bytes through the heap's slow path (the real

@@ -32,13 +32,19 @@ impl AbandonedSegments {
     /// An empty list.
     #[cfg(not(loom))]
     pub(crate) const fn new() -> AbandonedSegments {
-        AbandonedSegments { head: AtomicPtr::new(ptr::null_mut()), count: AtomicUsize::new(0) }
+        AbandonedSegments {
+            head: AtomicPtr::new(ptr::null_mut()),
+            count: AtomicUsize::new(0),
+        }
     }
 
     /// An empty list.
     #[cfg(loom)]
     pub(crate) fn new() -> AbandonedSegments {
-        AbandonedSegments { head: AtomicPtr::new(ptr::null_mut()), count: AtomicUsize::new(0) }
+        AbandonedSegments {
+            head: AtomicPtr::new(ptr::null_mut()),
+            count: AtomicUsize::new(0),
+        }
     }
 
     /// Publishes the chain `first ..= last` (linked through
@@ -57,7 +63,10 @@ impl AbandonedSegments {
             unsafe { (*last).abandoned_next.set(head) };
             // Release pairs with the Acquire swap in `take_all`: the taker
             // sees every write we made to these segments and their pages.
-            match self.head.compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed) {
+            match self
+                .head
+                .compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed)
+            {
                 Ok(_) => return,
                 Err(current) => head = current,
             }
@@ -109,12 +118,16 @@ impl Shared {
     /// Fresh shared state.
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Shared {
-        Shared { abandoned: AbandonedSegments::new() }
+        Shared {
+            abandoned: AbandonedSegments::new(),
+        }
     }
 
     /// Fresh shared state.
     #[cfg(loom)]
     pub(crate) fn new() -> Shared {
-        Shared { abandoned: AbandonedSegments::new() }
+        Shared {
+            abandoned: AbandonedSegments::new(),
+        }
     }
 }

@@ -7,7 +7,7 @@ use crate::heap::{Heap, free_block, zero_block};
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::Block;
 use crate::segment::Segment;
-use crate::size_class::{LARGE_BLOCK_MAX, MIN_ALIGN, PageKind, SMALL_SIZE_MAX, fitting_size};
+use crate::size_class::{MIN_ALIGN, PageKind, SMALL_SIZE_MAX, fitting_size};
 use crate::thread;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
@@ -87,7 +87,11 @@ fn allocate(size: usize, align: usize, zero: bool) -> *mut u8 {
 #[cold]
 #[inline(never)]
 fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
-    let heap = if heap == thread::empty_heap() { thread::init_current() } else { heap };
+    let heap = if heap == thread::empty_heap() {
+        thread::init_current()
+    } else {
+        heap
+    };
     if heap.is_null() {
         return ptr::null_mut();
     }
@@ -119,18 +123,23 @@ unsafe fn reallocate(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let segment = Segment::of(ptr);
         // SAFETY: a live block's segment.
         if unsafe { (*segment).kind } == PageKind::Huge {
-            if new_size > LARGE_BLOCK_MAX {
-                // Shrink in place: hand the tail's memory back to the OS.
+            // Shrink (or regrow) in place; a shrink hands the tail's memory
+            // back to the OS, so nothing is gained by moving.
+            if new_size < layout.size() {
                 let keep = (new_size + OS_PAGE_SIZE - 1) & !(OS_PAGE_SIZE - 1);
-                if usable > keep {
+                let tail = usable.saturating_sub(keep) & !(OS_PAGE_SIZE - 1);
+                if tail > 0 {
                     // SAFETY: the tail is inside the block and no longer used.
-                    unsafe { os::reset(ptr.add(keep), (usable - keep) & !(OS_PAGE_SIZE - 1)) };
+                    unsafe { os::reset(ptr.add(keep), tail) };
                 }
-                return ptr;
             }
-        } else if new_size >= usable / 2 {
-            // Fits, and wastes at most half: stay. (The block is already
-            // aligned to `layout.align()`.)
+            return ptr;
+        }
+        // A size-classed block (already aligned to `layout.align()`): stay
+        // when growing within it, or when shrinking keeps at least half of
+        // it. A deeper shrink moves to the smaller class, the only way to
+        // give the rest of the block back.
+        if new_size >= layout.size() || new_size >= usable / 2 {
             return ptr;
         }
     }

@@ -11,13 +11,13 @@
 //! touches its pages and segments only, never its blocks.
 
 use crate::abandon::Shared;
+use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::{Block, DelayedMode, IN_FULL, Page, empty_page};
 use crate::segment::{Links, Segment};
 use crate::size_class::{
-    BIN_COUNT, BIN_FULL, BIN_HUGE, BLOCK_SIZES, DIRECT_SLOTS, PageKind, QUEUE_COUNT, SMALL_BLOCK_MAX,
-    SMALL_SIZE_MAX, WORD, bin_of, direct_slots_of, page_kind_of,
+    BIN_COUNT, BIN_FULL, BIN_HUGE, BLOCK_SIZES, DIRECT_SLOTS, PageKind, QUEUE_COUNT,
+    SMALL_BLOCK_MAX, SMALL_SIZE_MAX, WORD, bin_of, direct_slots_of, page_kind_of,
 };
-use crate::os::{self, OS_PAGE_SIZE};
 use crate::sync::{AtomicPtr, Ordering, yield_thread};
 use core::cell::Cell;
 use core::ptr;
@@ -30,7 +30,10 @@ pub(crate) struct PageQueue {
 
 impl PageQueue {
     const fn new() -> PageQueue {
-        PageQueue { first: Cell::new(ptr::null_mut()), last: Cell::new(ptr::null_mut()) }
+        PageQueue {
+            first: Cell::new(ptr::null_mut()),
+            last: Cell::new(ptr::null_mut()),
+        }
     }
 }
 
@@ -50,7 +53,9 @@ pub(crate) struct SegmentList {
 
 impl SegmentList {
     const fn new() -> SegmentList {
-        SegmentList { first: Cell::new(ptr::null_mut()) }
+        SegmentList {
+            first: Cell::new(ptr::null_mut()),
+        }
     }
 
     /// # Safety
@@ -289,7 +294,13 @@ impl Heap {
     /// `page` is an owned page.
     unsafe fn queue_index_of(page: *mut Page) -> usize {
         // SAFETY: owned page (caller).
-        unsafe { if (*page).is_in_full() { BIN_FULL } else { usize::from((*page).bin.get()) } }
+        unsafe {
+            if (*page).is_in_full() {
+                BIN_FULL
+            } else {
+                usize::from((*page).bin.get())
+            }
+        }
     }
 
     // === allocation ===
@@ -561,7 +572,11 @@ impl Heap {
             let bin = usize::from((*page).bin.get());
             if bin < BIN_COUNT && (*page).prev.get().is_null() && (*page).next.get().is_null() {
                 let small = (*page).block_size.get() <= SMALL_BLOCK_MAX;
-                (*page).retire_expire.set(if small { RETIRE_CYCLES_SMALL } else { RETIRE_CYCLES_LARGE });
+                (*page).retire_expire.set(if small {
+                    RETIRE_CYCLES_SMALL
+                } else {
+                    RETIRE_CYCLES_LARGE
+                });
                 self.retired_min.set(self.retired_min.get().min(bin));
                 self.retired_max.set(self.retired_max.get().max(bin));
                 return;
@@ -745,6 +760,29 @@ impl Heap {
     pub(crate) unsafe fn abandon(&self) {
         // SAFETY: owner thread (caller) throughout.
         unsafe {
+            // 0. Huge blocks still out: hand each segment to whichever thread
+            //    frees the block (it will unmap it), so dead threads leave no
+            //    huge segment behind.
+            let mut page = self.queue(BIN_HUGE).first.get();
+            while !page.is_null() {
+                let next = (*page).next.get();
+                let segment = Segment::of(page.cast());
+                self.queue_remove(BIN_HUGE, page);
+                self.segments.remove(segment, SegmentLinks::All);
+                (*segment).heap.set(ptr::null_mut());
+                // Relaxed: as in step 4 below.
+                (*segment).thread_id.store(0, Ordering::Relaxed);
+                if !(*page).try_orphan() {
+                    // Its free is under way: keep it; steps 1–3 release it.
+                    (*segment)
+                        .thread_id
+                        .store(self.thread_id(), Ordering::Relaxed);
+                    (*segment).heap.set(self.as_ptr());
+                    self.segments.push(segment, SegmentLinks::All);
+                    self.queue_push_back(BIN_HUGE, page);
+                }
+                page = next;
+            }
             // 1. From here on no remote free uses this heap (waits out any
             //    remote thread in `Freeing`).
             self.for_each_page(|page| (*page).set_delayed_mode(DelayedMode::Never, false));
@@ -876,7 +914,9 @@ impl Heap {
         unsafe {
             // Relaxed: from now on frees on this thread are local; other
             // threads only compare it with their own ids.
-            (*segment).thread_id.store(self.thread_id(), Ordering::Relaxed);
+            (*segment)
+                .thread_id
+                .store(self.thread_id(), Ordering::Relaxed);
             (*segment).heap.set(self.as_ptr());
             self.segments.push(segment, SegmentLinks::All);
             if Segment::has_free_slot(segment) {
@@ -1004,18 +1044,27 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
 unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block) {
     // SAFETY: forwarded from the caller.
     unsafe {
-        if (*segment).kind == PageKind::Huge {
-            // Give the memory back now; the owner unmaps the segment when it
-            // processes the free. The first OS page keeps the link word.
+        if (*segment).kind != PageKind::Huge {
+            (*page).free_remote(block);
+            return;
+        }
+        // A huge block: give its memory back now (the first OS page keeps the
+        // link word), then either tell the owner or, if the owner exited,
+        // release the segment ourselves.
+        if (*page).delayed_mode() != DelayedMode::Never {
             let usable = (*page).block_size.get();
             if usable > OS_PAGE_SIZE {
-                os::reset(block.cast::<u8>().add(OS_PAGE_SIZE), (usable - OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1));
+                os::reset(
+                    block.cast::<u8>().add(OS_PAGE_SIZE),
+                    (usable - OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1),
+                );
             }
         }
-        (*page).free_remote(block);
+        if (*page).free_huge_remote(block) {
+            Segment::release(segment);
+        }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1056,14 +1105,21 @@ mod tests {
             huge.write_bytes(0xEE, 3 * LARGE_BLOCK_MAX);
             assert!(count_segments(&heap) > 3);
             for &(p, size, fill) in &blocks {
-                assert!((0..size).step_by(61).all(|i| p.add(i).read() == fill), "bin {fill} overwritten");
+                assert!(
+                    (0..size).step_by(61).all(|i| p.add(i).read() == fill),
+                    "bin {fill} overwritten"
+                );
             }
             for (p, _, _) in blocks {
                 free_block(p, OWNER);
             }
             free_block(huge, OWNER);
             heap.collect(true);
-            assert_eq!(count_segments(&heap), 0, "every segment went back to the OS");
+            assert_eq!(
+                count_segments(&heap),
+                0,
+                "every segment went back to the OS"
+            );
         }
     }
 
@@ -1074,7 +1130,9 @@ mod tests {
         // SAFETY: owner thread of `heap`.
         unsafe {
             // A large page holds three 1 MiB blocks.
-            let first: Vec<*mut u8> = (0..3).map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false)).collect();
+            let first: Vec<*mut u8> = (0..3)
+                .map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false))
+                .collect();
             let page = Segment::page_of(Segment::of(first[0]), first[0]);
             assert!(!(*page).is_in_full());
             let fourth = heap.malloc_generic(LARGE_BLOCK_MAX, false);
@@ -1098,7 +1156,9 @@ mod tests {
         let heap = Heap::new(OWNER, &raw const shared);
         // SAFETY: owner thread of `heap`; `OTHER` frees only blocks it was given.
         unsafe {
-            let first: Vec<*mut u8> = (0..3).map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false)).collect();
+            let first: Vec<*mut u8> = (0..3)
+                .map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false))
+                .collect();
             let fourth = heap.malloc_generic(LARGE_BLOCK_MAX, false);
             let page = Segment::page_of(Segment::of(first[0]), first[0]);
             assert!((*page).is_in_full());
@@ -1110,7 +1170,10 @@ mod tests {
             })
             .join()
             .unwrap();
-            assert!(!heap.thread_delayed_free.load(Ordering::Relaxed).is_null(), "one block went to the heap");
+            assert!(
+                !heap.thread_delayed_free.load(Ordering::Relaxed).is_null(),
+                "one block went to the heap"
+            );
             assert_eq!((*page).used.get(), 3, "not collected yet");
             assert_eq!(count_segments(&heap), 2);
             heap.process_delayed(true);
@@ -1132,7 +1195,9 @@ mod tests {
         // SAFETY: this thread plays the owners of both heaps in turn; after
         // `abandon`, blocks of the dead heap are freed as remote frees.
         unsafe {
-            let blocks: Vec<*mut u8> = (0..2000).map(|i| dying.malloc_generic(16 + i % 200, false)).collect();
+            let blocks: Vec<*mut u8> = (0..2000)
+                .map(|i| dying.malloc_generic(16 + i % 200, false))
+                .collect();
             for (i, &p) in blocks.iter().enumerate() {
                 p.write_bytes(i as u8, 16);
             }
@@ -1145,7 +1210,10 @@ mod tests {
             assert_eq!(count_segments(&dying), 0);
             assert_eq!(shared.abandoned.len(), segments);
             for (i, &p) in blocks.iter().enumerate().skip(1).step_by(2) {
-                assert!((0..16).all(|k| p.add(k).read() == i as u8), "block {i} survived abandonment");
+                assert!(
+                    (0..16).all(|k| p.add(k).read() == i as u8),
+                    "block {i} survived abandonment"
+                );
             }
             // A third thread frees some blocks into the abandoned segment.
             for &p in blocks.iter().skip(1).step_by(4) {
@@ -1154,7 +1222,11 @@ mod tests {
             let heir = Heap::new(OTHER, &raw const shared);
             let q = heir.malloc_generic(32, false);
             assert!(!q.is_null());
-            assert_eq!(Segment::of(q), Segment::of(blocks[1]), "the heir adopted the abandoned small segment");
+            assert_eq!(
+                Segment::of(q),
+                Segment::of(blocks[1]),
+                "the heir adopted the abandoned small segment"
+            );
             assert_eq!(shared.abandoned.len(), 0);
             // The rest are now local frees of the heir.
             for &p in blocks.iter().skip(3).step_by(4) {
@@ -1162,7 +1234,11 @@ mod tests {
             }
             free_block(q, OTHER);
             heir.collect(true);
-            assert_eq!(count_segments(&heir), 0, "every reclaimed page emptied and went back");
+            assert_eq!(
+                count_segments(&heir),
+                0,
+                "every reclaimed page emptied and went back"
+            );
         }
     }
 
@@ -1172,7 +1248,9 @@ mod tests {
         let dying = Heap::new(OWNER, &raw const shared);
         // SAFETY: as above.
         unsafe {
-            let blocks: Vec<*mut u8> = (0..100).map(|_| dying.malloc_generic(5000, false)).collect();
+            let blocks: Vec<*mut u8> = (0..100)
+                .map(|_| dying.malloc_generic(5000, false))
+                .collect();
             dying.abandon();
             assert_eq!(shared.abandoned.len(), 1);
             for p in blocks {
@@ -1181,7 +1259,11 @@ mod tests {
             let other = Heap::new(OTHER, &raw const shared);
             let _ = other.malloc_generic(16, false);
             other.collect(true);
-            assert_eq!(shared.abandoned.len(), 0, "the emptied abandoned segment was released");
+            assert_eq!(
+                shared.abandoned.len(),
+                0,
+                "the emptied abandoned segment was released"
+            );
         }
     }
 }

@@ -156,7 +156,12 @@ mod test_backend {
 pub fn resident_bytes() -> Option<usize> {
     let mut buf = [0u8; 128];
     // SAFETY: the path is a NUL-terminated literal.
-    let fd = unsafe { libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/statm".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
     if fd < 0 {
         return None;
     }
@@ -172,7 +177,9 @@ pub fn resident_bytes() -> Option<usize> {
         if !digit.is_ascii_digit() {
             break;
         }
-        pages = pages.checked_mul(10)?.checked_add(usize::from(digit - b'0'))?;
+        pages = pages
+            .checked_mul(10)?
+            .checked_add(usize::from(digit - b'0'))?;
     }
     // SAFETY: sysconf has no preconditions.
     let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
@@ -185,9 +192,17 @@ mod tests {
 
     #[test]
     fn map_honours_alignment_and_offset() {
-        for (size, align, offset) in [(8192, 1 << 22, 0), (1 << 20, 1 << 24, 1 << 22), (4096, 4096, 0)] {
+        for (size, align, offset) in [
+            (8192, 1 << 22, 0),
+            (1 << 20, 1 << 24, 1 << 22),
+            (4096, 4096, 0),
+        ] {
             let p = map(size, align, offset).expect("map");
-            assert_eq!((p.as_ptr().addr() + offset) % align, 0, "size {size} align {align} offset {offset}");
+            assert_eq!(
+                (p.as_ptr().addr() + offset) % align,
+                0,
+                "size {size} align {align} offset {offset}"
+            );
             // SAFETY: the mapping is ours, `size` bytes long and zeroed.
             unsafe {
                 assert_eq!(p.as_ptr().read(), 0);
@@ -205,7 +220,11 @@ mod tests {
         unsafe {
             p.as_ptr().write_bytes(0xAB, size);
             assert!(reset(p.as_ptr(), size));
-            assert!((0..size).step_by(512).all(|i| p.as_ptr().add(i).read() == 0));
+            assert!(
+                (0..size)
+                    .step_by(512)
+                    .all(|i| p.as_ptr().add(i).read() == 0)
+            );
             unmap(p, size, OS_PAGE_SIZE);
         }
     }

@@ -66,7 +66,12 @@ impl Block {
         #[cfg(loom)]
         // SAFETY: the caller guarantees the memory is writable and unused.
         unsafe {
-            ptr::write(block, Block { next: UnsafeCell::new(next) });
+            ptr::write(
+                block,
+                Block {
+                    next: UnsafeCell::new(next),
+                },
+            );
         }
         #[cfg(not(loom))]
         // SAFETY: as above; a block is just its link word.
@@ -196,7 +201,9 @@ struct EmptyPage {
 // SAFETY: the sentinel is never written; its only field is read.
 unsafe impl Sync for EmptyPage {}
 
-static EMPTY_PAGE: EmptyPage = EmptyPage { free: Cell::new(ptr::null_mut()) };
+static EMPTY_PAGE: EmptyPage = EmptyPage {
+    free: Cell::new(ptr::null_mut()),
+};
 
 /// The empty-page sentinel. Callers may read only `free` through it.
 #[inline(always)]
@@ -251,7 +258,8 @@ impl Page {
         self.local_free.set(ptr::null_mut());
         self.used.set(0);
         self.capacity.set(0);
-        self.reserved.set(u32::try_from(reserved).unwrap_or(u32::MAX));
+        self.reserved
+            .set(u32::try_from(reserved).unwrap_or(u32::MAX));
         self.bin.set(u8::try_from(bin).unwrap_or(u8::MAX));
         self.flags.set(0);
         self.free_is_zero.set(self.memory_is_zero.get());
@@ -263,7 +271,10 @@ impl Page {
         // Relaxed: no remote thread can reach this page until one of its
         // blocks is handed out, which happens-after this store on the owner
         // and reaches the remote thread through the user's own hand-off.
-        self.thread_free.store(tagged(ptr::null_mut(), DelayedMode::NoDelayed), Ordering::Relaxed);
+        self.thread_free.store(
+            tagged(ptr::null_mut(), DelayedMode::NoDelayed),
+            Ordering::Relaxed,
+        );
         // Release pairs with the Acquire load in `free_remote` (the delayed
         // route): a remote thread that finds this heap sees it initialised.
         self.heap.store(heap, Ordering::Release);
@@ -277,7 +288,13 @@ impl Page {
     ///
     /// # Safety
     /// As [`Page::init`]; `block` starts `usable` writable bytes.
-    pub(crate) unsafe fn init_huge(&self, heap: *mut Heap, bin: usize, block: *mut u8, usable: usize) {
+    pub(crate) unsafe fn init_huge(
+        &self,
+        heap: *mut Heap,
+        bin: usize,
+        block: *mut u8,
+        usable: usize,
+    ) {
         self.free.set(ptr::null_mut());
         self.local_free.set(ptr::null_mut());
         self.used.set(1);
@@ -293,7 +310,10 @@ impl Page {
         self.prev.set(ptr::null_mut());
         // Relaxed, as in `init`. A huge page is always "full": its one remote
         // free must reach the owner through the heap's delayed list.
-        self.thread_free.store(tagged(ptr::null_mut(), DelayedMode::UseDelayed), Ordering::Relaxed);
+        self.thread_free.store(
+            tagged(ptr::null_mut(), DelayedMode::UseDelayed),
+            Ordering::Relaxed,
+        );
         // Release pairs with the Acquire load in `free_remote`.
         self.heap.store(heap, Ordering::Release);
         self.in_use.set(true);
@@ -469,9 +489,19 @@ impl Page {
                 Err(current) => word = current,
             }
         };
-        if !delayed {
-            return;
+        if delayed {
+            // SAFETY: we hold `Freeing` for this block (the CAS above).
+            unsafe { self.finish_delayed(block) };
         }
+    }
+
+    /// The rest of the delayed route, for a caller that moved the page from
+    /// `UseDelayed` to `Freeing` on behalf of `block`: push the block onto
+    /// the owning heap's delayed list, then leave `Freeing`.
+    ///
+    /// # Safety
+    /// The caller holds `Freeing` on this page for `block`, which it gives up.
+    unsafe fn finish_delayed(&self, block: *mut Block) {
         // We hold `Freeing`: the owner waits for us before it retargets or
         // tears down the heap (`try_set_delayed_mode`), so the heap stays valid.
         // Acquire pairs with the Release stores of `heap` (`init`, reclaim).
@@ -506,6 +536,64 @@ impl Page {
         }
     }
 
+    /// Frees the block of a huge page from a thread that does not own it.
+    /// Returns true when the page was orphaned (its owner exited, see
+    /// [`Page::try_orphan`]): the caller is then the segment's last user and
+    /// must release it. Otherwise the owner is told through its delayed list
+    /// and releases the segment itself.
+    ///
+    /// # Safety
+    /// `block` is the live block of this huge page, given up by the caller.
+    pub(crate) unsafe fn free_huge_remote(&self, block: *mut Block) -> bool {
+        // Acquire pairs with the AcqRel CAS of `try_orphan`.
+        let mut word = self.thread_free.load(Ordering::Acquire);
+        loop {
+            if DelayedMode::of(word) == DelayedMode::Never {
+                return true;
+            }
+            // A live huge page is in `UseDelayed` (its one block is still
+            // out): claim the delayed route. Release pairs with the Acquire
+            // load in `try_set_delayed_mode`; Acquire on failure for the
+            // `Never` test above.
+            match self.thread_free.compare_exchange_weak(
+                word,
+                tagged(list_of(word), DelayedMode::Freeing),
+                Ordering::Release,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => break,
+                Err(current) => word = current,
+            }
+        }
+        // SAFETY: we hold `Freeing` for the block.
+        unsafe { self.finish_delayed(block) };
+        false
+    }
+
+    /// At thread exit, hands a huge page whose block is still out over to
+    /// whichever thread frees it: `UseDelayed` (no free yet) → `Never`. On
+    /// success the owner must never touch the page or its segment again; on
+    /// failure a remote free is already under way and will reach the owner
+    /// through its delayed list.
+    ///
+    /// # Safety
+    /// Owner only; the page is a huge page, already taken off every list of
+    /// its heap.
+    pub(crate) unsafe fn try_orphan(&self) -> bool {
+        let idle = tagged(ptr::null_mut(), DelayedMode::UseDelayed);
+        // AcqRel: Release pairs with the Acquire load in `free_huge_remote`
+        // (the freeing thread unmaps the segment after our last write);
+        // Acquire keeps us ordered after any earlier remote CAS we lose to.
+        self.thread_free
+            .compare_exchange(
+                idle,
+                tagged(ptr::null_mut(), DelayedMode::Never),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
     /// The page's current delayed-free mode.
     #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     pub(crate) fn delayed_mode(&self) -> DelayedMode {
@@ -519,7 +607,11 @@ impl Page {
     ///
     /// # Safety
     /// Owner only (or the exclusive holder of an abandoned page).
-    pub(crate) unsafe fn try_set_delayed_mode(&self, mode: DelayedMode, override_never: bool) -> bool {
+    pub(crate) unsafe fn try_set_delayed_mode(
+        &self,
+        mode: DelayedMode,
+        override_never: bool,
+    ) -> bool {
         let mut spins = 0;
         loop {
             // Acquire pairs with the remote's Release CAS that leaves
@@ -542,7 +634,12 @@ impl Page {
             // the collector (it is an RMW, so the sequence continues anyway).
             if self
                 .thread_free
-                .compare_exchange_weak(word, tagged(list_of(word), mode), Ordering::Release, Ordering::Relaxed)
+                .compare_exchange_weak(
+                    word,
+                    tagged(list_of(word), mode),
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
             {
                 return true;
@@ -577,7 +674,9 @@ mod tests {
     /// A page of `block_size` blocks in the first slot of a fresh small segment
     /// (no heap: the tests drive the page directly).
     fn fresh_page(block_size: usize) -> (*mut Segment, *mut Page) {
-        let segment = Segment::create(PageKind::Small, 7, ptr::null_mut()).expect("segment").as_ptr();
+        let segment = Segment::create(PageKind::Small, 7, ptr::null_mut())
+            .expect("segment")
+            .as_ptr();
         // SAFETY: the segment is ours and fresh, so it has a free slot.
         unsafe {
             let page = Segment::claim_slot(segment);
@@ -595,14 +694,21 @@ mod tests {
             let page = &*page;
             let (_, len) = Segment::page_area(segment, 0);
             assert_eq!(page.reserved.get() as usize, len / 64);
-            assert_eq!(page.capacity.get() as usize, EXTEND_BYTES / 64, "one OS page worth at a time");
+            assert_eq!(
+                page.capacity.get() as usize,
+                EXTEND_BYTES / 64,
+                "one OS page worth at a time"
+            );
             assert!(page.free_is_zero.get());
             let mut blocks = Vec::new();
             while let Some(block) = Some(page.pop()).filter(|b| !b.is_null()) {
                 blocks.push(block.addr());
             }
             assert_eq!(blocks.len(), EXTEND_BYTES / 64);
-            assert!(blocks.windows(2).all(|w| w[1] == w[0] + 64), "sequential order");
+            assert!(
+                blocks.windows(2).all(|w| w[1] == w[0] + 64),
+                "sequential order"
+            );
             assert_eq!(page.used.get() as usize, blocks.len());
             page.extend();
             assert_eq!(page.capacity.get() as usize, 2 * EXTEND_BYTES / 64);
@@ -639,7 +745,9 @@ mod tests {
             let page = &*page;
             page.extend();
             page.extend();
-            let blocks: Vec<usize> = (0..(3 * EXTEND_BYTES / 64)).map(|_| page.pop().addr()).collect();
+            let blocks: Vec<usize> = (0..(3 * EXTEND_BYTES / 64))
+                .map(|_| page.pop().addr())
+                .collect();
             let page_addr = ptr::from_ref(page).addr();
             std::thread::scope(|scope| {
                 for chunk in blocks.chunks(blocks.len() / 4 + 1) {
@@ -682,7 +790,10 @@ mod tests {
             assert!(page.try_set_delayed_mode(DelayedMode::UseDelayed, true));
             assert_eq!(page.delayed_mode(), DelayedMode::UseDelayed);
             // A remote thread caught in `Freeing` makes the owner wait.
-            page.thread_free.store(tagged(ptr::null_mut(), DelayedMode::Freeing), Ordering::Relaxed);
+            page.thread_free.store(
+                tagged(ptr::null_mut(), DelayedMode::Freeing),
+                Ordering::Relaxed,
+            );
             assert!(!page.try_set_delayed_mode(DelayedMode::Never, false));
             Segment::release(segment);
         }

@@ -62,7 +62,10 @@ pub(crate) struct Links {
 
 impl Links {
     const fn new() -> Links {
-        Links { next: Cell::new(ptr::null_mut()), prev: Cell::new(ptr::null_mut()) }
+        Links {
+            next: Cell::new(ptr::null_mut()),
+            prev: Cell::new(ptr::null_mut()),
+        }
     }
 }
 
@@ -111,7 +114,10 @@ impl Segment {
     /// The segment holding `p` (a block start handed out by this allocator).
     #[inline(always)]
     pub(crate) fn of(p: *const u8) -> *mut Segment {
-        p.wrapping_byte_sub(1).map_addr(|a| a & !SEGMENT_MASK).cast_mut().cast()
+        p.wrapping_byte_sub(1)
+            .map_addr(|a| a & !SEGMENT_MASK)
+            .cast_mut()
+            .cast()
     }
 
     /// Page descriptor `index` of `segment`.
@@ -122,7 +128,11 @@ impl Segment {
     pub(crate) unsafe fn page(segment: *mut Segment, index: usize) -> *mut Page {
         // SAFETY: in bounds of the header (caller), no reference is created
         // to the possibly uninitialised rest of the array.
-        unsafe { ptr::addr_of_mut!((*segment).pages).cast::<Page>().add(index) }
+        unsafe {
+            ptr::addr_of_mut!((*segment).pages)
+                .cast::<Page>()
+                .add(index)
+        }
     }
 
     /// The page holding block `p` of `segment`.
@@ -151,7 +161,11 @@ impl Segment {
 
     /// Maps and initialises a segment of `kind` (not huge) owned by `heap`
     /// on thread `thread_id`. Returns `None` when the OS refuses.
-    pub(crate) fn create(kind: PageKind, thread_id: usize, heap: *mut Heap) -> Option<NonNull<Segment>> {
+    pub(crate) fn create(
+        kind: PageKind,
+        thread_id: usize,
+        heap: *mut Heap,
+    ) -> Option<NonNull<Segment>> {
         let (page_shift, page_count) = match kind {
             PageKind::Small => (SMALL_PAGE_SHIFT, SEGMENT_SIZE >> SMALL_PAGE_SHIFT),
             PageKind::Medium => (MEDIUM_PAGE_SHIFT, SEGMENT_SIZE >> MEDIUM_PAGE_SHIFT),
@@ -161,7 +175,18 @@ impl Segment {
         let base = os::map(SEGMENT_SIZE, SEGMENT_SIZE, 0)?;
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for the header.
-        unsafe { Segment::init_header(segment.as_ptr(), kind, page_shift, page_count, SEGMENT_SIZE, SEGMENT_SIZE, thread_id, heap) };
+        unsafe {
+            Segment::init_header(
+                segment.as_ptr(),
+                kind,
+                page_shift,
+                page_count,
+                SEGMENT_SIZE,
+                SEGMENT_SIZE,
+                thread_id,
+                heap,
+            )
+        };
         Some(segment)
     }
 
@@ -194,7 +219,16 @@ impl Segment {
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for header and block.
         unsafe {
-            Segment::init_header(segment.as_ptr(), PageKind::Huge, HUGE_PAGE_SHIFT, 1, total, map_align, thread_id, heap);
+            Segment::init_header(
+                segment.as_ptr(),
+                PageKind::Huge,
+                HUGE_PAGE_SHIFT,
+                1,
+                total,
+                map_align,
+                thread_id,
+                heap,
+            );
             let block = base.as_ptr().add(block_offset);
             let page = Segment::page(segment.as_ptr(), 0);
             (*page).init_huge(heap, bin, block, total - block_offset);
@@ -320,8 +354,14 @@ mod tests {
 
     #[test]
     fn pointer_to_segment_and_page_is_a_mask_and_a_shift() {
-        for (kind, pages) in [(PageKind::Small, 64), (PageKind::Medium, 8), (PageKind::Large, 1)] {
-            let segment = Segment::create(kind, 42, ptr::null_mut()).expect("segment").as_ptr();
+        for (kind, pages) in [
+            (PageKind::Small, 64),
+            (PageKind::Medium, 8),
+            (PageKind::Large, 1),
+        ] {
+            let segment = Segment::create(kind, 42, ptr::null_mut())
+                .expect("segment")
+                .as_ptr();
             assert_eq!(segment.addr() % SEGMENT_SIZE, 0);
             // SAFETY: the segment is ours; indices are below its page count.
             unsafe {
@@ -341,8 +381,15 @@ mod tests {
 
     #[test]
     fn huge_blocks_are_aligned_and_find_their_header() {
-        for (size, align) in [(5 << 20, 16), (100, 1 << 20), (100, 1 << 22), (3 << 20, 1 << 23), (10, 1 << 30)] {
-            let (segment, block) = Segment::create_huge(size, align, 42, ptr::null_mut(), 0).expect("huge");
+        for (size, align) in [
+            (5 << 20, 16),
+            (100, 1 << 20),
+            (100, 1 << 22),
+            (3 << 20, 1 << 23),
+            (10, 1 << 30),
+        ] {
+            let (segment, block) =
+                Segment::create_huge(size, align, 42, ptr::null_mut(), 0).expect("huge");
             let segment = segment.as_ptr();
             assert_eq!(block.addr() % align, 0, "size {size} align {align}");
             assert_eq!(segment.addr() % SEGMENT_SIZE, 0);

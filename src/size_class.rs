@@ -93,7 +93,11 @@ pub(crate) static BLOCK_SIZES: [usize; BIN_COUNT] = {
 /// The range of direct-table slots (word counts) whose requests map to `bin`,
 /// for bins whose blocks are at most [`SMALL_SIZE_MAX`]: `first..=last`.
 pub(crate) const fn direct_slots_of(bin: usize) -> (usize, usize) {
-    let first = if bin == 0 { 0 } else { bin_block_size(bin - 1) / WORD + 1 };
+    let first = if bin == 0 {
+        0
+    } else {
+        bin_block_size(bin - 1) / WORD + 1
+    };
     (first, bin_block_size(bin) / WORD)
 }
 
@@ -105,13 +109,21 @@ pub(crate) const fn fitting_size(size: usize, align: usize) -> Option<usize> {
     if align <= MIN_ALIGN {
         // 8-byte blocks are only 8-aligned; everything from 16 B is 16-aligned.
         let size = if size > align { size } else { align };
-        if size <= LARGE_BLOCK_MAX { Some(size) } else { None }
+        if size <= LARGE_BLOCK_MAX {
+            Some(size)
+        } else {
+            None
+        }
     } else if align <= ALIGN_GUARANTEE {
         // A multiple of `align` always lands in a class that is itself a
         // multiple of `align` (see the module docs); its blocks are then
         // `align`-aligned.
         let rounded = (size + align - 1) & !(align - 1);
-        if rounded <= LARGE_BLOCK_MAX { Some(rounded) } else { None }
+        if rounded <= LARGE_BLOCK_MAX {
+            Some(rounded)
+        } else {
+            None
+        }
     } else {
         None
     }
@@ -122,7 +134,11 @@ pub(crate) const fn fitting_size(size: usize, align: usize) -> Option<usize> {
 #[inline]
 pub(crate) const fn block_alignment(block_size: usize) -> usize {
     let natural = 1 << block_size.trailing_zeros();
-    if natural < ALIGN_GUARANTEE { natural } else { ALIGN_GUARANTEE }
+    if natural < ALIGN_GUARANTEE {
+        natural
+    } else {
+        ALIGN_GUARANTEE
+    }
 }
 
 /// Which kind of page holds blocks of `block_size`.
@@ -163,9 +179,15 @@ mod tests {
             let bin = bin_of(size);
             let block = BLOCK_SIZES[bin];
             assert!(block >= size, "size {size} → bin {bin} of {block} B");
-            assert!(bin == previous_bin || bin == previous_bin + 1, "bins are dense at {size}");
+            assert!(
+                bin == previous_bin || bin == previous_bin + 1,
+                "bins are dense at {size}"
+            );
             if bin > 0 {
-                assert!(BLOCK_SIZES[bin - 1] < size, "size {size} fits the smaller bin");
+                assert!(
+                    BLOCK_SIZES[bin - 1] < size,
+                    "size {size} fits the smaller bin"
+                );
             }
             if size > 64 {
                 // Neighbouring classes at most 25 % apart.
@@ -231,10 +253,20 @@ mod tests {
                 if let Some(fit) = fitting_size(size, align) {
                     let block = BLOCK_SIZES[bin_of(fit)];
                     assert!(block >= size);
-                    let block_align = if block == WORD { WORD } else { block_alignment(block) };
-                    assert_eq!(block_align % align, 0, "size {size} align {align} → {block}");
+                    let block_align = if block == WORD {
+                        WORD
+                    } else {
+                        block_alignment(block)
+                    };
+                    assert_eq!(
+                        block_align % align,
+                        0,
+                        "size {size} align {align} → {block}"
+                    );
                 } else {
-                    assert!(align > ALIGN_GUARANTEE || size.next_multiple_of(align) > LARGE_BLOCK_MAX);
+                    assert!(
+                        align > ALIGN_GUARANTEE || size.next_multiple_of(align) > LARGE_BLOCK_MAX
+                    );
                 }
                 size += if size < 4096 { 1 } else { 61 };
             }

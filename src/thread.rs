@@ -136,6 +136,10 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
             return;
         }
         (*heap).abandon();
-        os::unmap(NonNull::new_unchecked(heap.cast()), HEAP_MAP_SIZE, OS_PAGE_SIZE);
+        os::unmap(
+            NonNull::new_unchecked(heap.cast()),
+            HEAP_MAP_SIZE,
+            OS_PAGE_SIZE,
+        );
     }
 }
