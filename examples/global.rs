@@ -10,11 +10,16 @@ fn main() {
     let handles: Vec<_> = (0..4)
         .map(|t| {
             std::thread::spawn(move || {
-                let v: Vec<Box<[u8]>> = (0..10_000).map(|i| vec![t as u8; i % 2000 + 1].into_boxed_slice()).collect();
+                let v: Vec<Box<[u8]>> = (0..10_000)
+                    .map(|i| vec![t as u8; i % 2000 + 1].into_boxed_slice())
+                    .collect();
                 v.iter().map(|b| b.len()).sum::<usize>()
             })
         })
         .collect();
     let from_threads: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
-    println!("{} words, {total} bytes; threads allocated {from_threads} bytes", words.len());
+    println!(
+        "{} words, {total} bytes; threads allocated {from_threads} bytes",
+        words.len()
+    );
 }

@@ -70,7 +70,11 @@ fn thread_free_push_races_collect() {
             let view = model::page_view(a);
             assert_eq!(view.used, 0, "every block collected: {view:?}");
             for block in [a, b, c] {
-                assert_eq!(model::times_on_free_lists(block), 1, "block on exactly one free list");
+                assert_eq!(
+                    model::times_on_free_lists(block),
+                    1,
+                    "block on exactly one free list"
+                );
             }
         }
         heap.abandon();
@@ -94,7 +98,10 @@ fn delayed_free_of_full_page_races_owner() {
         let d = heap.alloc(1 << 20);
         // SAFETY: a is a block of the owner's page.
         let view = unsafe { model::page_view(a) };
-        assert!(view.in_full && view.mode == model::MODE_USE_DELAYED, "{view:?}");
+        assert!(
+            view.in_full && view.mode == model::MODE_USE_DELAYED,
+            "{view:?}"
+        );
         let (pa, pb) = (SendPtr(a), SendPtr(b));
         let ta = thread::spawn(move || {
             let pa = pa;
