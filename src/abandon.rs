@@ -131,3 +131,99 @@ impl Shared {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::segment::Segment;
+    use crate::size_class::PageKind;
+
+    fn segment() -> *mut Segment {
+        Segment::create(PageKind::Small, 9, ptr::null_mut())
+            .expect("segment")
+            .as_ptr()
+    }
+
+    #[test]
+    fn take_all_returns_every_pushed_segment_once() {
+        let list = AbandonedSegments::new();
+        assert!(list.take_all().is_null());
+        let segments: Vec<*mut Segment> = (0..5).map(|_| segment()).collect();
+        // SAFETY: the segments are ours and handed to the list.
+        unsafe {
+            list.push(segments[0]);
+            (*segments[1]).abandoned_next.set(segments[2]);
+            list.push_chain(segments[1], segments[2], 2);
+            list.push(segments[3]);
+            list.push(segments[4]);
+        }
+        assert_eq!(list.len(), 5);
+        let mut taken = Vec::new();
+        let mut s = list.take_all();
+        while !s.is_null() {
+            taken.push(s);
+            // SAFETY: taken segments are ours.
+            s = unsafe { (*s).abandoned_next.get() };
+        }
+        list.note_removed(taken.len());
+        assert!(
+            list.take_all().is_null(),
+            "the list is empty after take_all"
+        );
+        let mut sorted = taken.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 5);
+        assert_eq!(list.len(), 0);
+        for s in taken {
+            // SAFETY: ours, empty, on no list.
+            unsafe { Segment::release(s) };
+        }
+    }
+
+    #[test]
+    fn concurrent_pushes_and_takes_lose_nothing() {
+        let list = AbandonedSegments::new();
+        let per_thread = 50;
+        let taken = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for _ in 0..per_thread {
+                        // SAFETY: a fresh segment handed to the list.
+                        unsafe { list.push(segment()) };
+                    }
+                });
+            }
+            scope.spawn(|| {
+                for _ in 0..200 {
+                    let mut s = list.take_all();
+                    let mut chain = Vec::new();
+                    while !s.is_null() {
+                        chain.push(s.expose_provenance());
+                        // SAFETY: taken segments are ours.
+                        s = unsafe { (*s).abandoned_next.get() };
+                    }
+                    taken.lock().unwrap().extend(chain);
+                    std::thread::yield_now();
+                }
+            });
+        });
+        let mut all = taken.into_inner().unwrap();
+        let mut s = list.take_all();
+        while !s.is_null() {
+            all.push(s.expose_provenance());
+            // SAFETY: taken segments are ours.
+            s = unsafe { (*s).abandoned_next.get() };
+        }
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), count, "no segment taken twice");
+        assert_eq!(count, 2 * per_thread, "no segment lost");
+        for addr in all {
+            // SAFETY: every segment was taken exactly once and is ours.
+            unsafe { Segment::release(ptr::with_exposed_provenance_mut(addr)) };
+        }
+    }
+}

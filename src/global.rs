@@ -185,3 +185,82 @@ pub fn collect(force: bool) {
         unsafe { (*heap).collect(force) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usable_size_of_null_is_zero() {
+        // SAFETY: null is allowed.
+        assert_eq!(unsafe { usable_size(ptr::null()) }, 0);
+    }
+
+    #[test]
+    fn small_requests_use_the_class_size() {
+        for (size, align, usable) in [
+            (1, 1, 8),
+            (8, 16, 16),
+            (17, 8, 32),
+            (100, 64, 128),
+            (1025, 8, 1280),
+        ] {
+            let layout = Layout::from_size_align(size, align).unwrap();
+            // SAFETY: non-zero layouts; each block is freed once.
+            unsafe {
+                let p = ShardAlloc.alloc(layout);
+                assert_eq!(p.addr() % align, 0);
+                assert_eq!(usable_size(p), usable, "size {size} align {align}");
+                ShardAlloc.dealloc(p, layout);
+            }
+        }
+    }
+
+    #[test]
+    fn realloc_policy() {
+        let layout = Layout::from_size_align(600, 8).unwrap();
+        // SAFETY: every pointer is live when used and freed once.
+        unsafe {
+            let p = ShardAlloc.alloc(layout);
+            p.write_bytes(3, 600);
+            assert_eq!(
+                ShardAlloc.realloc(p, layout, 640),
+                p,
+                "grows within its 640 B class"
+            );
+            let q = ShardAlloc.realloc(p, Layout::from_size_align(640, 8).unwrap(), 100);
+            assert_ne!(q, p, "a deep shrink moves to the smaller class");
+            assert!((0..100).all(|i| q.add(i).read() == 3));
+            ShardAlloc.dealloc(q, Layout::from_size_align(100, 8).unwrap());
+
+            let big = Layout::from_size_align(8 << 20, 8).unwrap();
+            let h = ShardAlloc.alloc(big);
+            h.write_bytes(7, 8 << 20);
+            assert_eq!(
+                ShardAlloc.realloc(h, big, 2 << 20),
+                h,
+                "huge blocks shrink in place"
+            );
+            assert!((0..(2 << 20)).step_by(4096).all(|i| h.add(i).read() == 7));
+            ShardAlloc.dealloc(h, Layout::from_size_align(2 << 20, 8).unwrap());
+        }
+    }
+
+    #[test]
+    fn zeroed_blocks_are_zero_after_reuse() {
+        let layout = Layout::from_size_align(256, 16).unwrap();
+        // SAFETY: every pointer is live when used and freed once.
+        unsafe {
+            let dirty: Vec<*mut u8> = (0..64).map(|_| ShardAlloc.alloc(layout)).collect();
+            for &p in &dirty {
+                p.write_bytes(0xFF, 256);
+                ShardAlloc.dealloc(p, layout);
+            }
+            for _ in 0..64 {
+                let p = ShardAlloc.alloc_zeroed(layout);
+                assert!((0..256).all(|i| p.add(i).read() == 0));
+                ShardAlloc.dealloc(p, layout);
+            }
+        }
+    }
+}

@@ -143,3 +143,72 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_thread_starts_on_the_empty_heap_and_gets_its_own() {
+        std::thread::spawn(|| {
+            assert_eq!(
+                current_heap(),
+                empty_heap(),
+                "no heap before the first allocation"
+            );
+            let heap = init_current();
+            assert!(!heap.is_null() && heap != empty_heap());
+            assert_eq!(init_current(), heap, "initialisation is idempotent");
+            // SAFETY: our own heap.
+            assert_eq!(unsafe { (*heap).thread_id() }, current_thread_id());
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn live_threads_have_distinct_nonzero_aligned_ids() {
+        let barrier = std::sync::Barrier::new(8);
+        let ids: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        barrier.wait();
+                        let id = current_thread_id();
+                        barrier.wait();
+                        id
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+        assert!(ids.iter().all(|&id| id != 0 && id != 1 && id % 8 == 0));
+    }
+
+    #[test]
+    fn thread_exit_abandons_segments_with_live_blocks() {
+        let block = std::thread::spawn(|| {
+            let heap = init_current();
+            // SAFETY: our own real heap.
+            let p = unsafe { (*heap).malloc_generic(100, false) };
+            assert!(!p.is_null());
+            p.expose_provenance()
+        })
+        .join()
+        .unwrap();
+        // The exit destructor ran: the block's segment now belongs to nobody.
+        let segment = crate::segment::Segment::of(ptr::with_exposed_provenance(block));
+        // SAFETY: the block is live, so its segment is.
+        let owner = unsafe { (*segment).thread_id.load(Ordering::Relaxed) };
+        assert_eq!(owner, 0, "abandoned segments have no owner");
+        // Freeing it from here is a remote free into the abandoned segment.
+        // SAFETY: a live block, given up.
+        unsafe {
+            crate::heap::free_block(ptr::with_exposed_provenance_mut(block), current_thread_id())
+        };
+    }
+}
