@@ -157,7 +157,7 @@ fn cross_thread(c: &mut Criterion) {
 fn config() -> Criterion {
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_millis(3000))
+        .measurement_time(Duration::from_millis(2500))
         .sample_size(50)
         .nresamples(20_000)
 }

@@ -1,0 +1,79 @@
+//! Runs one allocation pattern against one allocator, for instruction counting under
+//! `valgrind --tool=callgrind` (driven by `benches/callgrind.sh`).
+//!
+//! Usage: `pairs <allocator> <size> <iterations> [pair|ring]`
+//!
+//! - `<allocator>`: `ShardAlloc`, `System`, `mimalloc` or `jemalloc` (any case).
+//! - `pair` (default): allocate and free one block `<iterations>` times
+//!   (`shardalloc_bench::pairs`, the code `pair_<size>` in `micro.rs` times).
+//! - `ring`: 64 live blocks, `<iterations>` allocate-new/free-oldest steps
+//!   (`shardalloc_bench::Ring`, the code `ring64_<size>` times).
+//!
+//! The count of a run includes process start-up and the allocator's first-use
+//! initialisation; the script subtracts a run with fewer iterations to get a per-pair figure.
+
+use std::alloc::GlobalAlloc;
+use std::process::ExitCode;
+
+use shardalloc_bench::{ALLOCATOR_NAMES, BlockLayout, Ring, Visitor, pairs, visit_by_name};
+
+/// Which pattern to run.
+#[derive(Clone, Copy)]
+enum Pattern {
+    /// `shardalloc_bench::pairs`.
+    Pair,
+    /// `shardalloc_bench::Ring`.
+    Ring,
+}
+
+/// Runs the chosen pattern with whichever allocator it is given.
+struct Run {
+    pattern: Pattern,
+    layout: BlockLayout,
+    iters: u64,
+}
+
+impl Visitor for Run {
+    fn visit<A: GlobalAlloc + Sync + 'static>(&mut self, _name: &'static str, alloc: &'static A) {
+        match self.pattern {
+            Pattern::Pair => pairs(alloc, self.layout, self.iters),
+            Pattern::Ring => Ring::new(alloc, self.layout).run(self.iters),
+        }
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("pairs: {msg}");
+    eprintln!(
+        "usage: pairs <allocator> <size> <iterations> [pair|ring]   (allocators: {})",
+        ALLOCATOR_NAMES.join(", ")
+    );
+    ExitCode::from(2)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !(3..=4).contains(&args.len()) {
+        return usage("expected 3 or 4 arguments");
+    }
+    let Some(layout) = args[1].parse().ok().and_then(BlockLayout::new) else {
+        return usage("size must be a positive integer");
+    };
+    let Ok(iters) = args[2].parse() else {
+        return usage("iterations must be a non-negative integer");
+    };
+    let pattern = match args.get(3).map(String::as_str) {
+        None | Some("pair") => Pattern::Pair,
+        Some("ring") => Pattern::Ring,
+        Some(other) => return usage(&format!("unknown pattern {other:?}")),
+    };
+    let mut run = Run {
+        pattern,
+        layout,
+        iters,
+    };
+    if !visit_by_name(&args[0], &mut run) {
+        return usage(&format!("unknown allocator {:?}", args[0]));
+    }
+    ExitCode::SUCCESS
+}
