@@ -143,8 +143,13 @@ const EXTEND_BYTES: usize = 4096;
 /// `page_start` are also read by remote freeing threads but never change
 /// while a block of the page is live; the two atomics are the only fields
 /// written across threads.
-#[repr(C)]
+///
+/// Layout: the first cache line holds everything the owner touches on its
+/// fast paths; the atomics other threads write sit on the second line, so a
+/// remote free does not steal the line the owner allocates from.
+#[repr(C, align(64))]
 pub(crate) struct Page {
+    // --- cache line 1: owner only (plus immutable fields) ---
     /// Blocks ready for allocation. First field: the empty-page sentinel
     /// (see [`empty_page`]) has only this one.
     pub(crate) free: Cell<*mut Block>,
@@ -168,18 +173,25 @@ pub(crate) struct Page {
     pub(crate) block_size: Cell<usize>,
     /// Address of the first block.
     pub(crate) page_start: Cell<*mut u8>,
+    /// Queue links (owner only).
+    pub(crate) next: Cell<*mut Page>,
+    pub(crate) prev: Cell<*mut Page>,
+    // --- cache line 2: written by other threads ---
     /// Blocks freed by other threads, tagged with the [`DelayedMode`].
     pub(crate) thread_free: AtomicPtr<Block>,
     /// The owning heap; null while the page is abandoned or unused.
     pub(crate) heap: AtomicPtr<Heap>,
-    /// Queue links (owner only).
-    pub(crate) next: Cell<*mut Page>,
-    pub(crate) prev: Cell<*mut Page>,
     /// The page slot holds a page in use (segment bookkeeping).
     pub(crate) in_use: Cell<bool>,
     /// The page's memory is known to be zero (fresh from the OS or reset).
     pub(crate) memory_is_zero: Cell<bool>,
 }
+
+#[cfg(not(loom))]
+const _: () = assert!(
+    core::mem::offset_of!(Page, thread_free) == 64,
+    "remote-written fields start the second line"
+);
 
 // SAFETY: a `Page` is shared between the owner thread and remote freeing
 // threads. The remote side only touches the two atomics and reads

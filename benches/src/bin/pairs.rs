@@ -1,13 +1,16 @@
 //! Runs one allocation pattern against one allocator, for instruction counting under
 //! `valgrind --tool=callgrind` (driven by `benches/callgrind.sh`).
 //!
-//! Usage: `pairs <allocator> <size> <iterations> [pair|ring]`
+//! Usage: `pairs <allocator> <size> <iterations> [pair|ring|xthread-mix]`
 //!
 //! - `<allocator>`: `ShardAlloc`, `System`, `mimalloc` or `jemalloc` (any case).
 //! - `pair` (default): allocate and free one block `<iterations>` times
 //!   (`shardalloc_bench::pairs`, the code `pair_<size>` in `micro.rs` times).
 //! - `ring`: 64 live blocks, `<iterations>` allocate-new/free-oldest steps
 //!   (`shardalloc_bench::Ring`, the code `ring64_<size>` times).
+//! - `xthread-mix`: `<iterations>` blocks of mixed sizes allocated by a producer thread and
+//!   freed by a consumer thread (`shardalloc_bench::CrossThread`, the code `xthread_mix`
+//!   times); the size argument is ignored.
 //!
 //! The count of a run includes process start-up and the allocator's first-use
 //! initialisation; the script subtracts a run with fewer iterations to get a per-pair figure.
@@ -15,7 +18,9 @@
 use std::alloc::GlobalAlloc;
 use std::process::ExitCode;
 
-use shardalloc_bench::{ALLOCATOR_NAMES, BlockLayout, Ring, Visitor, pairs, visit_by_name};
+use shardalloc_bench::{
+    ALLOCATOR_NAMES, BlockLayout, CrossThread, Ring, Visitor, mixed_layouts, pairs, visit_by_name,
+};
 
 /// Which pattern to run.
 #[derive(Clone, Copy)]
@@ -24,6 +29,8 @@ enum Pattern {
     Pair,
     /// `shardalloc_bench::Ring`.
     Ring,
+    /// `shardalloc_bench::CrossThread` over `mixed_layouts()` (the size is ignored).
+    CrossMix,
 }
 
 /// Runs the chosen pattern with whichever allocator it is given.
@@ -38,6 +45,19 @@ impl Visitor for Run {
         match self.pattern {
             Pattern::Pair => pairs(alloc, self.layout, self.iters),
             Pattern::Ring => Ring::new(alloc, self.layout).run(self.iters),
+            Pattern::CrossMix => {
+                let times = CrossThread::new(alloc, mixed_layouts()).run(self.iters);
+                if std::env::var_os("PAIRS_VERBOSE").is_some() {
+                    let per =
+                        |d: std::time::Duration| d.as_nanos() as f64 / self.iters.max(1) as f64;
+                    eprintln!(
+                        "per block: wall {:.1} ns, producer {:.1} ns, consumer {:.1} ns",
+                        per(times.wall),
+                        per(times.producer_cpu),
+                        per(times.consumer_cpu)
+                    );
+                }
+            }
         }
     }
 }
@@ -45,7 +65,7 @@ impl Visitor for Run {
 fn usage(msg: &str) -> ExitCode {
     eprintln!("pairs: {msg}");
     eprintln!(
-        "usage: pairs <allocator> <size> <iterations> [pair|ring]   (allocators: {})",
+        "usage: pairs <allocator> <size> <iterations> [pair|ring|xthread-mix]   (allocators: {})",
         ALLOCATOR_NAMES.join(", ")
     );
     ExitCode::from(2)
@@ -65,6 +85,7 @@ fn main() -> ExitCode {
     let pattern = match args.get(3).map(String::as_str) {
         None | Some("pair") => Pattern::Pair,
         Some("ring") => Pattern::Ring,
+        Some("xthread-mix") => Pattern::CrossMix,
         Some(other) => return usage(&format!("unknown pattern {other:?}")),
     };
     let mut run = Run {
