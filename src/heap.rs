@@ -128,8 +128,6 @@ pub(crate) struct Heap {
     small_slots: SegmentList,
     /// Medium segments with an unused page slot.
     medium_slots: SegmentList,
-    /// Slow-path calls so far (housekeeping cadence).
-    slow_calls: Cell<usize>,
     /// Lowest and highest bin holding a retired page.
     retired_min: Cell<usize>,
     retired_max: Cell<usize>,
@@ -154,7 +152,6 @@ macro_rules! heap_value {
             segments: SegmentList::new(),
             small_slots: SegmentList::new(),
             medium_slots: SegmentList::new(),
-            slow_calls: Cell::new(0),
             retired_min: Cell::new(BIN_COUNT),
             retired_max: Cell::new(0),
         }
@@ -358,7 +355,6 @@ impl Heap {
     /// # Safety
     /// Owner thread.
     unsafe fn heartbeat(&self) {
-        self.slow_calls.set(self.slow_calls.get().wrapping_add(1));
         // Relaxed: a cheap emptiness test; `process_delayed` acquires.
         if !self.thread_delayed_free.load(Ordering::Relaxed).is_null() {
             // SAFETY: owner thread (caller).
@@ -415,7 +411,6 @@ impl Heap {
                     }
                 }
                 if (*page).has_free() {
-                    (*page).retire_expire.set(0);
                     if page != queue.first.get() {
                         self.queue_remove(bin, page);
                         self.queue_push_front(bin, page);

@@ -1,16 +1,21 @@
 //! Runs one allocation pattern against one allocator, for instruction counting under
 //! `valgrind --tool=callgrind` (driven by `benches/callgrind.sh`).
 //!
-//! Usage: `pairs <allocator> <size> <iterations> [pair|ring|xthread-mix]`
+//! Usage: `pairs <allocator> <size> <iterations> [pair|ring|xthread|xthread-mix]`
 //!
 //! - `<allocator>`: `ShardAlloc`, `System`, `mimalloc` or `jemalloc` (any case).
 //! - `pair` (default): allocate and free one block `<iterations>` times
 //!   (`shardalloc_bench::pairs`, the code `pair_<size>` in `micro.rs` times).
 //! - `ring`: 64 live blocks, `<iterations>` allocate-new/free-oldest steps
 //!   (`shardalloc_bench::Ring`, the code `ring64_<size>` times).
+//! - `xthread`: `<iterations>` blocks of `<size>` bytes allocated by a producer thread and
+//!   freed by a consumer thread (`shardalloc_bench::CrossThread`, the code `xthread_64` times).
 //! - `xthread-mix`: `<iterations>` blocks of mixed sizes allocated by a producer thread and
 //!   freed by a consumer thread (`shardalloc_bench::CrossThread`, the code `xthread_mix`
 //!   times); the size argument is ignored.
+//!
+//! With `PAIRS_TIME=1` it prints `ns_per_op <n>` (wall clock of the pattern alone), which
+//! `benches/interleaved.py` uses.
 //!
 //! The count of a run includes process start-up and the allocator's first-use
 //! initialisation; the script subtracts a run with fewer iterations to get a per-pair figure.
@@ -29,6 +34,8 @@ enum Pattern {
     Pair,
     /// `shardalloc_bench::Ring`.
     Ring,
+    /// `shardalloc_bench::CrossThread` with blocks of `<size>` bytes.
+    Cross,
     /// `shardalloc_bench::CrossThread` over `mixed_layouts()` (the size is ignored).
     CrossMix,
 }
@@ -42,11 +49,26 @@ struct Run {
 
 impl Visitor for Run {
     fn visit<A: GlobalAlloc + Sync + 'static>(&mut self, _name: &'static str, alloc: &'static A) {
+        let start = std::time::Instant::now();
+        self.run(alloc);
+        if std::env::var_os("PAIRS_TIME").is_some() {
+            let ns = start.elapsed().as_nanos() as f64 / self.iters.max(1) as f64;
+            println!("ns_per_op {ns:.3}");
+        }
+    }
+}
+
+impl Run {
+    fn run<A: GlobalAlloc + Sync + 'static>(&self, alloc: &'static A) {
         match self.pattern {
             Pattern::Pair => pairs(alloc, self.layout, self.iters),
             Pattern::Ring => Ring::new(alloc, self.layout).run(self.iters),
-            Pattern::CrossMix => {
-                let times = CrossThread::new(alloc, mixed_layouts()).run(self.iters);
+            Pattern::Cross | Pattern::CrossMix => {
+                let layouts = match self.pattern {
+                    Pattern::Cross => vec![self.layout],
+                    _ => mixed_layouts(),
+                };
+                let times = CrossThread::new(alloc, layouts).run(self.iters);
                 if std::env::var_os("PAIRS_VERBOSE").is_some() {
                     let per =
                         |d: std::time::Duration| d.as_nanos() as f64 / self.iters.max(1) as f64;
@@ -65,7 +87,7 @@ impl Visitor for Run {
 fn usage(msg: &str) -> ExitCode {
     eprintln!("pairs: {msg}");
     eprintln!(
-        "usage: pairs <allocator> <size> <iterations> [pair|ring|xthread-mix]   (allocators: {})",
+        "usage: pairs <allocator> <size> <iterations> [pair|ring|xthread|xthread-mix]   (allocators: {})",
         ALLOCATOR_NAMES.join(", ")
     );
     ExitCode::from(2)
@@ -85,6 +107,7 @@ fn main() -> ExitCode {
     let pattern = match args.get(3).map(String::as_str) {
         None | Some("pair") => Pattern::Pair,
         Some("ring") => Pattern::Ring,
+        Some("xthread") => Pattern::Cross,
         Some("xthread-mix") => Pattern::CrossMix,
         Some(other) => return usage(&format!("unknown pattern {other:?}")),
     };
