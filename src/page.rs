@@ -101,7 +101,31 @@ pub(crate) enum DelayedMode {
     Never = 3,
 }
 
+/// The `thread_free` word packs three things into one pointer-sized atomic,
+/// so that every update is a single CAS:
+///
+/// ```text
+///  63          48 47                             2 1    0
+/// ┌──────────────┬────────────────────────────────┬──────┐
+/// │ list length  │ head block address             │ mode │
+/// └──────────────┴────────────────────────────────┴──────┘
+/// ```
+///
+/// Keeping the length in the word lets the owner take the whole list without
+/// walking it (a walk would touch, one cache miss at a time, every block the
+/// other threads just wrote). Blocks are at least 8-aligned, so the two low
+/// bits are free; segments are mapped below 2^48 (checked in `segment`), so
+/// the top 16 bits are free, and a page holds at most 8192 blocks.
 const MODE_MASK: usize = 3;
+/// Shift of the list length in a `thread_free` word.
+const COUNT_SHIFT: u32 = 48;
+/// Addresses of blocks are below this (segments are mapped below it).
+pub(crate) const ADDRESS_LIMIT: usize = 1 << COUNT_SHIFT;
+
+const _: () = assert!(
+    usize::BITS == 64,
+    "the thread-free word packs a length above bit 48"
+);
 
 impl DelayedMode {
     #[inline(always)]
@@ -115,16 +139,36 @@ impl DelayedMode {
     }
 }
 
-/// The block-pointer part of a `thread_free` word.
+/// The head block of a `thread_free` word.
 #[inline(always)]
 fn list_of(word: *mut Block) -> *mut Block {
-    word.map_addr(|a| a & !MODE_MASK)
+    word.map_addr(|a| a & (ADDRESS_LIMIT - 1) & !MODE_MASK)
 }
 
-/// A `thread_free` word from a list head and a mode.
+/// The list length of a `thread_free` word.
 #[inline(always)]
-fn tagged(head: *mut Block, mode: DelayedMode) -> *mut Block {
-    head.map_addr(|a| (a & !MODE_MASK) | mode as usize)
+fn count_of(word: *mut Block) -> u32 {
+    (word.addr() >> COUNT_SHIFT) as u32
+}
+
+/// A `thread_free` word from a list head, its length and a mode.
+#[inline(always)]
+fn pack(head: *mut Block, count: u32, mode: DelayedMode) -> *mut Block {
+    head.map_addr(|a| {
+        (a & (ADDRESS_LIMIT - 1) & !MODE_MASK) | ((count as usize) << COUNT_SHIFT) | mode as usize
+    })
+}
+
+/// `word` with its mode replaced (list and length kept).
+#[inline(always)]
+fn with_mode(word: *mut Block, mode: DelayedMode) -> *mut Block {
+    word.map_addr(|a| (a & !MODE_MASK) | mode as usize)
+}
+
+/// An empty list in `mode`.
+#[inline(always)]
+fn empty_list(mode: DelayedMode) -> *mut Block {
+    pack(ptr::null_mut(), 0, mode)
 }
 
 /// `flags` bit: the page sits in its heap's full queue.
@@ -238,7 +282,7 @@ impl Page {
             retire_expire: Cell::new(0),
             block_size: Cell::new(0),
             page_start: Cell::new(ptr::null_mut()),
-            thread_free: AtomicPtr::new(tagged(ptr::null_mut(), DelayedMode::NoDelayed)),
+            thread_free: AtomicPtr::new(empty_list(DelayedMode::NoDelayed)),
             heap: AtomicPtr::new(ptr::null_mut()),
             next: Cell::new(ptr::null_mut()),
             prev: Cell::new(ptr::null_mut()),
@@ -283,10 +327,8 @@ impl Page {
         // Relaxed: no remote thread can reach this page until one of its
         // blocks is handed out, which happens-after this store on the owner
         // and reaches the remote thread through the user's own hand-off.
-        self.thread_free.store(
-            tagged(ptr::null_mut(), DelayedMode::NoDelayed),
-            Ordering::Relaxed,
-        );
+        self.thread_free
+            .store(empty_list(DelayedMode::NoDelayed), Ordering::Relaxed);
         // Release pairs with the Acquire load in `free_remote` (the delayed
         // route): a remote thread that finds this heap sees it initialised.
         self.heap.store(heap, Ordering::Release);
@@ -322,10 +364,8 @@ impl Page {
         self.prev.set(ptr::null_mut());
         // Relaxed, as in `init`. A huge page is always "full": its one remote
         // free must reach the owner through the heap's delayed list.
-        self.thread_free.store(
-            tagged(ptr::null_mut(), DelayedMode::UseDelayed),
-            Ordering::Relaxed,
-        );
+        self.thread_free
+            .store(empty_list(DelayedMode::UseDelayed), Ordering::Relaxed);
         // Release pairs with the Acquire load in `free_remote`.
         self.heap.store(heap, Ordering::Release);
         self.in_use.set(true);
@@ -401,29 +441,48 @@ impl Page {
     /// # Safety
     /// Owner only.
     pub(crate) unsafe fn collect(&self) {
-        // SAFETY: owner only (caller).
-        unsafe { self.collect_thread_free() };
+        let taken = self.take_thread_free();
         if self.free.get().is_null() {
+            if !taken.is_null() {
+                // Allocate from the remotely freed blocks first: no walk,
+                // and `local_free` waits for the next turn.
+                self.free.set(taken);
+                self.free_is_zero.set(false);
+                return;
+            }
             let local = self.local_free.replace(ptr::null_mut());
             if !local.is_null() {
                 self.free.set(local);
                 self.free_is_zero.set(false);
             }
+        } else if !taken.is_null() {
+            // SAFETY: owner only (caller); the taken blocks are ours.
+            unsafe { self.splice_local(taken) };
         }
     }
 
-    /// Takes the whole `thread_free` list (keeping the mode bits) onto
-    /// `local_free`, and lowers `used` by its length.
+    /// Takes the whole `thread_free` list onto `local_free` and lowers `used`
+    /// by its length.
     ///
     /// # Safety
     /// Owner only (or the exclusive holder of an abandoned page).
     pub(crate) unsafe fn collect_thread_free(&self) {
+        let taken = self.take_thread_free();
+        if !taken.is_null() {
+            // SAFETY: owner only (caller); the taken blocks are ours.
+            unsafe { self.splice_local(taken) };
+        }
+    }
+
+    /// Takes the whole `thread_free` list (keeping the mode bits), lowers
+    /// `used` by its length, and returns its head (null if it was empty).
+    /// Owner only (or the exclusive holder of an abandoned page).
+    fn take_thread_free(&self) -> *mut Block {
         // Relaxed: a cheap emptiness test; the CAS below acquires.
         let mut word = self.thread_free.load(Ordering::Relaxed);
-        let head = loop {
-            let head = list_of(word);
-            if head.is_null() {
-                return;
+        loop {
+            if list_of(word).is_null() {
+                return ptr::null_mut();
             }
             // AcqRel: the Acquire half pairs with the Release CAS of every
             // push in `free_remote` (all updates of this word are RMWs, so
@@ -432,41 +491,45 @@ impl Page {
             // Acquire on failure: the new value may carry new pushes.
             match self.thread_free.compare_exchange_weak(
                 word,
-                tagged(ptr::null_mut(), DelayedMode::of(word)),
+                empty_list(DelayedMode::of(word)),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
-                Ok(_) => break head,
+                Ok(_) => break,
                 Err(current) => word = current,
             }
-        };
-        // Walk to the tail, counting; a list longer than the page can hold
-        // means a corrupted (e.g. double-freed) block.
-        let limit = self.capacity.get();
-        let mut count: u32 = 1;
-        let mut tail = head;
-        // SAFETY: every block on the taken list was pushed by `free_remote`,
-        // whose Release CAS our Acquire synchronised with; we own them now.
-        unsafe {
-            loop {
-                let next = Block::next(tail);
-                if next.is_null() {
-                    break;
-                }
-                count += 1;
-                if count > limit {
-                    fatal("corrupted thread-free list (double free?)");
-                }
-                tail = next;
-            }
-            Block::set_next(tail, self.local_free.get());
         }
-        self.local_free.set(head);
+        let count = count_of(word);
         let used = self.used.get();
-        if count > used {
+        if count > used || count > self.capacity.get() {
             fatal("thread-free list longer than the blocks in use (double free?)");
         }
         self.used.set(used - count);
+        list_of(word)
+    }
+
+    /// Puts a list of free blocks of this page in front of `local_free`.
+    ///
+    /// # Safety
+    /// Owner only; the blocks are free blocks of this page that we own.
+    unsafe fn splice_local(&self, list: *mut Block) {
+        let local = self.local_free.get();
+        if !local.is_null() {
+            // SAFETY: the list's blocks are ours (caller); its length is
+            // bounded by the page's capacity (checked when it was taken).
+            unsafe {
+                let mut tail = list;
+                loop {
+                    let next = Block::next(tail);
+                    if next.is_null() {
+                        break;
+                    }
+                    tail = next;
+                }
+                Block::set_next(tail, local);
+            }
+        }
+        self.local_free.set(list);
     }
 
     /// Frees `block` from a thread that does not own the page: one CAS push
@@ -482,11 +545,11 @@ impl Page {
             let mode = DelayedMode::of(word);
             let (desired, delayed) = if mode == DelayedMode::UseDelayed {
                 // Claim the right to use the heap; the block is not linked.
-                (tagged(list_of(word), DelayedMode::Freeing), true)
+                (with_mode(word, DelayedMode::Freeing), true)
             } else {
                 // SAFETY: we own the block until the CAS publishes it.
                 unsafe { Block::set_next(block, list_of(word)) };
-                (tagged(block, mode), false)
+                (pack(block, count_of(word) + 1, mode), false)
             };
             // Release pairs with the AcqRel CAS in `collect_thread_free`
             // (the block's link must be visible to the collector) and with
@@ -530,9 +593,9 @@ impl Page {
                 // but never lose a block): link it into the page list.
                 // SAFETY: still ours until the CAS succeeds.
                 unsafe { Block::set_next(block, list_of(word)) };
-                tagged(block, DelayedMode::NoDelayed)
+                pack(block, count_of(word) + 1, DelayedMode::NoDelayed)
             } else {
-                tagged(list_of(word), DelayedMode::NoDelayed)
+                with_mode(word, DelayedMode::NoDelayed)
             };
             // Release pairs with the Acquire load in `try_set_delayed_mode`:
             // an owner that sees `Freeing` gone also sees our heap push.
@@ -569,7 +632,7 @@ impl Page {
             // `Never` test above.
             match self.thread_free.compare_exchange_weak(
                 word,
-                tagged(list_of(word), DelayedMode::Freeing),
+                with_mode(word, DelayedMode::Freeing),
                 Ordering::Release,
                 Ordering::Acquire,
             ) {
@@ -592,14 +655,14 @@ impl Page {
     /// Owner only; the page is a huge page, already taken off every list of
     /// its heap.
     pub(crate) unsafe fn try_orphan(&self) -> bool {
-        let idle = tagged(ptr::null_mut(), DelayedMode::UseDelayed);
+        let idle = empty_list(DelayedMode::UseDelayed);
         // AcqRel: Release pairs with the Acquire load in `free_huge_remote`
         // (the freeing thread unmaps the segment after our last write);
         // Acquire keeps us ordered after any earlier remote CAS we lose to.
         self.thread_free
             .compare_exchange(
                 idle,
-                tagged(ptr::null_mut(), DelayedMode::Never),
+                empty_list(DelayedMode::Never),
                 Ordering::AcqRel,
                 Ordering::Relaxed,
             )
@@ -648,7 +711,7 @@ impl Page {
                 .thread_free
                 .compare_exchange_weak(
                     word,
-                    tagged(list_of(word), mode),
+                    with_mode(word, mode),
                     Ordering::Release,
                     Ordering::Relaxed,
                 )
@@ -802,10 +865,8 @@ mod tests {
             assert!(page.try_set_delayed_mode(DelayedMode::UseDelayed, true));
             assert_eq!(page.delayed_mode(), DelayedMode::UseDelayed);
             // A remote thread caught in `Freeing` makes the owner wait.
-            page.thread_free.store(
-                tagged(ptr::null_mut(), DelayedMode::Freeing),
-                Ordering::Relaxed,
-            );
+            page.thread_free
+                .store(empty_list(DelayedMode::Freeing), Ordering::Relaxed);
             assert!(!page.try_set_delayed_mode(DelayedMode::Never, false));
             Segment::release(segment);
         }

@@ -21,7 +21,7 @@
 
 use crate::heap::Heap;
 use crate::os::{self, OS_PAGE_SIZE, checked_align_up};
-use crate::page::Page;
+use crate::page::{ADDRESS_LIMIT, Page};
 use crate::size_class::PageKind;
 use crate::sync::AtomicUsize;
 use core::cell::Cell;
@@ -53,6 +53,24 @@ pub(crate) const HEADER_SIZE: usize = match checked_align_up(size_of::<Segment>(
 /// Largest huge request (128 TiB); anything larger is reported as out of
 /// memory without asking the OS.
 pub(crate) const HUGE_SIZE_MAX: usize = 1 << 47;
+
+/// Maps segment memory, refusing (as out of memory) a mapping that reaches
+/// above [`ADDRESS_LIMIT`]: the thread-free word keeps a list length in the
+/// address bits above it. Linux never maps there unless asked to.
+fn map_below_limit(size: usize, align: usize, offset: usize) -> Option<NonNull<u8>> {
+    let base = os::map(size, align, offset)?;
+    if base
+        .as_ptr()
+        .addr()
+        .checked_add(size)
+        .is_some_and(|end| end <= ADDRESS_LIMIT)
+    {
+        return Some(base);
+    }
+    // SAFETY: just mapped by us with these parameters, never used.
+    unsafe { os::unmap(base, size, align) };
+    None
+}
 
 /// Links of a segment in one of its heap's segment lists (owner only).
 pub(crate) struct Links {
@@ -172,7 +190,7 @@ impl Segment {
             PageKind::Large => (LARGE_PAGE_SHIFT, 1),
             PageKind::Huge => return None,
         };
-        let base = os::map(SEGMENT_SIZE, SEGMENT_SIZE, 0)?;
+        let base = map_below_limit(SEGMENT_SIZE, SEGMENT_SIZE, 0)?;
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for the header.
         unsafe {
@@ -215,7 +233,7 @@ impl Segment {
             (SEGMENT_SIZE, align, SEGMENT_SIZE)
         };
         let total = checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)?;
-        let base = os::map(total, map_align, map_offset)?;
+        let base = map_below_limit(total, map_align, map_offset)?;
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for header and block.
         unsafe {
