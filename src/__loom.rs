@@ -63,7 +63,7 @@ impl ModelHeap {
     /// distinct per model thread).
     pub fn new(world: &World, thread_id: usize) -> ModelHeap {
         ModelHeap {
-            heap: Box::new(Heap::new(thread_id, &world.shared)),
+            heap: Box::new(Heap::new(thread_id, &raw const world.shared)),
         }
     }
 

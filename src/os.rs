@@ -126,7 +126,7 @@ mod test_backend {
     /// not a multiple of `align` (only over-aligned huge blocks ask for one)
     /// and reports it as out of memory.
     pub(crate) fn map(size: usize, align: usize, offset: usize) -> Option<NonNull<u8>> {
-        if offset % align != 0 {
+        if !offset.is_multiple_of(align) {
             return None;
         }
         let layout = Layout::from_size_align(size, align).ok()?;
