@@ -29,3 +29,38 @@ pub(crate) fn write_stderr(bytes: &[u8]) {
         rest = rest.get(written.unsigned_abs()..).unwrap_or(&[]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fatal` in a forked child: the message reaches stderr and the child
+    /// dies of SIGABRT.
+    #[test]
+    fn fatal_writes_its_message_and_aborts() {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: the child only calls async-signal-safe functions (dup2,
+        // write, abort) before it dies.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            // SAFETY: valid descriptors from `pipe`.
+            unsafe { libc::dup2(fds[1], 2) };
+            fatal("corrupted test fixture");
+        }
+        // SAFETY: our end of the pipe; `buf` is writable.
+        let mut buf = [0u8; 256];
+        let n = unsafe {
+            libc::close(fds[1]);
+            libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len())
+        };
+        let mut status = 0;
+        // SAFETY: `pid` is our child.
+        unsafe { libc::waitpid(pid, &raw mut status, 0) };
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT);
+        let text = std::str::from_utf8(&buf[..usize::try_from(n).unwrap()]).unwrap();
+        assert_eq!(text, "shardalloc: fatal: corrupted test fixture\n");
+    }
+}
