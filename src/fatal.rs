@@ -50,8 +50,8 @@ mod tests {
             unsafe { libc::dup2(fds[1], 2) };
             fatal("corrupted test fixture");
         }
-        // SAFETY: our end of the pipe; `buf` is writable.
         let mut buf = [0u8; 256];
+        // SAFETY: our end of the pipe; `buf` is writable.
         let n = unsafe {
             libc::close(fds[1]);
             libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len())
