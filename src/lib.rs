@@ -40,6 +40,7 @@ mod fatal;
 #[cfg(not(loom))]
 mod global;
 mod heap;
+mod once;
 mod os;
 mod page;
 mod segment;

@@ -12,13 +12,16 @@
 //!   still find a live heap. It abandons the heap's segments that still hold
 //!   blocks. An allocation after that (from a later destructor) initialises
 //!   a fresh heap, and glibc runs the destructor again for it.
-//! * The thread id is the address of the thread-local pointer itself:
-//!   unique among live threads, nonzero, and free (no system call). A dead
-//!   thread's id can come back with a new thread, which is harmless because
-//!   abandonment set the dead thread's segments to id 0.
+//! * The thread id is a process-wide counter value given at a thread's
+//!   first allocation and kept in a second thread-local. It is never reused:
+//!   not after a thread exits, and not in a forked child, whose new threads
+//!   may get a dead parent thread's stack (and so its thread-local
+//!   addresses) but never its id. Blocks of threads that do not exist any
+//!   more are therefore always freed as remote frees.
 
 use crate::abandon::Shared;
 use crate::heap::Heap;
+use crate::once::Once;
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::sync::{AtomicUsize, Ordering};
 use core::cell::Cell;
@@ -34,6 +37,8 @@ static EMPTY_HEAP: Heap = Heap::empty();
 thread_local! {
     /// The calling thread's default heap (or [`EMPTY_HEAP`]).
     static THREAD_HEAP: Cell<*mut Heap> = const { Cell::new(empty_heap()) };
+    /// The calling thread's id; [`NO_THREAD_ID`] until its first allocation.
+    static THREAD_ID: Cell<usize> = const { Cell::new(NO_THREAD_ID) };
 }
 
 /// The empty heap's address.
@@ -52,39 +57,54 @@ pub(crate) fn current_heap() -> *mut Heap {
 /// The calling thread's id (see the module documentation).
 #[inline(always)]
 pub(crate) fn current_thread_id() -> usize {
-    THREAD_HEAP.with(|cell| ptr::from_ref(cell).addr())
+    THREAD_ID.with(Cell::get)
 }
 
-/// The pthread key whose destructor tears a thread's heap down, plus one;
-/// 0 until created.
-static EXIT_KEY: AtomicUsize = AtomicUsize::new(0);
-
-/// Creates the exit key once per process (racing threads: the loser deletes
-/// its key). Returns `None` if the system has no key left.
-fn exit_key() -> Option<libc::pthread_key_t> {
-    // Acquire pairs with the Release CAS below: the key value is complete.
-    let existing = EXIT_KEY.load(Ordering::Acquire);
-    if existing != 0 {
-        return libc::pthread_key_t::try_from(existing - 1).ok();
-    }
-    let mut key: libc::pthread_key_t = 0;
-    // SAFETY: `key` is a valid out-pointer; the destructor has the C ABI
-    // signature pthread expects.
-    if unsafe { libc::pthread_key_create(&raw mut key, Some(on_thread_exit)) } != 0 {
-        return None;
-    }
-    let encoded = usize::try_from(key).ok()? + 1;
-    // Release pairs with the Acquire load above; Acquire on failure to read
-    // the winner's key.
-    match EXIT_KEY.compare_exchange(0, encoded, Ordering::Release, Ordering::Acquire) {
-        Ok(_) => Some(key),
-        Err(winner) => {
-            // SAFETY: the key is ours and never used.
-            unsafe { libc::pthread_key_delete(key) };
-            libc::pthread_key_t::try_from(winner - 1).ok()
+/// The calling thread's id, giving it one if it has none yet.
+fn assign_thread_id() -> usize {
+    THREAD_ID.with(|cell| {
+        if cell.get() == NO_THREAD_ID {
+            // Relaxed: ids only need to be distinct.
+            cell.set(NEXT_THREAD_ID.fetch_add(1, Ordering::Relaxed));
         }
-    }
+        cell.get()
+    })
 }
+
+/// The pthread key whose destructor tears a thread's heap down.
+static EXIT_KEY: Once = Once::new();
+
+/// Creates the exit key once per process. Returns `None` if the system has
+/// no key left.
+fn exit_key() -> Option<libc::pthread_key_t> {
+    let key = EXIT_KEY.get_or_publish(
+        || {
+            let mut key: libc::pthread_key_t = 0;
+            // SAFETY: `key` is a valid out-pointer; the destructor has the C
+            // ABI signature pthread expects.
+            let created = unsafe { libc::pthread_key_create(&raw mut key, Some(on_thread_exit)) };
+            if created == 0 {
+                usize::try_from(key).ok()
+            } else {
+                None
+            }
+        },
+        |lost| {
+            if let Ok(key) = libc::pthread_key_t::try_from(lost) {
+                // SAFETY: the losing key is ours and was never used.
+                unsafe { libc::pthread_key_delete(key) };
+            }
+        },
+    )?;
+    libc::pthread_key_t::try_from(key).ok()
+}
+
+/// Thread ids handed out so far (0 means "abandoned", 1 the empty heap).
+static NEXT_THREAD_ID: AtomicUsize = AtomicUsize::new(FIRST_THREAD_ID);
+/// The first id a thread can get.
+const FIRST_THREAD_ID: usize = 2;
+/// The id of a thread that has not allocated yet: matches no segment.
+const NO_THREAD_ID: usize = 1;
 
 /// Bytes mapped for one thread's heap.
 const HEAP_MAP_SIZE: usize = match os::checked_align_up(size_of::<Heap>(), OS_PAGE_SIZE) {
@@ -109,7 +129,7 @@ pub(crate) fn init_current() -> *mut Heap {
     };
     let heap = memory.cast::<Heap>().as_ptr();
     // SAFETY: fresh memory, large enough and aligned for a `Heap`.
-    unsafe { heap.write(Heap::new(current_thread_id(), ptr::from_ref(&SHARED))) };
+    unsafe { heap.write(Heap::new(assign_thread_id(), ptr::from_ref(&SHARED))) };
     THREAD_HEAP.with(|cell| cell.set(heap));
     // SAFETY: the key exists; a failure here only means the heap is never
     // torn down at exit (its memory stays valid: a leak, not a fault).
@@ -167,12 +187,14 @@ mod tests {
     }
 
     #[test]
-    fn live_threads_have_distinct_nonzero_aligned_ids() {
+    fn threads_get_distinct_ids_at_their_first_allocation() {
         let barrier = std::sync::Barrier::new(8);
         let ids: Vec<usize> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     scope.spawn(|| {
+                        assert_eq!(current_thread_id(), NO_THREAD_ID);
+                        init_current();
                         barrier.wait();
                         let id = current_thread_id();
                         barrier.wait();
@@ -186,7 +208,7 @@ mod tests {
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), ids.len());
-        assert!(ids.iter().all(|&id| id != 0 && id != 1 && id % 8 == 0));
+        assert!(ids.iter().all(|&id| id >= FIRST_THREAD_ID));
     }
 
     #[test]
