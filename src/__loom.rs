@@ -7,10 +7,12 @@
 //! Blocks handed out here are at least 64 bytes: under loom a free block's
 //! link is a `loom::cell::UnsafeCell`, larger than a pointer.
 
-use crate::abandon::Shared;
+use crate::abandon::{AbandonedSegments, Shared};
 use crate::heap::{Heap, free_block};
+use crate::once::Once;
 use crate::page::{Block, DelayedMode, Page};
 use crate::segment::Segment;
+use crate::size_class::PageKind;
 
 /// Process-wide state of one model run (the abandoned-segment list).
 pub struct World {
@@ -45,7 +47,7 @@ impl Drop for World {
         while !segment.is_null() {
             // SAFETY: the model is over; we own every segment on the list.
             unsafe {
-                let next = (*segment).abandoned_next.get();
+                let next = Segment::abandoned_next(segment);
                 Segment::release(segment);
                 segment = next;
             }
@@ -110,6 +112,107 @@ impl ModelHeap {
     pub fn abandon(&self) {
         // SAFETY: owner thread.
         unsafe { self.heap.abandon() }
+    }
+
+    /// Allocates a huge block (its own segment) of `size` bytes.
+    pub fn alloc_huge(&self, size: usize) -> *mut u8 {
+        // SAFETY: owner thread.
+        unsafe { self.heap.malloc_huge(size, 16) }
+    }
+
+    /// Segments the heap holds.
+    pub fn segments(&self) -> usize {
+        self.heap.segment_count()
+    }
+
+    /// Touches the heap's remotely written field non-atomically: loom
+    /// reports a causality violation if any other thread's access to the
+    /// heap is not ordered before this call. Call it after `abandon` to
+    /// prove the heap is unreachable.
+    pub fn claim_exclusive(&mut self) {
+        self.heap.claim_exclusive();
+    }
+}
+
+/// Memory mappings of the OS test backend still live on this OS thread
+/// (a loom model runs on one OS thread): compare before and after a model
+/// run to prove every segment was released exactly once.
+pub fn live_mappings() -> usize {
+    crate::os::live_mappings()
+}
+
+/// The abandoned-segment list on its own, with real (empty) segments.
+pub struct AbandonedList {
+    list: AbandonedSegments,
+}
+
+impl AbandonedList {
+    /// An empty list.
+    pub fn new() -> AbandonedList {
+        AbandonedList {
+            list: AbandonedSegments::new(),
+        }
+    }
+
+    /// Maps a fresh small segment and pushes it; returns its address.
+    pub fn push_new(&self) -> usize {
+        let segment = Segment::create(PageKind::Small, 0, core::ptr::null_mut())
+            .expect("test backend map")
+            .as_ptr();
+        // SAFETY: the fresh segment is ours and handed to the list.
+        unsafe { self.list.push(segment) };
+        segment.expose_provenance()
+    }
+
+    /// Takes every segment on the list, releases them, and returns their
+    /// addresses in list order.
+    pub fn take_all(&self) -> Vec<usize> {
+        let mut taken = Vec::new();
+        let mut segment = self.list.take_all();
+        while !segment.is_null() {
+            taken.push(segment.expose_provenance());
+            // SAFETY: `take_all` made us the sole owner of the chain.
+            unsafe {
+                let next = Segment::abandoned_next(segment);
+                Segment::release(segment);
+                segment = next;
+            }
+        }
+        self.list.note_removed(taken.len());
+        taken
+    }
+}
+
+impl Default for AbandonedList {
+    fn default() -> AbandonedList {
+        AbandonedList::new()
+    }
+}
+
+/// The publish-once slot behind the thread-exit key.
+pub struct PublishOnce {
+    once: Once,
+}
+
+impl PublishOnce {
+    /// An empty slot.
+    pub fn new() -> PublishOnce {
+        PublishOnce { once: Once::new() }
+    }
+
+    /// `Once::get_or_publish`.
+    pub fn get_or_publish(
+        &self,
+        create: impl FnOnce() -> Option<usize>,
+        discard: impl FnOnce(usize),
+    ) -> Option<usize> {
+        self.once.get_or_publish(create, discard)
+    }
+}
+
+impl Default for PublishOnce {
+    fn default() -> PublishOnce {
+        PublishOnce::new()
     }
 }
 

@@ -60,7 +60,7 @@ impl AbandonedSegments {
         let mut head = self.head.load(Ordering::Relaxed);
         loop {
             // SAFETY: we still own `last` until the CAS publishes it.
-            unsafe { (*last).abandoned_next.set(head) };
+            unsafe { Segment::set_abandoned_next(last, head) };
             // Release pairs with the Acquire swap in `take_all`: the taker
             // sees every write we made to these segments and their pages.
             match self
@@ -152,7 +152,7 @@ mod tests {
         // SAFETY: the segments are ours and handed to the list.
         unsafe {
             list.push(segments[0]);
-            (*segments[1]).abandoned_next.set(segments[2]);
+            Segment::set_abandoned_next(segments[1], segments[2]);
             list.push_chain(segments[1], segments[2], 2);
             list.push(segments[3]);
             list.push(segments[4]);
@@ -163,7 +163,7 @@ mod tests {
         while !s.is_null() {
             taken.push(s);
             // SAFETY: taken segments are ours.
-            s = unsafe { (*s).abandoned_next.get() };
+            s = unsafe { Segment::abandoned_next(s) };
         }
         list.note_removed(taken.len());
         assert!(
@@ -202,7 +202,7 @@ mod tests {
                     while !s.is_null() {
                         chain.push(s.expose_provenance());
                         // SAFETY: taken segments are ours.
-                        s = unsafe { (*s).abandoned_next.get() };
+                        s = unsafe { Segment::abandoned_next(s) };
                     }
                     taken.lock().unwrap().extend(chain);
                     std::thread::yield_now();
@@ -214,7 +214,7 @@ mod tests {
         while !s.is_null() {
             all.push(s.expose_provenance());
             // SAFETY: taken segments are ours.
-            s = unsafe { (*s).abandoned_next.get() };
+            s = unsafe { Segment::abandoned_next(s) };
         }
         let count = all.len();
         all.sort();

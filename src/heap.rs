@@ -206,6 +206,27 @@ impl Heap {
         ptr::from_ref(self).cast_mut()
     }
 
+    /// Number of segments the heap holds (tests and loom models).
+    #[cfg(any(test, loom))]
+    pub(crate) fn segment_count(&self) -> usize {
+        let mut count = 0;
+        let mut segment = self.segments.first.get();
+        while !segment.is_null() {
+            count += 1;
+            // SAFETY: segments on the heap's list are live.
+            segment = unsafe { (*segment).all.next.get() };
+        }
+        count
+    }
+
+    /// A non-atomic access to the one field other threads write: under loom
+    /// it proves (or refutes) that every remote access to this heap happened
+    /// before the call.
+    #[cfg(loom)]
+    pub(crate) fn claim_exclusive(&mut self) {
+        self.thread_delayed_free.with_mut(|_| ());
+    }
+
     // === page queues ===
 
     /// Points the direct-table slots of `index` at its queue's first page.
@@ -873,8 +894,8 @@ impl Heap {
         unsafe {
             while !segment.is_null() {
                 taken += 1;
-                let next = (*segment).abandoned_next.get();
-                (*segment).abandoned_next.set(ptr::null_mut());
+                let next = Segment::abandoned_next(segment);
+                Segment::set_abandoned_next(segment, ptr::null_mut());
                 collect_abandoned(segment);
                 if (*segment).used_pages.get() == 0 {
                     Segment::release(segment);
@@ -885,7 +906,7 @@ impl Heap {
                     if keep_first.is_null() {
                         keep_first = segment;
                     } else {
-                        (*keep_last).abandoned_next.set(segment);
+                        Segment::set_abandoned_next(keep_last, segment);
                     }
                     keep_last = segment;
                     kept += 1;
@@ -1070,17 +1091,6 @@ mod tests {
     const OTHER: usize = 0x2000;
     const THIRD: usize = 0x3000;
 
-    fn count_segments(heap: &Heap) -> usize {
-        let mut n = 0;
-        let mut segment = heap.segments.first.get();
-        while !segment.is_null() {
-            n += 1;
-            // SAFETY: segments on the heap's list are live.
-            segment = unsafe { (*segment).all.next.get() };
-        }
-        n
-    }
-
     #[test]
     fn blocks_of_every_class_round_trip_and_memory_goes_back() {
         let shared = Shared::new();
@@ -1098,7 +1108,7 @@ mod tests {
             }
             let huge = heap.malloc_huge(3 * LARGE_BLOCK_MAX, 16);
             huge.write_bytes(0xEE, 3 * LARGE_BLOCK_MAX);
-            assert!(count_segments(&heap) > 3);
+            assert!(heap.segment_count() > 3);
             for &(p, size, fill) in &blocks {
                 assert!(
                     (0..size).step_by(61).all(|i| p.add(i).read() == fill),
@@ -1110,11 +1120,7 @@ mod tests {
             }
             free_block(huge, OWNER);
             heap.collect(true);
-            assert_eq!(
-                count_segments(&heap),
-                0,
-                "every segment went back to the OS"
-            );
+            assert_eq!(heap.segment_count(), 0, "every segment went back to the OS");
         }
     }
 
@@ -1141,7 +1147,7 @@ mod tests {
                 free_block(p, OWNER);
             }
             heap.collect(true);
-            assert_eq!(count_segments(&heap), 0);
+            assert_eq!(heap.segment_count(), 0);
         }
     }
 
@@ -1170,16 +1176,16 @@ mod tests {
                 "one block went to the heap"
             );
             assert_eq!((*page).used.get(), 3, "not collected yet");
-            assert_eq!(count_segments(&heap), 2);
+            assert_eq!(heap.segment_count(), 2);
             heap.process_delayed(true);
             // Processing the parked block collected the other two, emptied
             // the page, and (another page serving the class) gave its
             // segment back to the OS.
-            assert_eq!(count_segments(&heap), 1);
+            assert_eq!(heap.segment_count(), 1);
             assert_eq!(heap.queue(BIN_FULL).first.get(), ptr::null_mut());
             free_block(fourth, OWNER);
             heap.collect(true);
-            assert_eq!(count_segments(&heap), 0);
+            assert_eq!(heap.segment_count(), 0);
         }
     }
 
@@ -1200,9 +1206,9 @@ mod tests {
             for &p in blocks.iter().step_by(2) {
                 free_block(p, OWNER);
             }
-            let segments = count_segments(&dying);
+            let segments = dying.segment_count();
             dying.abandon();
-            assert_eq!(count_segments(&dying), 0);
+            assert_eq!(dying.segment_count(), 0);
             assert_eq!(shared.abandoned.len(), segments);
             for (i, &p) in blocks.iter().enumerate().skip(1).step_by(2) {
                 assert!(
@@ -1230,7 +1236,7 @@ mod tests {
             free_block(q, OTHER);
             heir.collect(true);
             assert_eq!(
-                count_segments(&heir),
+                heir.segment_count(),
                 0,
                 "every reclaimed page emptied and went back"
             );

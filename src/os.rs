@@ -28,7 +28,7 @@ pub(crate) const fn checked_align_up(n: usize, align: usize) -> Option<usize> {
 pub(crate) use unix::{map, reset, unmap};
 
 #[cfg(any(loom, miri))]
-pub(crate) use test_backend::{map, reset, unmap};
+pub(crate) use test_backend::{live_mappings, map, reset, unmap};
 
 #[cfg(not(any(loom, miri)))]
 mod unix {
@@ -131,12 +131,28 @@ mod test_backend {
         }
         let layout = Layout::from_size_align(size, align).ok()?;
         // SAFETY: `size` is non-zero for every caller (a segment header at least).
-        NonNull::new(unsafe { System.alloc_zeroed(layout) })
+        let memory = NonNull::new(unsafe { System.alloc_zeroed(layout) })?;
+        LIVE_MAPPINGS.with(|live| live.set(live.get() + 1));
+        Some(memory)
+    }
+
+    std::thread_local! {
+        /// Mappings made and not yet unmapped on this OS thread (a loom model
+        /// runs all its threads on one OS thread), so models can check that
+        /// every segment is released exactly once.
+        static LIVE_MAPPINGS: core::cell::Cell<usize> = const { core::cell::Cell::new(0) };
+    }
+
+    /// See `LIVE_MAPPINGS`.
+    #[cfg_attr(not(loom), allow(dead_code))]
+    pub(crate) fn live_mappings() -> usize {
+        LIVE_MAPPINGS.with(core::cell::Cell::get)
     }
 
     /// # Safety
     /// `ptr`, `size` and `align` are exactly those of one [`map`] call.
     pub(crate) unsafe fn unmap(ptr: NonNull<u8>, size: usize, align: usize) {
+        LIVE_MAPPINGS.with(|live| live.set(live.get() - 1));
         // SAFETY: map() succeeded with this very layout.
         unsafe { System.dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, align)) }
     }

@@ -349,6 +349,8 @@ impl Page {
         block: *mut u8,
         usable: usize,
     ) {
+        // SAFETY: the block is fresh memory of ours, at least a word long.
+        unsafe { Block::init(block.cast(), ptr::null_mut()) };
         self.free.set(ptr::null_mut());
         self.local_free.set(ptr::null_mut());
         self.used.set(1);

@@ -23,7 +23,7 @@ use crate::heap::Heap;
 use crate::os::{self, OS_PAGE_SIZE, checked_align_up};
 use crate::page::{ADDRESS_LIMIT, Page};
 use crate::size_class::PageKind;
-use crate::sync::AtomicUsize;
+use crate::sync::{AtomicUsize, UnsafeCell};
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
 
@@ -117,7 +117,7 @@ pub(crate) struct Segment {
     /// The segment is on the heap's `with_free_slot` list.
     pub(crate) in_free_slot_list: Cell<bool>,
     /// Next segment on the abandoned list (written before publication).
-    pub(crate) abandoned_next: Cell<*mut Segment>,
+    abandoned_next: UnsafeCell<*mut Segment>,
     /// Page descriptors; only the first `page_count` are initialised.
     pages: [Page; MAX_PAGES],
 }
@@ -165,6 +165,27 @@ impl Segment {
             let index = (p.addr() - segment.addr()) >> (*segment).page_shift;
             Segment::page(segment, index)
         }
+    }
+
+    /// The next segment on the abandoned list.
+    ///
+    /// # Safety
+    /// `segment` is live and the caller owns it (took it off the list, or
+    /// is about to publish it).
+    #[inline]
+    pub(crate) unsafe fn abandoned_next(segment: *mut Segment) -> *mut Segment {
+        // SAFETY: owned (caller); a loom cell, so loom checks the hand-off.
+        unsafe { (*segment).abandoned_next.with(|next| *next) }
+    }
+
+    /// Sets the next segment on the abandoned list.
+    ///
+    /// # Safety
+    /// As [`Segment::abandoned_next`].
+    #[inline]
+    pub(crate) unsafe fn set_abandoned_next(segment: *mut Segment, next: *mut Segment) {
+        // SAFETY: owned (caller).
+        unsafe { (*segment).abandoned_next.with_mut(|slot| *slot = next) }
     }
 
     /// Index of `page` in its segment.
@@ -282,7 +303,7 @@ impl Segment {
             ptr::addr_of_mut!((*segment).all).write(Links::new());
             ptr::addr_of_mut!((*segment).with_free_slot).write(Links::new());
             ptr::addr_of_mut!((*segment).in_free_slot_list).write(Cell::new(false));
-            ptr::addr_of_mut!((*segment).abandoned_next).write(Cell::new(ptr::null_mut()));
+            ptr::addr_of_mut!((*segment).abandoned_next).write(UnsafeCell::new(ptr::null_mut()));
             for index in 0..page_count {
                 Segment::page(segment, index).write(Page::new());
             }

@@ -7,27 +7,8 @@
 
 use loom::thread;
 use shardalloc::__loom::{self as model, ModelHeap, World};
+use shardalloc_loom_tests::{OWNER, REMOTE_A, REMOTE_B, SendPtr, builder};
 use std::sync::Arc;
-
-const OWNER: usize = 0x1000;
-const REMOTE_A: usize = 0x2000;
-const REMOTE_B: usize = 0x3000;
-
-/// A block pointer handed to another model thread (the hand-off a real
-/// program makes through its own synchronisation: loom's spawn/join).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut u8);
-// SAFETY: the pointer is only used by the thread it is moved to, as the
-// block's sole holder.
-unsafe impl Send for SendPtr {}
-
-fn builder() -> loom::model::Builder {
-    let mut builder = loom::model::Builder::new();
-    if builder.preemption_bound.is_none() {
-        builder.preemption_bound = Some(3);
-    }
-    builder
-}
 
 /// Two remote threads each push a block onto the page's `thread_free` list
 /// while the owner collects it: afterwards every block is back exactly once
