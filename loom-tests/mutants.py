@@ -1,0 +1,126 @@
+#!/usr/bin/env python3
+"""Shows that each loom model has teeth: applies one deliberate bug (a
+weakened ordering or a skipped step) to a scratch copy of the crate, runs
+the model that specifies the protocol, and expects loom to fail it.
+
+Usage: python3 loom-tests/mutants.py [name ...]   (default: all; ~30 s each)
+Prints one line per mutant: KILLED (the model caught it) or SURVIVED, with
+the first line loom or the model reported. Exits non-zero if any survived.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+# name: (file, exact text to replace, replacement, test file, model)
+MUTANTS = {
+    # Remote push onto the page's thread-free list without Release.
+    "push-relaxed": (
+        "src/page.rs",
+        "                desired,\n                Ordering::Release,\n                Ordering::Relaxed,\n"
+        "            ) {\n                Ok(_) => break delayed,",
+        "                desired,\n                Ordering::Relaxed,\n                Ordering::Relaxed,\n"
+        "            ) {\n                Ok(_) => break delayed,",
+        "thread_free", "thread_free_push_races_collect",
+    ),
+    # Remote push onto the heap's delayed list without Release.
+    "delayed-push-relaxed": (
+        "src/heap.rs",
+        "match list.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {",
+        "match list.compare_exchange_weak(head, block, Ordering::Relaxed, Ordering::Relaxed) {",
+        "thread_free", "delayed_free_of_full_page_races_owner",
+    ),
+    # The owner stops waiting out a remote thread in `Freeing`.
+    "owner-ignores-freeing": (
+        "src/page.rs",
+        "            if current == DelayedMode::Freeing {",
+        "            if false && current == DelayedMode::Freeing {",
+        "teardown", "heap_teardown_races_remote_free",
+    ),
+    # Orphaning a huge page with a blind store instead of a CAS.
+    "orphan-blind-store": (
+        "src/page.rs",
+        "        self.thread_free\n            .compare_exchange(\n                idle,",
+        "        self.thread_free.store(empty_list(DelayedMode::Never), Ordering::Release);\n"
+        "        self.thread_free\n            .compare_exchange(\n                empty_list(DelayedMode::Never),",
+        "teardown", "huge_orphan_handoff",
+    ),
+    # Publishing an abandoned segment without Release.
+    "abandon-push-relaxed": (
+        "src/abandon.rs",
+        ".compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed)",
+        ".compare_exchange_weak(head, first, Ordering::Relaxed, Ordering::Relaxed)",
+        "abandon", "abandoned_list_push_races_take_all",
+    ),
+    # Reclaim without collecting the abandoned pages' remote frees first.
+    "reclaim-skips-collect": (
+        "src/heap.rs",
+        "                collect_abandoned(segment);\n",
+        "",
+        "abandon", "abandon_and_reclaim_race_remote_frees",
+    ),
+    # Publishing the exit key with a blind store instead of a CAS.
+    "once-blind-store": (
+        "src/once.rs",
+        "match self\n            .slot\n            .compare_exchange(0, encoded, Ordering::Release, Ordering::Acquire)",
+        "match { self.slot.store(encoded, Ordering::Release); Ok::<usize, usize>(0) }",
+        "once", "publish_once_races",
+    ),
+}
+
+PATTERNS = ("Causality", "assertion", "SIGSEGV", "signal", "panicked")
+
+
+def first_reason(output):
+    lines = output.splitlines()
+    for pattern in PATTERNS:
+        for i, line in enumerate(lines):
+            if pattern in line:
+                reason = line.strip()
+                if pattern == "assertion" and i + 1 < len(lines):
+                    reason += " " + lines[i + 1].strip()
+                return reason
+    return ""
+
+
+def main():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    names = sys.argv[1:] or list(MUTANTS)
+    target = os.path.join(root, "target", "mutants")
+    survivors = 0
+    with tempfile.TemporaryDirectory() as scratch:
+        copy = os.path.join(scratch, "shardalloc")
+        shutil.copytree(root, copy, ignore=shutil.ignore_patterns("target", ".git"))
+        for name in names:
+            path, old, new, test, model = MUTANTS[name]
+            original = open(os.path.join(root, path)).read()
+            if original.count(old) != 1:
+                print(f"{name:24} STALE: the text to mutate is not found exactly once in {path}")
+                survivors += 1
+                continue
+            with open(os.path.join(copy, path), "w") as f:
+                f.write(original.replace(old, new))
+            env = dict(os.environ, RUSTFLAGS="--cfg loom", CARGO_TARGET_DIR=target,
+                       LOOM_MAX_PREEMPTIONS=os.environ.get("LOOM_MAX_PREEMPTIONS", "2"))
+            run = subprocess.run(
+                ["cargo", "test", "--release", "-p", "shardalloc-loom-tests", "--test", test,
+                 "--", "--exact", model],
+                cwd=copy, env=env, capture_output=True, text=True)
+            with open(os.path.join(copy, path), "w") as f:
+                f.write(original)
+            output = run.stdout + run.stderr
+            if "error[" in output and "test result" not in output:
+                print(f"{name:24} BUILD FAILED\n{output[-2000:]}")
+                survivors += 1
+                continue
+            killed = run.returncode != 0
+            verdict = "KILLED  " if killed else "SURVIVED"
+            print(f"{name:24} {verdict} {model}: {first_reason(output)}", flush=True)
+            survivors += 0 if killed else 1
+    sys.exit(1 if survivors else 0)
+
+
+if __name__ == "__main__":
+    main()
