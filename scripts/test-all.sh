@@ -18,6 +18,16 @@ echo "== loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:-2})"
 LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}" RUSTFLAGS="--cfg loom" CARGO_TARGET_DIR=target/loom \
     cargo test --release -p shardalloc-loom-tests --tests 2>&1 | tee -a "$log"
 
+echo "== Miri (optional): the single-threaded core over the test OS backend"
+if cargo +nightly miri --version >/dev/null 2>&1; then
+    MIRIFLAGS="-Zmiri-strict-provenance" cargo +nightly miri test -p shardalloc --lib -- \
+        size_class:: page::tests::extension page::tests::local_frees segment::tests::pointer \
+        heap::tests::blocks_of_every_class heap::tests::exhausted 2>&1 | tee -a "$log"
+else
+    echo "skipping Miri: no nightly toolchain with the miri component" \
+        "(rustup component add --toolchain nightly miri)"
+fi
+
 # `set -o pipefail` has already stopped us on any failure; sum what ran.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all: %d passed, %d failed\n", p, f }' "$log"

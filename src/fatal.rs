@@ -37,6 +37,7 @@ mod tests {
     /// `fatal` in a forked child: the message reaches stderr and the child
     /// dies of SIGABRT.
     #[test]
+    #[cfg_attr(miri, ignore = "Miri cannot fork")]
     fn fatal_writes_its_message_and_aborts() {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors.

@@ -779,11 +779,16 @@ impl Heap {
             // 0. Huge blocks still out: hand each segment to whichever thread
             //    frees the block (it will unmap it), so dead threads leave no
             //    huge segment behind.
-            let mut page = self.queue(BIN_HUGE).first.get();
+            //    The queue is detached first: pages whose free is already
+            //    under way go back onto it, and must not be seen again here.
+            let huge = self.queue(BIN_HUGE);
+            let mut page = huge.first.replace(ptr::null_mut());
+            huge.last.set(ptr::null_mut());
             while !page.is_null() {
                 let next = (*page).next.get();
+                (*page).next.set(ptr::null_mut());
+                (*page).prev.set(ptr::null_mut());
                 let segment = Segment::of(page.cast());
-                self.queue_remove(BIN_HUGE, page);
                 self.segments.remove(segment, SegmentLinks::All);
                 (*segment).heap.set(ptr::null_mut());
                 // Relaxed: as in step 4 below.
@@ -853,6 +858,16 @@ impl Heap {
                 slot.set(empty_page());
             }
         }
+    }
+
+    /// In a forked child: ends every `Freeing` that a thread of the parent
+    /// (gone in the child) left on our pages, so the owner never waits for it.
+    ///
+    /// # Safety
+    /// Only in a forked child, on the only thread, for its own heap.
+    pub(crate) unsafe fn forget_parent_threads(&self) {
+        // SAFETY: the only thread (caller); the pages are ours.
+        unsafe { self.for_each_page(|page| (*page).end_orphaned_freeing()) };
     }
 
     /// Calls `f` on every page of every queue (`f` may free the page).
@@ -1240,6 +1255,33 @@ mod tests {
                 0,
                 "every reclaimed page emptied and went back"
             );
+        }
+    }
+
+    #[test]
+    fn thread_exit_orphans_live_huge_blocks_and_keeps_freed_ones() {
+        let shared = Shared::new();
+        let heap = Heap::new(OWNER, &raw const shared);
+        // SAFETY: this thread plays the owner; `OTHER` frees blocks it was given.
+        unsafe {
+            let huge: Vec<*mut u8> = (0..4).map(|_| heap.malloc_huge(2 << 20, 16)).collect();
+            // Two are freed by another thread: their frees wait on the heap's
+            // delayed list, so the owner cannot orphan them.
+            free_block(huge[0], OTHER);
+            free_block(huge[2], OTHER);
+            assert_eq!(heap.segment_count(), 4);
+            heap.abandon();
+            assert_eq!(heap.segment_count(), 0);
+            assert_eq!(
+                shared.abandoned.len(),
+                0,
+                "huge segments are never abandoned"
+            );
+            // The two live ones were orphaned: whoever frees them unmaps them.
+            for &p in &[huge[1], huge[3]] {
+                p.write_bytes(1, 2 << 20);
+                free_block(p, THIRD);
+            }
         }
     }
 

@@ -252,6 +252,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(miri))]
     fn resident_bytes_reads_statm() {
         let rss = resident_bytes().expect("statm");
         assert!(rss > 0);

@@ -671,6 +671,22 @@ impl Page {
             .is_ok()
     }
 
+    /// In a forked child, ends a `Freeing` left by a thread that does not
+    /// exist any more (it was between its two CASes at fork time), so the
+    /// owner never waits for it. The block it was freeing is leaked.
+    ///
+    /// # Safety
+    /// Only in a forked child, on the only thread, for a page of its heap.
+    pub(crate) unsafe fn end_orphaned_freeing(&self) {
+        // Relaxed: no other thread exists.
+        let word = self.thread_free.load(Ordering::Relaxed);
+        if DelayedMode::of(word) == DelayedMode::Freeing {
+            // Relaxed: no other thread exists.
+            self.thread_free
+                .store(with_mode(word, DelayedMode::NoDelayed), Ordering::Relaxed);
+        }
+    }
+
     /// The page's current delayed-free mode.
     #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     pub(crate) fn delayed_mode(&self) -> DelayedMode {
@@ -850,6 +866,33 @@ mod tests {
             }
             assert_eq!(seen.len(), blocks.len());
             assert_eq!(page.delayed_mode(), DelayedMode::NoDelayed);
+            Segment::release(segment);
+        }
+    }
+
+    #[test]
+    fn a_fork_child_ends_orphaned_freeing() {
+        let (segment, page) = fresh_page(64);
+        // SAFETY: the page is ours; this thread plays the forked child.
+        unsafe {
+            let page = &*page;
+            let block = page.pop();
+            page.free_remote(block);
+            page.thread_free.store(
+                with_mode(
+                    page.thread_free.load(Ordering::Relaxed),
+                    DelayedMode::Freeing,
+                ),
+                Ordering::Relaxed,
+            );
+            assert!(
+                !page.try_set_delayed_mode(DelayedMode::UseDelayed, false),
+                "the owner would wait"
+            );
+            page.end_orphaned_freeing();
+            assert_eq!(page.delayed_mode(), DelayedMode::NoDelayed);
+            page.collect_thread_free();
+            assert_eq!(page.used.get(), 0, "the pushed block survives");
             Segment::release(segment);
         }
     }

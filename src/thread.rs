@@ -99,6 +99,37 @@ fn exit_key() -> Option<libc::pthread_key_t> {
     libc::pthread_key_t::try_from(key).ok()
 }
 
+/// Whether the fork handler is registered.
+static FORK_HANDLER: Once = Once::new();
+
+/// Registers [`after_fork_in_child`] with `pthread_atfork`, once per process
+/// (two threads racing here may both register it; the handler is idempotent).
+fn register_fork_handler() {
+    let _ = FORK_HANDLER.get_or_publish(
+        || {
+            // SAFETY: the handler has the C ABI signature pthread expects and
+            // stays valid for the life of the process.
+            let registered = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+            (registered == 0).then_some(1)
+        },
+        |_| {},
+    );
+}
+
+/// Runs in a forked child, on its only thread. The allocator takes no locks,
+/// so nothing needs re-initialising; but a parent thread that was in the
+/// middle of a delayed free into one of our pages left it in `Freeing`, and
+/// nobody would ever end that. Blocks of the parent's other threads stay
+/// where they are (their segments' owner ids match no thread of the child,
+/// so frees of them are remote frees).
+extern "C" fn after_fork_in_child() {
+    let heap = current_heap();
+    if heap != empty_heap() {
+        // SAFETY: our own heap, and no other thread exists.
+        unsafe { (*heap).forget_parent_threads() };
+    }
+}
+
 /// Thread ids handed out so far (0 means "abandoned", 1 the empty heap).
 static NEXT_THREAD_ID: AtomicUsize = AtomicUsize::new(FIRST_THREAD_ID);
 /// The first id a thread can get.
@@ -124,6 +155,7 @@ pub(crate) fn init_current() -> *mut Heap {
     let Some(key) = exit_key() else {
         return ptr::null_mut();
     };
+    register_fork_handler();
     let Some(memory) = os::map(HEAP_MAP_SIZE, OS_PAGE_SIZE, 0) else {
         return ptr::null_mut();
     };
