@@ -19,6 +19,7 @@
 //! can occur. The loom model `abandoned_list` checks it.
 
 use crate::segment::Segment;
+use crate::segment_cache::SegmentCache;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
 use core::ptr;
 
@@ -112,6 +113,8 @@ impl AbandonedSegments {
 pub(crate) struct Shared {
     /// Segments of exited threads.
     pub(crate) abandoned: AbandonedSegments,
+    /// Empty segments kept for reuse.
+    pub(crate) segment_cache: SegmentCache,
 }
 
 impl Shared {
@@ -120,6 +123,7 @@ impl Shared {
     pub(crate) const fn new() -> Shared {
         Shared {
             abandoned: AbandonedSegments::new(),
+            segment_cache: SegmentCache::new(),
         }
     }
 
@@ -128,6 +132,7 @@ impl Shared {
     pub(crate) fn new() -> Shared {
         Shared {
             abandoned: AbandonedSegments::new(),
+            segment_cache: SegmentCache::new(),
         }
     }
 }
@@ -135,7 +140,6 @@ impl Shared {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::segment::Segment;
     use crate::size_class::PageKind;
 
     fn segment() -> *mut Segment {

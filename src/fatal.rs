@@ -52,16 +52,23 @@ mod tests {
             fatal("corrupted test fixture");
         }
         let mut buf = [0u8; 256];
-        // SAFETY: our end of the pipe; `buf` is writable.
-        let n = unsafe {
-            libc::close(fds[1]);
-            libc::read(fds[0], buf.as_mut_ptr().cast(), buf.len())
-        };
+        let mut len = 0;
+        // SAFETY: our write end is closed so the read ends at the child's exit.
+        unsafe { libc::close(fds[1]) };
+        loop {
+            let rest = &mut buf[len..];
+            // SAFETY: our read end of the pipe; `rest` is writable.
+            let n = unsafe { libc::read(fds[0], rest.as_mut_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                break;
+            }
+            len += usize::try_from(n).unwrap();
+        }
         let mut status = 0;
         // SAFETY: `pid` is our child.
         unsafe { libc::waitpid(pid, &raw mut status, 0) };
         assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGABRT);
-        let text = std::str::from_utf8(&buf[..usize::try_from(n).unwrap()]).unwrap();
+        let text = std::str::from_utf8(&buf[..len]).unwrap();
         assert_eq!(text, "shardalloc: fatal: corrupted test fixture\n");
     }
 }

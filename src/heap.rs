@@ -11,6 +11,7 @@
 //! touches its pages and segments only, never its blocks.
 
 use crate::abandon::Shared;
+use crate::options;
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::{Block, DelayedMode, IN_FULL, Page, empty_page};
 use crate::segment::{Links, Segment};
@@ -33,6 +34,70 @@ impl PageQueue {
         PageQueue {
             first: Cell::new(ptr::null_mut()),
             last: Cell::new(ptr::null_mut()),
+        }
+    }
+
+    /// Links `page` at the front.
+    ///
+    /// # Safety
+    /// `page` is an owned page on no queue.
+    unsafe fn push_front(&self, page: *mut Page) {
+        // SAFETY: owner-only links of owned pages (caller).
+        unsafe {
+            let first = self.first.get();
+            (*page).prev.set(ptr::null_mut());
+            (*page).next.set(first);
+            if first.is_null() {
+                self.last.set(page);
+            } else {
+                (*first).prev.set(page);
+            }
+        }
+        self.first.set(page);
+    }
+
+    /// Links `page` at the back; returns whether it is now the first page.
+    ///
+    /// # Safety
+    /// `page` is an owned page on no queue.
+    unsafe fn push_back(&self, page: *mut Page) -> bool {
+        // SAFETY: owner-only links of owned pages (caller).
+        unsafe {
+            let last = self.last.get();
+            (*page).next.set(ptr::null_mut());
+            (*page).prev.set(last);
+            self.last.set(page);
+            if last.is_null() {
+                self.first.set(page);
+                true
+            } else {
+                (*last).next.set(page);
+                false
+            }
+        }
+    }
+
+    /// Unlinks `page`; returns whether it was the first page.
+    ///
+    /// # Safety
+    /// `page` is an owned page on this queue.
+    unsafe fn remove(&self, page: *mut Page) -> bool {
+        // SAFETY: owner-only links of owned pages (caller).
+        unsafe {
+            let (prev, next) = ((*page).prev.get(), (*page).next.get());
+            if prev.is_null() {
+                self.first.set(next);
+            } else {
+                (*prev).next.set(next);
+            }
+            if next.is_null() {
+                self.last.set(prev);
+            } else {
+                (*next).prev.set(prev);
+            }
+            (*page).prev.set(ptr::null_mut());
+            (*page).next.set(ptr::null_mut());
+            prev.is_null()
         }
     }
 }
@@ -128,6 +193,11 @@ pub(crate) struct Heap {
     small_slots: SegmentList,
     /// Medium segments with an unused page slot.
     medium_slots: SegmentList,
+    /// Unused page slots whose memory waits for the reset delay, oldest first
+    /// (linked through the pages' queue links).
+    reset_queue: PageQueue,
+    /// Bytes of page memory on `reset_queue`.
+    pending_reset: Cell<usize>,
     /// Lowest and highest bin holding a retired page.
     retired_min: Cell<usize>,
     retired_max: Cell<usize>,
@@ -152,6 +222,8 @@ macro_rules! heap_value {
             segments: SegmentList::new(),
             small_slots: SegmentList::new(),
             medium_slots: SegmentList::new(),
+            reset_queue: PageQueue::new(),
+            pending_reset: Cell::new(0),
             retired_min: Cell::new(BIN_COUNT),
             retired_max: Cell::new(0),
         }
@@ -245,64 +317,26 @@ impl Heap {
     /// # Safety
     /// `page` is an owned page on no queue.
     unsafe fn queue_push_front(&self, index: usize, page: *mut Page) {
-        let queue = self.queue(index);
-        // SAFETY: owner-only links of owned pages (caller).
-        unsafe {
-            let first = queue.first.get();
-            (*page).prev.set(ptr::null_mut());
-            (*page).next.set(first);
-            if first.is_null() {
-                queue.last.set(page);
-            } else {
-                (*first).prev.set(page);
-            }
-        }
-        queue.first.set(page);
+        // SAFETY: forwarded from the caller.
+        unsafe { self.queue(index).push_front(page) };
         self.update_direct(index);
     }
 
     /// # Safety
     /// `page` is an owned page on no queue.
     unsafe fn queue_push_back(&self, index: usize, page: *mut Page) {
-        let queue = self.queue(index);
-        // SAFETY: owner-only links of owned pages (caller).
-        unsafe {
-            let last = queue.last.get();
-            (*page).next.set(ptr::null_mut());
-            (*page).prev.set(last);
-            if last.is_null() {
-                queue.first.set(page);
-                queue.last.set(page);
-                self.update_direct(index);
-            } else {
-                (*last).next.set(page);
-                queue.last.set(page);
-            }
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.queue(index).push_back(page) } {
+            self.update_direct(index);
         }
     }
 
     /// # Safety
     /// `page` is an owned page on queue `index`.
     unsafe fn queue_remove(&self, index: usize, page: *mut Page) {
-        let queue = self.queue(index);
-        // SAFETY: owner-only links of owned pages (caller).
-        unsafe {
-            let (prev, next) = ((*page).prev.get(), (*page).next.get());
-            if prev.is_null() {
-                queue.first.set(next);
-            } else {
-                (*prev).next.set(next);
-            }
-            if next.is_null() {
-                queue.last.set(prev);
-            } else {
-                (*next).prev.set(prev);
-            }
-            (*page).prev.set(ptr::null_mut());
-            (*page).next.set(ptr::null_mut());
-            if prev.is_null() {
-                self.update_direct(index);
-            }
+        // SAFETY: forwarded from the caller.
+        if unsafe { self.queue(index).remove(page) } {
+            self.update_direct(index);
         }
     }
 
@@ -380,6 +414,10 @@ impl Heap {
         if !self.thread_delayed_free.load(Ordering::Relaxed).is_null() {
             // SAFETY: owner thread (caller).
             unsafe { self.process_delayed(false) };
+        }
+        if !self.reset_queue.first.get().is_null() {
+            // SAFETY: owner thread (caller).
+            unsafe { self.reset_expired(false) };
         }
     }
 
@@ -483,7 +521,7 @@ impl Heap {
         // SAFETY: owner thread (caller); segments on our lists are ours.
         unsafe {
             if segment.is_null() {
-                let Some(fresh) = Segment::create(kind, self.thread_id(), self.as_ptr()) else {
+                let Some(fresh) = self.new_segment(kind) else {
                     return ptr::null_mut();
                 };
                 segment = fresh.as_ptr();
@@ -494,6 +532,8 @@ impl Heap {
                 }
             }
             let page = Segment::claim_slot(segment);
+            // Reusing a slot whose memory waits for its reset: cancel it.
+            self.unschedule_reset(page);
             if !Segment::has_free_slot(segment) && (*segment).in_free_slot_list.get() {
                 if let Some(list) = slots {
                     list.remove(segment, SegmentLinks::FreeSlot);
@@ -653,7 +693,10 @@ impl Heap {
             Segment::release_slot(segment, page);
             if (*segment).used_pages.get() == 0 {
                 self.segment_free(segment);
-            } else if !(*segment).in_free_slot_list.get() {
+                return;
+            }
+            self.schedule_reset(page);
+            if !(*segment).in_free_slot_list.get() {
                 let slots = match (*segment).kind {
                     PageKind::Small => &self.small_slots,
                     PageKind::Medium => &self.medium_slots,
@@ -665,7 +708,24 @@ impl Heap {
         }
     }
 
-    /// Returns an empty segment of ours to the OS.
+    /// A segment of `kind` for this heap: a cached one if any, else fresh
+    /// from the OS.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn new_segment(&self, kind: PageKind) -> Option<core::ptr::NonNull<Segment>> {
+        // SAFETY: `shared` outlives every heap.
+        let cache = unsafe { &(*self.shared.get()).segment_cache };
+        let cached = cache.take();
+        if cached.is_null() {
+            return Segment::create(kind, self.thread_id(), self.as_ptr());
+        }
+        // SAFETY: `take` made us the cached segment's only owner.
+        unsafe { Segment::reuse(cached, kind, self.thread_id(), self.as_ptr()) }
+    }
+
+    /// Gives an empty segment of ours up: its page memory back to the OS and
+    /// the segment into the cache, or the whole segment back to the OS.
     ///
     /// # Safety
     /// Owner thread; the segment is ours and has no page in use.
@@ -681,7 +741,105 @@ impl Heap {
                 }
                 (*segment).in_free_slot_list.set(false);
             }
+            for index in 0..(*segment).page_count {
+                self.unschedule_reset(Segment::page(segment, index));
+            }
+            let limit = options::segment_cache();
+            if (*segment).kind != PageKind::Huge && limit > 0 {
+                Segment::reset_pages(segment);
+                if (*self.shared.get()).segment_cache.put(segment, limit) {
+                    return;
+                }
+            }
             Segment::release(segment);
+        }
+    }
+
+    // === memory return ===
+
+    /// An unused page slot's memory goes back to the OS after the reset
+    /// delay (at once with a delay of 0, or when this heap already has more
+    /// than the pending limit waiting).
+    ///
+    /// # Safety
+    /// Owner thread; `page` is an unused slot of one of our segments, on no
+    /// queue.
+    unsafe fn schedule_reset(&self, page: *mut Page) {
+        // SAFETY: owner thread (caller); the slot is ours and unused.
+        unsafe {
+            let segment = Segment::of(page.cast());
+            if (*page).memory_is_zero.get() || (*page).reset_pending.get() {
+                return;
+            }
+            let delay = options::reset_delay_ms();
+            if delay == 0 {
+                Segment::reset_page(segment, page);
+                return;
+            }
+            (*page).reset_pending.set(true);
+            (*page).reset_at.set(os::now_ms().saturating_add(delay));
+            let _ = self.reset_queue.push_back(page);
+            self.pending_reset
+                .set(self.pending_reset.get() + Segment::page_memory(segment, page).1);
+            let limit = options::pending_reset_limit();
+            while self.pending_reset.get() > limit {
+                let oldest = self.reset_queue.first.get();
+                if oldest.is_null() {
+                    break;
+                }
+                self.reset_pending_page(oldest);
+            }
+        }
+    }
+
+    /// Takes a slot off the reset queue (it is being reused, or its segment
+    /// goes away).
+    ///
+    /// # Safety
+    /// Owner thread; `page` is a slot of one of our segments.
+    unsafe fn unschedule_reset(&self, page: *mut Page) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            if !(*page).reset_pending.replace(false) {
+                return;
+            }
+            let _ = self.reset_queue.remove(page);
+            let bytes = Segment::page_memory(Segment::of(page.cast()), page).1;
+            self.pending_reset
+                .set(self.pending_reset.get().saturating_sub(bytes));
+        }
+    }
+
+    /// Gives a pending slot's memory back now.
+    ///
+    /// # Safety
+    /// Owner thread; `page` is on the reset queue.
+    unsafe fn reset_pending_page(&self, page: *mut Page) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            self.unschedule_reset(page);
+            Segment::reset_page(Segment::of(page.cast()), page);
+        }
+    }
+
+    /// Gives back the memory of pending slots whose delay has expired (all
+    /// of them with `force`).
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn reset_expired(&self, force: bool) {
+        let mut page = self.reset_queue.first.get();
+        if page.is_null() {
+            return;
+        }
+        let now = if force { u64::MAX } else { os::now_ms() };
+        // SAFETY: owner thread (caller); queued pages are our slots.
+        unsafe {
+            while !page.is_null() && (*page).reset_at.get() <= now {
+                let next = (*page).next.get();
+                self.reset_pending_page(page);
+                page = next;
+            }
         }
     }
 
@@ -816,6 +974,9 @@ impl Heap {
                     self.page_free(page);
                 }
             });
+            // Nobody will pass through this heap's slow path again: give the
+            // memory of every empty slot back now.
+            self.reset_expired(true);
             // 4. Abandon the segments that still hold live blocks.
             let shared = self.shared.get();
             let mut segment = self.segments.first.get();
@@ -995,9 +1156,12 @@ impl Heap {
                 }
             });
             self.collect_retired(force);
+            self.reset_expired(force);
             if force {
-                // Frees the abandoned segments that became empty.
+                // Frees the abandoned segments that became empty, and the
+                // cached ones.
                 let _ = self.reclaim(None);
+                (*self.shared.get()).segment_cache.drain();
             }
         }
     }
@@ -1018,6 +1182,8 @@ unsafe fn collect_abandoned(segment: *mut Segment) {
                 (*page).collect_thread_free();
                 if (*page).used.get() == 0 {
                     Segment::release_slot(segment, page);
+                    // Its owner is gone: give the memory back now.
+                    Segment::reset_page(segment, page);
                 }
             }
         }

@@ -41,16 +41,21 @@ mod fatal;
 mod global;
 mod heap;
 mod once;
+pub mod options;
 mod os;
 mod page;
 mod segment;
+mod segment_cache;
 mod size_class;
+mod stats;
 mod sync;
 #[cfg(not(loom))]
 mod thread;
 
 #[cfg(not(loom))]
 pub use global::{ShardAlloc, collect, usable_size};
+#[cfg(not(loom))]
+pub use stats::{Stats, print_stats, stats};
 
 #[cfg(not(any(loom, miri)))]
 pub use os::resident_bytes;

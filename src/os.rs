@@ -25,15 +25,18 @@ pub(crate) const fn checked_align_up(n: usize, align: usize) -> Option<usize> {
 }
 
 #[cfg(not(any(loom, miri)))]
-pub(crate) use unix::{map, reset, unmap};
+pub(crate) use unix::{map, now_ms, reset, unmap};
 
 #[cfg(any(loom, miri))]
-pub(crate) use test_backend::{live_mappings, map, reset, unmap};
+pub(crate) use test_backend::{live_mappings, map, now_ms, reset, unmap};
 
 #[cfg(not(any(loom, miri)))]
 mod unix {
     use super::{OS_PAGE_SIZE, checked_align_up};
+    use crate::options::{self, ResetMode};
+    use crate::stats;
     use core::ptr::{self, NonNull};
+    use core::sync::atomic::{AtomicBool, Ordering};
 
     /// Maps `size` bytes of zeroed read-write memory whose address plus
     /// `offset` is a multiple of `align` (a power of two ≥ the OS page).
@@ -59,10 +62,10 @@ mod unix {
         // `offset` is a page multiple by the callers' contract).
         unsafe {
             if head > 0 {
-                libc::munmap(base.as_ptr().cast(), head);
+                raw_unmap(base.as_ptr(), head);
             }
             if tail > 0 {
-                libc::munmap(base.as_ptr().add(head + size).cast(), tail);
+                raw_unmap(base.as_ptr().add(head + size), tail);
             }
         }
         // `base` carries the provenance of the whole mapping; keep it.
@@ -85,7 +88,19 @@ mod unix {
         if p == libc::MAP_FAILED {
             return None;
         }
+        stats::MMAP_CALLS.add(1);
+        stats::RESERVED.add(size);
         NonNull::new(p.cast())
+    }
+
+    /// # Safety
+    /// The range is page-aligned, part of a mapping of ours, and unused.
+    unsafe fn raw_unmap(ptr: *mut u8, size: usize) {
+        // SAFETY: forwarded from the caller.
+        if unsafe { libc::munmap(ptr.cast(), size) } == 0 {
+            stats::MUNMAP_CALLS.add(1);
+            stats::RESERVED.sub(size);
+        }
     }
 
     /// Returns a range obtained from [`map`] to the OS.
@@ -94,25 +109,64 @@ mod unix {
     /// `ptr` and `size` are exactly what one call to [`map`] returned and was
     /// given; nothing uses the range afterwards.
     pub(crate) unsafe fn unmap(ptr: NonNull<u8>, size: usize, _align: usize) {
-        let size = checked_align_up(size, OS_PAGE_SIZE).unwrap_or(size);
         // SAFETY: the caller guarantees the range is a live mapping of ours.
         unsafe {
-            libc::munmap(ptr.as_ptr().cast(), size);
-        }
+            raw_unmap(
+                ptr.as_ptr(),
+                checked_align_up(size, OS_PAGE_SIZE).unwrap_or(size),
+            )
+        };
     }
 
     /// Gives the physical memory behind `[ptr, ptr + size)` back to the OS;
-    /// the range stays mapped and reads back as zeros.
+    /// the range stays mapped. Returns whether the range now reads as zeros
+    /// (true for `MADV_DONTNEED`; false for `MADV_FREE`, or on failure).
     ///
-    /// Uses `MADV_DONTNEED`, which lowers RSS at once (unlike `MADV_FREE`,
-    /// which waits for memory pressure).
+    /// The mode is the [`options::reset_mode`]: `MADV_DONTNEED` lowers RSS at
+    /// once; `MADV_FREE` only under memory pressure. A kernel that rejects
+    /// `MADV_FREE` (EINVAL) switches the process to `MADV_DONTNEED`.
     ///
     /// # Safety
     /// The range is page-aligned, lies inside one of our mappings, and holds
     /// nothing anyone still needs.
     pub(crate) unsafe fn reset(ptr: *mut u8, size: usize) -> bool {
+        if size == 0 {
+            return true;
+        }
+        stats::MADVISE_CALLS.add(1);
+        if options::reset_mode() == ResetMode::Free && MADV_FREE_WORKS.load(Ordering::Relaxed) {
+            // SAFETY: the caller guarantees the range is ours and unused.
+            if unsafe { libc::madvise(ptr.cast(), size, libc::MADV_FREE) } == 0 {
+                stats::RESET_TOTAL.add(size);
+                return false;
+            }
+            // SAFETY: reading errno has no preconditions.
+            if unsafe { *libc::__errno_location() } == libc::EINVAL {
+                // Relaxed: a sticky hint; a racing call merely tries once more.
+                MADV_FREE_WORKS.store(false, Ordering::Relaxed);
+            }
+        }
         // SAFETY: the caller guarantees the range is ours and unused.
-        unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) == 0 }
+        let done = unsafe { libc::madvise(ptr.cast(), size, libc::MADV_DONTNEED) } == 0;
+        if done {
+            stats::RESET_TOTAL.add(size);
+        }
+        done
+    }
+
+    /// Cleared when the kernel rejects `MADV_FREE`.
+    static MADV_FREE_WORKS: AtomicBool = AtomicBool::new(true);
+
+    /// Milliseconds of a monotonic clock (coarse: a vDSO read, no system call).
+    pub(crate) fn now_ms() -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid out-pointer; the coarse monotonic clock
+        // always exists on Linux.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
+        (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
     }
 }
 
@@ -163,6 +217,11 @@ mod test_backend {
         // SAFETY: the caller guarantees the range is ours and unused.
         unsafe { ptr.write_bytes(0, size) };
         true
+    }
+
+    /// A clock that never moves: loom models and Miri runs see no delay expire.
+    pub(crate) fn now_ms() -> u64 {
+        0
     }
 }
 

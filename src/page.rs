@@ -229,6 +229,10 @@ pub(crate) struct Page {
     pub(crate) in_use: Cell<bool>,
     /// The page's memory is known to be zero (fresh from the OS or reset).
     pub(crate) memory_is_zero: Cell<bool>,
+    /// An unused slot on its heap's reset queue (owner only).
+    pub(crate) reset_pending: Cell<bool>,
+    /// When a pending slot's memory goes back to the OS (`os::now_ms`).
+    pub(crate) reset_at: Cell<u64>,
 }
 
 #[cfg(not(loom))]
@@ -288,6 +292,8 @@ impl Page {
             prev: Cell::new(ptr::null_mut()),
             in_use: Cell::new(false),
             memory_is_zero: Cell::new(true),
+            reset_pending: Cell::new(false),
+            reset_at: Cell::new(0),
         }
     }
 

@@ -116,6 +116,8 @@ pub(crate) struct Segment {
     pub(crate) with_free_slot: Links,
     /// The segment is on the heap's `with_free_slot` list.
     pub(crate) in_free_slot_list: Cell<bool>,
+    /// Set by [`Segment::reset_pages`]: every page area reads as zeros.
+    pages_zero: Cell<bool>,
     /// Next segment on the abandoned list (written before publication).
     abandoned_next: UnsafeCell<*mut Segment>,
     /// Page descriptors; only the first `page_count` are initialised.
@@ -205,12 +207,7 @@ impl Segment {
         thread_id: usize,
         heap: *mut Heap,
     ) -> Option<NonNull<Segment>> {
-        let (page_shift, page_count) = match kind {
-            PageKind::Small => (SMALL_PAGE_SHIFT, SEGMENT_SIZE >> SMALL_PAGE_SHIFT),
-            PageKind::Medium => (MEDIUM_PAGE_SHIFT, SEGMENT_SIZE >> MEDIUM_PAGE_SHIFT),
-            PageKind::Large => (LARGE_PAGE_SHIFT, 1),
-            PageKind::Huge => return None,
-        };
+        let (page_shift, page_count) = Segment::layout_of(kind)?;
         let base = map_below_limit(SEGMENT_SIZE, SEGMENT_SIZE, 0)?;
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for the header.
@@ -224,9 +221,98 @@ impl Segment {
                 SEGMENT_SIZE,
                 thread_id,
                 heap,
+                true,
             )
         };
         Some(segment)
+    }
+
+    /// Turns a cached empty segment (from [`SegmentCache`]) into a fresh one
+    /// of `kind`.
+    ///
+    /// # Safety
+    /// The caller exclusively owns `segment`, an empty non-huge segment whose
+    /// pages were reset by [`Segment::reset_pages`].
+    ///
+    /// [`SegmentCache`]: crate::segment_cache::SegmentCache
+    pub(crate) unsafe fn reuse(
+        segment: *mut Segment,
+        kind: PageKind,
+        thread_id: usize,
+        heap: *mut Heap,
+    ) -> Option<NonNull<Segment>> {
+        let (page_shift, page_count) = Segment::layout_of(kind)?;
+        // SAFETY: exclusively ours (caller); the header is rewritten in place.
+        unsafe {
+            let zero = (*segment).pages_zero.get();
+            Segment::init_header(
+                segment,
+                kind,
+                page_shift,
+                page_count,
+                SEGMENT_SIZE,
+                SEGMENT_SIZE,
+                thread_id,
+                heap,
+                zero,
+            );
+        }
+        NonNull::new(segment)
+    }
+
+    /// Page shift and page count of a non-huge segment kind.
+    fn layout_of(kind: PageKind) -> Option<(usize, usize)> {
+        match kind {
+            PageKind::Small => Some((SMALL_PAGE_SHIFT, SEGMENT_SIZE >> SMALL_PAGE_SHIFT)),
+            PageKind::Medium => Some((MEDIUM_PAGE_SHIFT, SEGMENT_SIZE >> MEDIUM_PAGE_SHIFT)),
+            PageKind::Large => Some((LARGE_PAGE_SHIFT, 1)),
+            PageKind::Huge => None,
+        }
+    }
+
+    /// The whole OS pages inside slot `page`'s area: what a reset gives back.
+    ///
+    /// # Safety
+    /// `page` is a slot of the live `segment`.
+    pub(crate) unsafe fn page_memory(segment: *mut Segment, page: *mut Page) -> (*mut u8, usize) {
+        // SAFETY: forwarded from the caller.
+        let (area, len) =
+            unsafe { Segment::page_area(segment, Segment::page_index(segment, page)) };
+        let end = (area.addr() + len) & !(OS_PAGE_SIZE - 1);
+        let start = area.map_addr(|a| (a + OS_PAGE_SIZE - 1) & !(OS_PAGE_SIZE - 1));
+        (start, end.saturating_sub(start.addr()))
+    }
+
+    /// Gives an unused slot's memory back to the OS (if it is not known to
+    /// be zero already).
+    ///
+    /// # Safety
+    /// `page` is an unused slot of `segment`, owned by the caller.
+    pub(crate) unsafe fn reset_page(segment: *mut Segment, page: *mut Page) {
+        // SAFETY: an unused slot of ours (caller): nothing lives in its area.
+        unsafe {
+            if (*page).memory_is_zero.get() {
+                return;
+            }
+            let (start, len) = Segment::page_memory(segment, page);
+            (*page).memory_is_zero.set(os::reset(start, len));
+        }
+    }
+
+    /// Gives the memory of every page area of an empty segment back to the
+    /// OS in one call (before the segment is cached).
+    ///
+    /// # Safety
+    /// `segment` is an empty, non-huge segment owned by the caller.
+    pub(crate) unsafe fn reset_pages(segment: *mut Segment) {
+        // SAFETY: no page of the segment is in use (caller).
+        unsafe {
+            let zero = os::reset(
+                segment.cast::<u8>().add(HEADER_SIZE),
+                SEGMENT_SIZE - HEADER_SIZE,
+            );
+            (*segment).pages_zero.set(zero);
+        }
     }
 
     /// Maps a huge segment whose single block of at least `size` bytes is
@@ -267,6 +353,7 @@ impl Segment {
                 map_align,
                 thread_id,
                 heap,
+                true,
             );
             let block = base.as_ptr().add(block_offset);
             let page = Segment::page(segment.as_ptr(), 0);
@@ -288,6 +375,7 @@ impl Segment {
         map_align: usize,
         thread_id: usize,
         heap: *mut Heap,
+        memory_is_zero: bool,
     ) {
         // SAFETY: the memory is ours and writable (caller); fields are
         // written in place so no reference to the uninitialised header exists.
@@ -303,9 +391,12 @@ impl Segment {
             ptr::addr_of_mut!((*segment).all).write(Links::new());
             ptr::addr_of_mut!((*segment).with_free_slot).write(Links::new());
             ptr::addr_of_mut!((*segment).in_free_slot_list).write(Cell::new(false));
+            ptr::addr_of_mut!((*segment).pages_zero).write(Cell::new(false));
             ptr::addr_of_mut!((*segment).abandoned_next).write(UnsafeCell::new(ptr::null_mut()));
             for index in 0..page_count {
-                Segment::page(segment, index).write(Page::new());
+                let page = Page::new();
+                page.memory_is_zero.set(memory_is_zero);
+                Segment::page(segment, index).write(page);
             }
         }
     }

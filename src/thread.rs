@@ -99,14 +99,17 @@ fn exit_key() -> Option<libc::pthread_key_t> {
     libc::pthread_key_t::try_from(key).ok()
 }
 
-/// Whether the fork handler is registered.
-static FORK_HANDLER: Once = Once::new();
+/// Whether the process-wide start-up work is done.
+static PROCESS_INIT: Once = Once::new();
 
-/// Registers [`after_fork_in_child`] with `pthread_atfork`, once per process
-/// (two threads racing here may both register it; the handler is idempotent).
-fn register_fork_handler() {
-    let _ = FORK_HANDLER.get_or_publish(
+/// Once per process, at the first heap: reads the `SHARDALLOC_*` options
+/// from the environment and registers [`after_fork_in_child`] with
+/// `pthread_atfork`. (Two threads racing here may both do it: reading the
+/// options twice is harmless and the fork handler is idempotent.)
+fn init_process() {
+    let _ = PROCESS_INIT.get_or_publish(
         || {
+            crate::options::read_environment();
             // SAFETY: the handler has the C ABI signature pthread expects and
             // stays valid for the life of the process.
             let registered = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
@@ -155,7 +158,7 @@ pub(crate) fn init_current() -> *mut Heap {
     let Some(key) = exit_key() else {
         return ptr::null_mut();
     };
-    register_fork_handler();
+    init_process();
     let Some(memory) = os::map(HEAP_MAP_SIZE, OS_PAGE_SIZE, 0) else {
         return ptr::null_mut();
     };

@@ -1,0 +1,237 @@
+//! Runtime options: set through this module's functions at any time, or at
+//! start-up from `SHARDALLOC_*` environment variables (read once, at the
+//! first allocation, with `getenv`: no allocation). An invalid environment
+//! value is reported on standard error and the default is kept; an invalid
+//! value passed to a setter is returned as an [`OptionError`].
+//!
+//! | variable | setter | default | meaning |
+//! |---|---|---|---|
+//! | `SHARDALLOC_RESET_DELAY_MS` | [`set_reset_delay_ms`] | 10 | how long an empty page's memory is kept before it is given back (0: at once) |
+//! | `SHARDALLOC_RESET_MODE` | [`set_reset_mode`] | `dontneed` | `dontneed` (RSS drops at once) or `free` (`MADV_FREE`: cheaper, RSS drops only under memory pressure) |
+//! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 16384 | per thread, empty-page memory waiting for its delay beyond which the oldest is given back at once |
+//! | `SHARDALLOC_SEGMENT_CACHE` | [`set_segment_cache`] | 4 | empty segments (4 MiB of address space each, their memory already given back) kept for reuse, at most 16 |
+//!
+//! Options are plain atomics read with `Relaxed` ordering: a change takes
+//! effect on each thread's next slow path, and nothing depends on two
+//! options changing together. They are configuration, not protocol state, so
+//! they use `core` atomics even under loom.
+
+use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// How empty pages give their memory back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetMode {
+    /// `madvise(MADV_DONTNEED)`: the memory leaves RSS at once and reads
+    /// back as zeros. The default: RSS is what people measure.
+    DontNeed,
+    /// `madvise(MADV_FREE)`: cheaper; the kernel takes the memory back only
+    /// under memory pressure, so RSS stays up until then. Falls back to
+    /// `DontNeed` where the kernel does not support it.
+    Free,
+}
+
+/// A rejected option value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionError {
+    option: &'static str,
+    expected: &'static str,
+}
+
+impl fmt::Display for OptionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid value for {}: expected {}",
+            self.option, self.expected
+        )
+    }
+}
+
+impl std::error::Error for OptionError {}
+
+/// Largest accepted reset delay (one minute).
+pub const MAX_RESET_DELAY_MS: u64 = 60_000;
+/// Largest accepted segment cache.
+pub const MAX_SEGMENT_CACHE: usize = 16;
+
+static RESET_DELAY_MS: AtomicUsize = AtomicUsize::new(10);
+static RESET_MODE_FREE: AtomicUsize = AtomicUsize::new(0);
+static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(16 << 20);
+static SEGMENT_CACHE: AtomicUsize = AtomicUsize::new(4);
+
+/// Sets how long (in milliseconds, at most [`MAX_RESET_DELAY_MS`]) an empty
+/// page keeps its memory before it is given back to the OS; 0 gives it back
+/// at once.
+pub fn set_reset_delay_ms(ms: u64) -> Result<(), OptionError> {
+    if ms > MAX_RESET_DELAY_MS {
+        return Err(OptionError {
+            option: "reset delay",
+            expected: "0..=60000 milliseconds",
+        });
+    }
+    // Relaxed: see the module documentation.
+    RESET_DELAY_MS.store(ms as usize, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The reset delay in milliseconds.
+pub fn reset_delay_ms() -> u64 {
+    // Relaxed: see the module documentation.
+    RESET_DELAY_MS.load(Ordering::Relaxed) as u64
+}
+
+/// Sets how memory is given back.
+pub fn set_reset_mode(mode: ResetMode) {
+    // Relaxed: see the module documentation.
+    RESET_MODE_FREE.store(usize::from(mode == ResetMode::Free), Ordering::Relaxed);
+}
+
+/// How memory is given back.
+pub fn reset_mode() -> ResetMode {
+    // Relaxed: see the module documentation.
+    if RESET_MODE_FREE.load(Ordering::Relaxed) == 1 {
+        ResetMode::Free
+    } else {
+        ResetMode::DontNeed
+    }
+}
+
+/// Sets the per-thread amount of empty-page memory (in bytes) that may wait
+/// for the reset delay; beyond it the oldest is given back at once.
+pub fn set_pending_reset_limit(bytes: usize) {
+    // Relaxed: see the module documentation.
+    PENDING_RESET_LIMIT.store(bytes, Ordering::Relaxed);
+}
+
+/// The pending-reset limit in bytes.
+pub fn pending_reset_limit() -> usize {
+    // Relaxed: see the module documentation.
+    PENDING_RESET_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Sets how many empty segments are kept for reuse (at most
+/// [`MAX_SEGMENT_CACHE`]). Shrinking it takes effect as segments come and go;
+/// `collect(true)` empties the cache.
+pub fn set_segment_cache(segments: usize) -> Result<(), OptionError> {
+    if segments > MAX_SEGMENT_CACHE {
+        return Err(OptionError {
+            option: "segment cache",
+            expected: "0..=16 segments",
+        });
+    }
+    // Relaxed: see the module documentation.
+    SEGMENT_CACHE.store(segments, Ordering::Relaxed);
+    Ok(())
+}
+
+/// How many empty segments are kept for reuse.
+pub fn segment_cache() -> usize {
+    // Relaxed: see the module documentation.
+    SEGMENT_CACHE.load(Ordering::Relaxed)
+}
+
+/// Reads the `SHARDALLOC_*` environment variables (once per process, at the
+/// first allocation). Invalid values are reported and ignored.
+#[cfg(not(loom))]
+pub(crate) fn read_environment() {
+    if let Some(value) = env(c"SHARDALLOC_RESET_DELAY_MS") {
+        match parse_number(value).filter(|&ms| ms <= MAX_RESET_DELAY_MS as usize) {
+            Some(ms) => RESET_DELAY_MS.store(ms, Ordering::Relaxed),
+            None => report(
+                b"SHARDALLOC_RESET_DELAY_MS",
+                value,
+                b"milliseconds, 0..=60000",
+            ),
+        }
+    }
+    if let Some(value) = env(c"SHARDALLOC_RESET_MODE") {
+        if value.eq_ignore_ascii_case(b"dontneed") {
+            set_reset_mode(ResetMode::DontNeed);
+        } else if value.eq_ignore_ascii_case(b"free") {
+            set_reset_mode(ResetMode::Free);
+        } else {
+            report(b"SHARDALLOC_RESET_MODE", value, b"dontneed or free");
+        }
+    }
+    if let Some(value) = env(c"SHARDALLOC_PENDING_RESET_KIB") {
+        match parse_number(value).and_then(|kib| kib.checked_mul(1024)) {
+            Some(bytes) => set_pending_reset_limit(bytes),
+            None => report(b"SHARDALLOC_PENDING_RESET_KIB", value, b"a size in KiB"),
+        }
+    }
+    if let Some(value) = env(c"SHARDALLOC_SEGMENT_CACHE") {
+        match parse_number(value).filter(|&n| n <= MAX_SEGMENT_CACHE) {
+            Some(n) => SEGMENT_CACHE.store(n, Ordering::Relaxed),
+            None => report(b"SHARDALLOC_SEGMENT_CACHE", value, b"0..=16 segments"),
+        }
+    }
+}
+
+/// The value of an environment variable, without allocating.
+#[cfg(not(loom))]
+fn env(name: &core::ffi::CStr) -> Option<&'static [u8]> {
+    // SAFETY: `name` is NUL-terminated; getenv returns null or a pointer into
+    // the environment, valid until the variable is changed (we read it at
+    // once, during start-up).
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    if value.is_null() {
+        return None;
+    }
+    // SAFETY: a NUL-terminated string from the environment (above).
+    Some(unsafe { core::ffi::CStr::from_ptr(value) }.to_bytes())
+}
+
+/// A decimal number, or `None` (empty, not a number, or overflowing).
+pub(crate) fn parse_number(text: &[u8]) -> Option<usize> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut number: usize = 0;
+    for &digit in text {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        number = number
+            .checked_mul(10)?
+            .checked_add(usize::from(digit - b'0'))?;
+    }
+    Some(number)
+}
+
+#[cfg(not(loom))]
+fn report(name: &[u8], value: &[u8], expected: &[u8]) {
+    use crate::fatal::write_stderr;
+    write_stderr(b"shardalloc: ignoring ");
+    write_stderr(name);
+    write_stderr(b"=");
+    write_stderr(value.get(..64).unwrap_or(value));
+    write_stderr(b": expected ");
+    write_stderr(expected);
+    write_stderr(b"\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_parse_strictly() {
+        assert_eq!(parse_number(b"0"), Some(0));
+        assert_eq!(parse_number(b"1500"), Some(1500));
+        for bad in [&b""[..], b"-1", b"10ms", b" 5", b"99999999999999999999999"] {
+            assert_eq!(parse_number(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn setters_reject_out_of_range_values() {
+        assert!(set_reset_delay_ms(MAX_RESET_DELAY_MS + 1).is_err());
+        assert!(set_segment_cache(MAX_SEGMENT_CACHE + 1).is_err());
+        let error = set_segment_cache(99).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid value for segment cache: expected 0..=16 segments"
+        );
+    }
+}

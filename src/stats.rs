@@ -1,0 +1,210 @@
+//! Process-wide counters, kept without locks and read without allocating.
+//!
+//! The OS seam counts its calls and the bytes it has mapped; heaps count the
+//! memory they give back. These are statistics, not protocol state: `core`
+//! atomics with `Relaxed` ordering (each counter is read on its own), even
+//! under loom.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// A counter.
+pub(crate) struct Counter(AtomicUsize);
+
+impl Counter {
+    const fn new() -> Counter {
+        Counter(AtomicUsize::new(0))
+    }
+
+    /// Adds `n`.
+    #[inline]
+    pub(crate) fn add(&self, n: usize) {
+        // Relaxed: statistics only (module documentation).
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Subtracts `n`.
+    #[inline]
+    pub(crate) fn sub(&self, n: usize) {
+        // Relaxed: statistics only (module documentation).
+        self.0.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> usize {
+        // Relaxed: statistics only (module documentation).
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `mmap` calls.
+pub(crate) static MMAP_CALLS: Counter = Counter::new();
+/// `munmap` calls.
+pub(crate) static MUNMAP_CALLS: Counter = Counter::new();
+/// `madvise` calls.
+pub(crate) static MADVISE_CALLS: Counter = Counter::new();
+/// Bytes of address space mapped now.
+pub(crate) static RESERVED: Counter = Counter::new();
+/// Bytes given back with `madvise` so far.
+pub(crate) static RESET_TOTAL: Counter = Counter::new();
+
+/// A snapshot of the allocator's process-wide figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Bytes of address space mapped from the OS now (segments, huge blocks,
+    /// thread heaps). Not all of it is resident.
+    pub reserved: usize,
+    /// Bytes given back to the OS with `madvise` so far (cumulative).
+    pub reset: usize,
+    /// Segments of exited threads waiting to be reclaimed.
+    pub abandoned_segments: usize,
+    /// Empty segments kept for reuse.
+    pub cached_segments: usize,
+    /// `mmap` calls so far.
+    pub mmap_calls: usize,
+    /// `munmap` calls so far.
+    pub munmap_calls: usize,
+    /// `madvise` calls so far.
+    pub madvise_calls: usize,
+    /// Resident memory of the whole process (`/proc/self/statm`), if readable.
+    pub resident: Option<usize>,
+}
+
+/// Reads the counters (no allocation, no lock).
+#[cfg(not(loom))]
+pub fn stats() -> Stats {
+    let shared = &crate::thread::SHARED;
+    Stats {
+        reserved: RESERVED.get(),
+        reset: RESET_TOTAL.get(),
+        abandoned_segments: shared.abandoned.len(),
+        cached_segments: shared.segment_cache.len(),
+        mmap_calls: MMAP_CALLS.get(),
+        munmap_calls: MUNMAP_CALLS.get(),
+        madvise_calls: MADVISE_CALLS.get(),
+        #[cfg(not(miri))]
+        resident: crate::os::resident_bytes(),
+        #[cfg(miri)]
+        resident: None,
+    }
+}
+
+/// Writes the figures to standard error, in the spirit of `malloc_stats`
+/// (formatted on the stack: no allocation).
+#[cfg(not(loom))]
+pub fn print_stats() {
+    let s = stats();
+    let mut line = Line::new();
+    line.text("shardalloc stats\n");
+    for (name, value) in [
+        ("  reserved      ", Some(s.reserved)),
+        ("  resident      ", s.resident),
+        ("  reset (total) ", Some(s.reset)),
+    ] {
+        line.text(name);
+        match value {
+            Some(bytes) => line.bytes(bytes),
+            None => line.text("n/a"),
+        }
+        line.text("\n");
+    }
+    for (name, value) in [
+        ("  abandoned segments ", s.abandoned_segments),
+        ("  cached segments    ", s.cached_segments),
+        ("  mmap calls         ", s.mmap_calls),
+        ("  munmap calls       ", s.munmap_calls),
+        ("  madvise calls      ", s.madvise_calls),
+    ] {
+        line.text(name);
+        line.number(value);
+        line.text("\n");
+    }
+    crate::fatal::write_stderr(line.as_bytes());
+}
+
+/// A fixed-size text buffer on the stack.
+#[cfg(not(loom))]
+struct Line {
+    buf: [u8; 1024],
+    len: usize,
+}
+
+#[cfg(not(loom))]
+impl Line {
+    fn new() -> Line {
+        Line {
+            buf: [0; 1024],
+            len: 0,
+        }
+    }
+
+    fn text(&mut self, text: &str) {
+        for &b in text.as_bytes() {
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = b;
+                self.len += 1;
+            }
+        }
+    }
+
+    fn number(&mut self, mut n: usize) {
+        let mut digits = [0u8; 20];
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for &d in &digits[i..] {
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = d;
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Bytes as KiB with a unit.
+    fn bytes(&mut self, bytes: usize) {
+        self.number(bytes / 1024);
+        self.text(" KiB");
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or(&[])
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_format_without_allocating() {
+        let mut line = Line::new();
+        line.number(0);
+        line.text(" ");
+        line.number(1234567890);
+        line.text(" ");
+        line.bytes(4096);
+        assert_eq!(line.as_bytes(), b"0 1234567890 4 KiB");
+    }
+
+    #[test]
+    fn counters_follow_os_calls() {
+        let before = stats();
+        let p = crate::os::map(1 << 20, 4096, 0).unwrap();
+        let during = stats();
+        assert!(during.mmap_calls > before.mmap_calls);
+        // SAFETY: our own fresh mapping.
+        unsafe {
+            crate::os::reset(p.as_ptr(), 1 << 20);
+            crate::os::unmap(p, 1 << 20, 4096);
+        }
+        let after = stats();
+        assert!(after.madvise_calls > during.madvise_calls);
+        assert!(after.munmap_calls > during.munmap_calls);
+        assert!(after.reset >= before.reset + (1 << 20));
+    }
+}
