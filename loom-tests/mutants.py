@@ -61,6 +61,13 @@ MUTANTS = {
         "",
         "abandon", "abandon_and_reclaim_race_remote_frees",
     ),
+    # Caching a segment with a blind store into the slot instead of a CAS.
+    "cache-blind-store": (
+        "src/segment_cache.rs",
+        "            if slot\n                .compare_exchange(\n                    ptr::null_mut(),\n                    segment,\n                    Ordering::Release,\n                    Ordering::Relaxed,\n                )\n                .is_ok()",
+        "            if { slot.store(segment, Ordering::Release); true }",
+        "segment_cache", "segment_cache_put_races_take",
+    ),
     # Publishing the exit key with a blind store instead of a CAS.
     "once-blind-store": (
         "src/once.rs",

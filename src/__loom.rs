@@ -12,6 +12,7 @@ use crate::heap::{Heap, free_block};
 use crate::once::Once;
 use crate::page::{Block, DelayedMode, Page};
 use crate::segment::Segment;
+use crate::segment_cache::SegmentCache;
 use crate::size_class::PageKind;
 
 /// Process-wide state of one model run (the abandoned-segment list).
@@ -186,6 +187,56 @@ impl AbandonedList {
 impl Default for AbandonedList {
     fn default() -> AbandonedList {
         AbandonedList::new()
+    }
+}
+
+/// The segment cache on its own, with real (empty) segments.
+pub struct SegmentCacheModel {
+    cache: SegmentCache,
+}
+
+impl SegmentCacheModel {
+    /// An empty cache.
+    pub fn new() -> SegmentCacheModel {
+        SegmentCacheModel {
+            cache: SegmentCache::new(),
+        }
+    }
+
+    /// Maps a fresh segment and offers it to the first `limit` slots;
+    /// returns its address, or None if the cache was full (then it is
+    /// released at once).
+    pub fn put_new(&self, limit: usize) -> Option<usize> {
+        let segment = Segment::create(PageKind::Large, 0, core::ptr::null_mut())
+            .expect("test backend map")
+            .as_ptr();
+        // SAFETY: a fresh empty segment, ours.
+        unsafe {
+            Segment::reset_pages(segment);
+            if self.cache.put(segment, limit) {
+                return Some(segment.expose_provenance());
+            }
+            Segment::release(segment);
+        }
+        None
+    }
+
+    /// Takes a cached segment, releases it, and returns its address.
+    pub fn take(&self) -> Option<usize> {
+        let segment = self.cache.take();
+        if segment.is_null() {
+            return None;
+        }
+        let address = segment.expose_provenance();
+        // SAFETY: `take` made us the only owner of the empty segment.
+        unsafe { Segment::release(segment) };
+        Some(address)
+    }
+}
+
+impl Default for SegmentCacheModel {
+    fn default() -> SegmentCacheModel {
+        SegmentCacheModel::new()
     }
 }
 
