@@ -193,6 +193,8 @@ pub(crate) struct Heap {
     small_slots: SegmentList,
     /// Medium segments with an unused page slot.
     medium_slots: SegmentList,
+    /// Large segments whose page is unused (emptied, waiting for its reset).
+    large_slots: SegmentList,
     /// Unused page slots whose memory waits for the reset delay, oldest first
     /// (linked through the pages' queue links).
     reset_queue: PageQueue,
@@ -222,6 +224,7 @@ macro_rules! heap_value {
             segments: SegmentList::new(),
             small_slots: SegmentList::new(),
             medium_slots: SegmentList::new(),
+            large_slots: SegmentList::new(),
             reset_queue: PageQueue::new(),
             pending_reset: Cell::new(0),
             retired_min: Cell::new(BIN_COUNT),
@@ -512,11 +515,7 @@ impl Heap {
     /// # Safety
     /// Owner thread.
     unsafe fn claim_page(&self, kind: PageKind) -> *mut Page {
-        let slots = match kind {
-            PageKind::Small => Some(&self.small_slots),
-            PageKind::Medium => Some(&self.medium_slots),
-            PageKind::Large | PageKind::Huge => None,
-        };
+        let slots = self.slot_list(kind);
         let mut segment = slots.map_or(ptr::null_mut(), |list| list.first.get());
         // SAFETY: owner thread (caller); segments on our lists are ours.
         unsafe {
@@ -691,19 +690,55 @@ impl Heap {
             (*page).retire_expire.set(0);
             let segment = Segment::of(page.cast());
             Segment::release_slot(segment, page);
-            if (*segment).used_pages.get() == 0 {
+            if (*segment).kind == PageKind::Huge {
                 self.segment_free(segment);
                 return;
             }
+            self.list_free_slot(segment);
+            // The slot (and, if it was the last, the segment) stays ours
+            // until its memory goes back: reused before then, it costs no
+            // system call.
             self.schedule_reset(page);
-            if !(*segment).in_free_slot_list.get() {
-                let slots = match (*segment).kind {
-                    PageKind::Small => &self.small_slots,
-                    PageKind::Medium => &self.medium_slots,
-                    PageKind::Large | PageKind::Huge => return,
-                };
+        }
+    }
+
+    /// The list of our segments of `kind` with an unused page slot.
+    fn slot_list(&self, kind: PageKind) -> Option<&SegmentList> {
+        match kind {
+            PageKind::Small => Some(&self.small_slots),
+            PageKind::Medium => Some(&self.medium_slots),
+            PageKind::Large => Some(&self.large_slots),
+            PageKind::Huge => None,
+        }
+    }
+
+    /// Puts a segment with an unused page slot on its kind's slot list.
+    ///
+    /// # Safety
+    /// Owner thread; the segment is ours.
+    unsafe fn list_free_slot(&self, segment: *mut Segment) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            if (*segment).in_free_slot_list.get() || !Segment::has_free_slot(segment) {
+                return;
+            }
+            if let Some(slots) = self.slot_list((*segment).kind) {
                 slots.push(segment, SegmentLinks::FreeSlot);
                 (*segment).in_free_slot_list.set(true);
+            }
+        }
+    }
+
+    /// Gives up a segment that has no page in use and no page waiting for
+    /// its reset.
+    ///
+    /// # Safety
+    /// Owner thread; the segment is ours.
+    unsafe fn segment_free_if_empty(&self, segment: *mut Segment) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            if (*segment).used_pages.get() == 0 && (*segment).pending_pages.get() == 0 {
+                self.segment_free(segment);
             }
         }
     }
@@ -734,10 +769,8 @@ impl Heap {
         unsafe {
             self.segments.remove(segment, SegmentLinks::All);
             if (*segment).in_free_slot_list.get() {
-                match (*segment).kind {
-                    PageKind::Small => self.small_slots.remove(segment, SegmentLinks::FreeSlot),
-                    PageKind::Medium => self.medium_slots.remove(segment, SegmentLinks::FreeSlot),
-                    PageKind::Large | PageKind::Huge => {}
+                if let Some(slots) = self.slot_list((*segment).kind) {
+                    slots.remove(segment, SegmentLinks::FreeSlot);
                 }
                 (*segment).in_free_slot_list.set(false);
             }
@@ -746,7 +779,9 @@ impl Heap {
             }
             let limit = options::segment_cache();
             if (*segment).kind != PageKind::Huge && limit > 0 {
-                Segment::reset_pages(segment);
+                if !Segment::all_pages_zero(segment) {
+                    Segment::reset_pages(segment);
+                }
                 if (*self.shared.get()).segment_cache.put(segment, limit) {
                     return;
                 }
@@ -768,15 +803,19 @@ impl Heap {
         // SAFETY: owner thread (caller); the slot is ours and unused.
         unsafe {
             let segment = Segment::of(page.cast());
-            if (*page).memory_is_zero.get() || (*page).reset_pending.get() {
+            if (*page).reset_pending.get() {
                 return;
             }
             let delay = options::reset_delay_ms();
-            if delay == 0 {
+            if (*page).memory_is_zero.get() || delay == 0 {
                 Segment::reset_page(segment, page);
+                self.segment_free_if_empty(segment);
                 return;
             }
             (*page).reset_pending.set(true);
+            (*segment)
+                .pending_pages
+                .set((*segment).pending_pages.get() + 1);
             (*page).reset_at.set(os::now_ms().saturating_add(delay));
             let _ = self.reset_queue.push_back(page);
             self.pending_reset
@@ -804,7 +843,11 @@ impl Heap {
                 return;
             }
             let _ = self.reset_queue.remove(page);
-            let bytes = Segment::page_memory(Segment::of(page.cast()), page).1;
+            let segment = Segment::of(page.cast());
+            (*segment)
+                .pending_pages
+                .set((*segment).pending_pages.get() - 1);
+            let bytes = Segment::page_memory(segment, page).1;
             self.pending_reset
                 .set(self.pending_reset.get().saturating_sub(bytes));
         }
@@ -818,7 +861,9 @@ impl Heap {
         // SAFETY: owner thread (caller).
         unsafe {
             self.unschedule_reset(page);
-            Segment::reset_page(Segment::of(page.cast()), page);
+            let segment = Segment::of(page.cast());
+            Segment::reset_page(segment, page);
+            self.segment_free_if_empty(segment);
         }
     }
 
@@ -1011,6 +1056,7 @@ impl Heap {
             self.segments.first.set(ptr::null_mut());
             self.small_slots.first.set(ptr::null_mut());
             self.medium_slots.first.set(ptr::null_mut());
+            self.large_slots.first.set(ptr::null_mut());
             for index in 0..QUEUE_COUNT {
                 self.queue(index).first.set(ptr::null_mut());
                 self.queue(index).last.set(ptr::null_mut());
@@ -1111,17 +1157,7 @@ impl Heap {
                 .store(self.thread_id(), Ordering::Relaxed);
             (*segment).heap.set(self.as_ptr());
             self.segments.push(segment, SegmentLinks::All);
-            if Segment::has_free_slot(segment) {
-                let slots = match (*segment).kind {
-                    PageKind::Small => Some(&self.small_slots),
-                    PageKind::Medium => Some(&self.medium_slots),
-                    PageKind::Large | PageKind::Huge => None,
-                };
-                if let Some(list) = slots {
-                    list.push(segment, SegmentLinks::FreeSlot);
-                    (*segment).in_free_slot_list.set(true);
-                }
-            }
+            self.list_free_slot(segment);
             for index in 0..(*segment).page_count {
                 let page = Segment::page(segment, index);
                 if !(*page).in_use.get() {
@@ -1266,7 +1302,7 @@ unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::size_class::LARGE_BLOCK_MAX;
+    use crate::size_class::{LARGE_BLOCK_MAX, SHARED_PAGE_BLOCK_MAX};
 
     const OWNER: usize = 0x1000;
     const OTHER: usize = 0x2000;
@@ -1305,27 +1341,49 @@ mod tests {
         }
     }
 
+    /// Fills one page of 256 KiB blocks (the largest that share a page):
+    /// returns its blocks; the next allocation of the class parks it.
+    ///
+    /// # Safety
+    /// Owner thread of `heap`.
+    unsafe fn fill_one_page(heap: &Heap) -> Vec<*mut u8> {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            let first = heap.malloc_generic(SHARED_PAGE_BLOCK_MAX, false);
+            let page = Segment::page_of(Segment::of(first), first);
+            let reserved = (*page).reserved.get() as usize;
+            assert!(reserved > 2, "a shared large page holds several blocks");
+            let mut blocks = vec![first];
+            blocks.extend((1..reserved).map(|_| heap.malloc_generic(SHARED_PAGE_BLOCK_MAX, false)));
+            assert!(
+                blocks
+                    .iter()
+                    .all(|&b| Segment::page_of(Segment::of(b), b) == page)
+            );
+            blocks
+        }
+    }
+
     #[test]
     fn exhausted_pages_move_to_the_full_queue_and_back() {
         let shared = Shared::new();
         let heap = Heap::new(OWNER, &raw const shared);
         // SAFETY: owner thread of `heap`.
         unsafe {
-            // A large page holds three 1 MiB blocks.
-            let first: Vec<*mut u8> = (0..3)
-                .map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false))
-                .collect();
+            let first = fill_one_page(&heap);
             let page = Segment::page_of(Segment::of(first[0]), first[0]);
             assert!(!(*page).is_in_full());
-            let fourth = heap.malloc_generic(LARGE_BLOCK_MAX, false);
+            let next = heap.malloc_generic(SHARED_PAGE_BLOCK_MAX, false);
             assert!((*page).is_in_full(), "the search parked the exhausted page");
             assert_eq!((*page).delayed_mode(), DelayedMode::UseDelayed);
             assert_eq!(heap.queue(BIN_FULL).first.get(), page);
             free_block(first[1], OWNER);
             assert!(!(*page).is_in_full(), "a local free brings it back");
             assert_eq!((*page).delayed_mode(), DelayedMode::NoDelayed);
-            for p in [first[0], first[2], fourth] {
-                free_block(p, OWNER);
+            for &p in first.iter().chain([&next]) {
+                if p != first[1] {
+                    free_block(p, OWNER);
+                }
             }
             heap.collect(true);
             assert_eq!(heap.segment_count(), 0);
@@ -1338,12 +1396,11 @@ mod tests {
         let heap = Heap::new(OWNER, &raw const shared);
         // SAFETY: owner thread of `heap`; `OTHER` frees only blocks it was given.
         unsafe {
-            let first: Vec<*mut u8> = (0..3)
-                .map(|_| heap.malloc_generic(LARGE_BLOCK_MAX, false))
-                .collect();
-            let fourth = heap.malloc_generic(LARGE_BLOCK_MAX, false);
+            let first = fill_one_page(&heap);
+            let next = heap.malloc_generic(SHARED_PAGE_BLOCK_MAX, false);
             let page = Segment::page_of(Segment::of(first[0]), first[0]);
             assert!((*page).is_in_full());
+            let count = first.len() as u32;
             let addrs: Vec<usize> = first.iter().map(|p| p.expose_provenance()).collect();
             std::thread::spawn(move || {
                 for a in addrs {
@@ -1356,15 +1413,18 @@ mod tests {
                 !heap.thread_delayed_free.load(Ordering::Relaxed).is_null(),
                 "one block went to the heap"
             );
-            assert_eq!((*page).used.get(), 3, "not collected yet");
-            assert_eq!(heap.segment_count(), 2);
+            assert_eq!((*page).used.get(), count, "not collected yet");
             heap.process_delayed(true);
-            // Processing the parked block collected the other two, emptied
-            // the page, and (another page serving the class) gave its
-            // segment back to the OS.
-            assert_eq!(heap.segment_count(), 1);
+            // Processing the parked block collected the others and emptied
+            // the page: it left the full queue and went back to its segment.
             assert_eq!(heap.queue(BIN_FULL).first.get(), ptr::null_mut());
-            free_block(fourth, OWNER);
+            heap.collect(true);
+            assert_eq!(
+                heap.segment_count(),
+                1,
+                "only the segment of `next` is left"
+            );
+            free_block(next, OWNER);
             heap.collect(true);
             assert_eq!(heap.segment_count(), 0);
         }

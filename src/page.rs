@@ -315,7 +315,12 @@ impl Page {
         let align = crate::size_class::block_alignment(block_size);
         let first = area.map_addr(|a| (a + align - 1) & !(align - 1));
         let slack = first.addr() - area.addr();
-        let reserved = area_size.saturating_sub(slack) / block_size;
+        let mut reserved = area_size.saturating_sub(slack) / block_size;
+        if block_size > crate::size_class::SHARED_PAGE_BLOCK_MAX {
+            // One block per page: the block's memory goes back to the OS as
+            // soon as it is freed, not when its neighbours are.
+            reserved = reserved.min(1);
+        }
         self.free.set(ptr::null_mut());
         self.local_free.set(ptr::null_mut());
         self.used.set(0);

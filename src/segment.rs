@@ -118,6 +118,8 @@ pub(crate) struct Segment {
     pub(crate) in_free_slot_list: Cell<bool>,
     /// Set by [`Segment::reset_pages`]: every page area reads as zeros.
     pages_zero: Cell<bool>,
+    /// Unused slots on the owning heap's reset queue.
+    pub(crate) pending_pages: Cell<usize>,
     /// Next segment on the abandoned list (written before publication).
     abandoned_next: UnsafeCell<*mut Segment>,
     /// Page descriptors; only the first `page_count` are initialised.
@@ -299,6 +301,18 @@ impl Segment {
         }
     }
 
+    /// Every page slot's memory is known to read as zeros.
+    ///
+    /// # Safety
+    /// `segment` is live and owned by the caller.
+    pub(crate) unsafe fn all_pages_zero(segment: *mut Segment) -> bool {
+        // SAFETY: forwarded from the caller; indices below page_count.
+        unsafe {
+            (0..(*segment).page_count)
+                .all(|index| (*Segment::page(segment, index)).memory_is_zero.get())
+        }
+    }
+
     /// Gives the memory of every page area of an empty segment back to the
     /// OS in one call (before the segment is cached).
     ///
@@ -392,6 +406,7 @@ impl Segment {
             ptr::addr_of_mut!((*segment).with_free_slot).write(Links::new());
             ptr::addr_of_mut!((*segment).in_free_slot_list).write(Cell::new(false));
             ptr::addr_of_mut!((*segment).pages_zero).write(Cell::new(false));
+            ptr::addr_of_mut!((*segment).pending_pages).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).abandoned_next).write(UnsafeCell::new(ptr::null_mut()));
             for index in 0..page_count {
                 let page = Page::new();

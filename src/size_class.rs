@@ -31,6 +31,11 @@ pub(crate) const MEDIUM_BLOCK_MAX: usize = 64 * 1024;
 /// bigger is a huge block in its own segment.
 pub(crate) const LARGE_BLOCK_MAX: usize = 1024 * 1024;
 
+/// Largest block that shares its page with other blocks; larger (large)
+/// blocks get a page — and so a segment — of their own, so freeing one gives
+/// its memory back regardless of its neighbours.
+pub(crate) const SHARED_PAGE_BLOCK_MAX: usize = 256 * 1024;
+
 /// Alignment below which [`fitting_size`] can use size classes (the cap on
 /// the first-block placement inside a page).
 pub(crate) const ALIGN_GUARANTEE: usize = 64 * 1024;

@@ -20,8 +20,8 @@ fn heap_teardown_races_remote_free() {
         let baseline = model::live_mappings();
         let world = World::new();
         let mut heap = ModelHeap::new(&world, OWNER);
-        // Three 1 MiB blocks fill a large page; the fourth parks it in the
-        // full queue in `UseDelayed` mode.
+        // A 1 MiB block has a large page to itself: the second allocation
+        // parks the first block's page in the full queue (`UseDelayed`).
         let blocks: Vec<*mut u8> = (0..4).map(|_| heap.alloc(MIB)).collect();
         let handed = SendPtr(blocks[0]);
         let remote = thread::spawn(move || {

@@ -62,21 +62,21 @@ fn thread_free_push_races_collect() {
     });
 }
 
-/// Fill a large page (three 1 MiB blocks) so the heap moves it to the full
-/// queue in `UseDelayed` mode; then two remote frees into it race the
+/// Fill a large page (fifteen 256 KiB blocks) so the heap moves it to the
+/// full queue in `UseDelayed` mode; then two remote frees into it race the
 /// owner's heartbeat (delayed-list processing). Afterwards both blocks are
-/// back, the page has left the full queue, and `used` is 1 (block c stays).
+/// back exactly once, the page has left the full queue, and `used` counts
+/// only the blocks still live.
 #[test]
 fn delayed_free_of_full_page_races_owner() {
     builder().check(|| {
         let world = Arc::new(World::new());
         let heap = ModelHeap::new(&world, OWNER);
-        let a = heap.alloc(1 << 20);
-        let b = heap.alloc(1 << 20);
-        let c = heap.alloc(1 << 20);
+        let blocks: Vec<*mut u8> = (0..BLOCKS_PER_PAGE).map(|_| heap.alloc(BLOCK)).collect();
         // The next allocation finds the page exhausted: it goes to the full
         // queue (UseDelayed) and a fresh page serves the request.
-        let d = heap.alloc(1 << 20);
+        let extra = heap.alloc(BLOCK);
+        let (a, b) = (blocks[0], blocks[1]);
         // SAFETY: a is a block of the owner's page.
         let view = unsafe { model::page_view(a) };
         assert!(
@@ -100,17 +100,27 @@ fn delayed_free_of_full_page_races_owner() {
         ta.join().unwrap();
         tb.join().unwrap();
         heap.process_delayed(true);
-        // SAFETY: the page is ours; a and b are free.
+        // SAFETY: the page is ours; a and b are free, the rest live.
         unsafe {
-            heap.collect_page_of(c);
-            let view = model::page_view(c);
-            assert_eq!(view.used, 1, "only c is live: {view:?}");
+            let live = blocks[2];
+            heap.collect_page_of(live);
+            let view = model::page_view(live);
+            assert_eq!(
+                view.used as usize,
+                BLOCKS_PER_PAGE - 2,
+                "a and b came back: {view:?}"
+            );
             assert!(!view.in_full, "the page left the full queue: {view:?}");
             assert_eq!(model::times_on_free_lists(a), 1);
             assert_eq!(model::times_on_free_lists(b), 1);
-            heap.free(c);
-            heap.free(d);
+            for &block in blocks[2..].iter().chain([&extra]) {
+                heap.free(block);
+            }
         }
         heap.abandon();
     });
 }
+
+/// Blocks of 256 KiB: the largest that share a large page, fifteen to a page.
+const BLOCK: usize = 256 << 10;
+const BLOCKS_PER_PAGE: usize = 15;
