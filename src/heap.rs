@@ -195,6 +195,9 @@ pub(crate) struct Heap {
     medium_slots: SegmentList,
     /// Large segments whose page is unused (emptied, waiting for its reset).
     large_slots: SegmentList,
+    /// Slow-path calls so far: every [`COLLECT_INTERVAL`]th one runs a
+    /// collect pass over all the heap's pages.
+    slow_calls: Cell<usize>,
     /// Unused page slots whose memory waits for the reset delay, oldest first
     /// (linked through the pages' queue links).
     reset_queue: PageQueue,
@@ -225,6 +228,7 @@ macro_rules! heap_value {
             small_slots: SegmentList::new(),
             medium_slots: SegmentList::new(),
             large_slots: SegmentList::new(),
+            slow_calls: Cell::new(0),
             reset_queue: PageQueue::new(),
             pending_reset: Cell::new(0),
             retired_min: Cell::new(BIN_COUNT),
@@ -232,6 +236,16 @@ macro_rules! heap_value {
         }
     };
 }
+
+/// Slow-path calls between two collect passes over all of a heap's pages.
+/// Pages of size classes the thread no longer allocates from (adopted from
+/// an exited thread, say) are otherwise never looked at again, and the
+/// blocks other threads free into them never come back.
+const COLLECT_INTERVAL: usize = 1024;
+const _: () = assert!(
+    COLLECT_INTERVAL <= 1024,
+    "the collect test runs 2048 slow paths"
+);
 
 /// Retire countdown (in fresh-page searches) of an empty small page kept
 /// for reuse, and of a larger one.
@@ -421,6 +435,12 @@ impl Heap {
         if !self.reset_queue.first.get().is_null() {
             // SAFETY: owner thread (caller).
             unsafe { self.reset_expired(false) };
+        }
+        let calls = self.slow_calls.get().wrapping_add(1);
+        self.slow_calls.set(calls);
+        if calls % COLLECT_INTERVAL == 0 {
+            // SAFETY: owner thread (caller).
+            unsafe { self.collect(false) };
         }
     }
 
@@ -1508,6 +1528,43 @@ mod tests {
                 p.write_bytes(1, 2 << 20);
                 free_block(p, THIRD);
             }
+        }
+    }
+
+    #[test]
+    fn adopted_pages_of_classes_the_heir_never_uses_are_collected() {
+        let shared = Shared::new();
+        let dying = Heap::new(OWNER, &raw const shared);
+        // SAFETY: this thread plays both owners in turn; `THIRD` frees blocks
+        // it was given.
+        unsafe {
+            let blocks: Vec<*mut u8> = (0..100).map(|_| dying.malloc_generic(48, false)).collect();
+            dying.abandon();
+            let heir = Heap::new(OTHER, &raw const shared);
+            let own = heir.malloc_generic(4096, false);
+            assert_eq!(
+                Segment::of(own),
+                Segment::of(blocks[0]),
+                "the heir adopted the segment"
+            );
+            for &p in &blocks {
+                free_block(p, THIRD);
+            }
+            let bin = bin_of(48);
+            assert!(!heir.queue(bin).first.get().is_null());
+            // The heir never allocates 48 B again; its other slow paths must
+            // still notice the page emptied.
+            for _ in 0..2048 {
+                let p = heir.malloc_generic(4096, false);
+                free_block(p, OTHER);
+            }
+            assert!(
+                heir.queue(bin).first.get().is_null(),
+                "the emptied adopted page was freed"
+            );
+            free_block(own, OTHER);
+            heir.collect(true);
+            assert_eq!(heir.segment_count(), 0);
         }
     }
 
