@@ -438,7 +438,7 @@ impl Heap {
         }
         let calls = self.slow_calls.get().wrapping_add(1);
         self.slow_calls.set(calls);
-        if calls % COLLECT_INTERVAL == 0 {
+        if calls.is_multiple_of(COLLECT_INTERVAL) {
             // SAFETY: owner thread (caller).
             unsafe { self.collect(false) };
         }
