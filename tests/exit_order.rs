@@ -646,7 +646,7 @@ fn exit_child_scenario() {
 #[test]
 fn exit_path_is_clean() {
     let seed = common::seed("exit_path_is_clean");
-    let runs = 6 * common::scale();
+    let runs = 10 * common::scale();
     let exe = std::env::current_exe().expect("current_exe");
     let start = Instant::now();
     let mut failures = Vec::new();
@@ -798,26 +798,6 @@ fn owner_blocks(rng: &mut SmallRng, seed: u64, n: usize) -> Vec<Ptr> {
 /// Time a free-only thread may take for all blocks before the test calls it blocked.
 const FREE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Joins `thread` if it exits completely — its thread-local and pthread key destructors included,
-/// which `JoinHandle::is_finished` does not cover — within `limit`; false if it does not (it is
-/// then left running).
-fn exited_within(thread: libc::pthread_t, limit: Duration) -> bool {
-    let t0 = Instant::now();
-    loop {
-        // SAFETY: `thread` is a joinable thread that nobody else joins (taken from its
-        // `JoinHandle` with `into_pthread_t`).
-        let r = unsafe { libc::pthread_tryjoin_np(thread, ptr::null_mut()) };
-        if r == 0 {
-            return true;
-        }
-        assert_eq!(r, libc::EBUSY, "pthread_tryjoin_np");
-        if t0.elapsed() > limit {
-            return false;
-        }
-        thread::sleep(Duration::from_micros(200));
-    }
-}
-
 /// Flags between the test and the owner thread.
 #[derive(Default)]
 struct Flags {
@@ -908,7 +888,7 @@ fn free_only_case(owner_mode: Owner, freers: usize, seed: u64) {
     let mut blocks = blocks_rx.recv().expect("owner sent its blocks");
     if owner_mode == Owner::Exited {
         assert!(
-            exited_within(owner, FREE_TIMEOUT),
+            watchdog::exited_within(owner, FREE_TIMEOUT),
             "seed {seed}: {name}: the owner's thread exit did not complete within \
              {FREE_TIMEOUT:?}; {replay}"
         );
@@ -960,7 +940,7 @@ fn free_only_case(owner_mode: Owner, freers: usize, seed: u64) {
     flags.frees_done.store(true, Ordering::Release);
     if owner_mode != Owner::Exited {
         assert!(
-            exited_within(owner, FREE_TIMEOUT),
+            watchdog::exited_within(owner, FREE_TIMEOUT),
             "seed {seed}: {name}: the owner thread did not finish (allocate again, exit) within \
              {FREE_TIMEOUT:?} after the frees; {replay}"
         );

@@ -36,7 +36,9 @@ mod raw;
 #[path = "common/watchdog.rs"]
 mod watchdog;
 
+use std::ffi::c_void;
 use std::fmt::Write as _;
+use std::os::unix::thread::JoinHandleExt;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicUsize, Ordering};
 use std::thread;
@@ -84,7 +86,7 @@ static STASH: [AtomicPtr<u8>; 128] = [const { AtomicPtr::new(ptr::null_mut()) };
 static FROM_MAIN: [AtomicPtr<u8>; MAIN_PAGES] =
     [const { AtomicPtr::new(ptr::null_mut()) }; MAIN_PAGES];
 /// Pages the forking thread fills before every fork.
-const MAIN_PAGES: usize = 1024;
+const MAIN_PAGES: usize = 512;
 /// Size of the blocks of those pages (a small page of 64 KiB holds 8).
 const MAIN_BLOCK: usize = 8 * KIB;
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -496,9 +498,9 @@ const STEPS: [&str; 9] = [
     "allocate and free small, medium, large and huge blocks",
     "free stashed blocks of the parent's threads",
     "free own blocks (some of them in pages a vanished thread was freeing into)",
-    "spawn a thread",
+    "start a thread (pthread_create)",
     "the thread: allocate, free, free stashed blocks",
-    "join the thread",
+    "join the thread (its exit tears its heap down)",
     "collect(true)",
     "allocate again",
 ];
@@ -564,6 +566,38 @@ fn free_stash(first: usize, seed: u64) -> Result<u32, raw::Damage> {
     Ok(n)
 }
 
+/// What the child's thread gets and gives back.
+struct ChildThread {
+    seed: u64,
+    fork: usize,
+    /// `SELF` as the fork copied it.
+    selves: [usize; TRACKED],
+    /// Which vanished tracked thread's `pthread_self` the thread had (plus one; 0 if none) and
+    /// how many stashed blocks it freed; or the step and damage of a failure.
+    result: Result<(u32, u32), (u32, raw::Damage)>,
+}
+
+/// The child's thread: allocates, frees, frees stashed blocks of the parent's threads, and exits
+/// (the allocator tears its heap down).
+extern "C" fn child_thread(arg: *mut c_void) -> *mut c_void {
+    // SAFETY: `arg` is the `ChildThread` the creating thread keeps alive until it has joined us.
+    let args = unsafe { &mut *arg.cast::<ChildThread>() };
+    let (seed, fork) = (args.seed, args.fork as u64);
+    let me = pthread_self();
+    let same = args
+        .selves
+        .iter()
+        .position(|&s| s == me)
+        .map_or(0, |i| i as u32 + 1);
+    args.result = (|| {
+        child_round(seed, fork ^ 0xABCD).map_err(|d| (5, d))?;
+        let n = free_stash(1, seed).map_err(|d| (5, d))?;
+        child_round(seed, fork ^ 0xDCBA).map_err(|d| (5, d))?;
+        Ok((same, n))
+    })();
+    ptr::null_mut()
+}
+
 fn child(fork: usize, seed: u64, report: *mut Report, kept: &[*mut u8]) -> ! {
     // SAFETY: `report` points into the shared mapping, valid for the whole run; only this child
     // writes this entry until it exits.
@@ -624,31 +658,41 @@ fn child(fork: usize, seed: u64, report: *mut Report, kept: &[*mut u8]) -> ! {
         }
     }
     report.step = 4;
-    let selves: [usize; TRACKED] = std::array::from_fn(|i| SELF[i].load(Ordering::Relaxed));
-    let spawned =
-        thread::Builder::new().spawn(move || -> Result<(u32, u32), (u32, raw::Damage)> {
-            let me = pthread_self();
-            let same = selves
-                .iter()
-                .position(|&s| s == me)
-                .map_or(0, |i| i as u32 + 1);
-            child_round(seed, fork as u64 ^ 0xABCD).map_err(|d| (5, d))?;
-            let n = free_stash(1, seed).map_err(|d| (5, d))?;
-            child_round(seed, fork as u64 ^ 0xDCBA).map_err(|d| (5, d))?;
-            Ok((same, n))
-        });
-    let handle = match spawned {
-        Ok(h) => h,
-        Err(_) => child_fail(fork, 4, seed, "thread::Builder::spawn failed", None),
+    // The thread is started with `pthread_create`, not `std::thread`: std's thread start takes a
+    // process-wide mutex (`stack_overflow::thread_info::set_current_info`), which a parent thread
+    // starting up at the fork (the churn thread starts threads all the time) may hold forever in
+    // the child — a hang seen here that has nothing to do with the allocator.
+    let mut args = ChildThread {
+        seed,
+        fork,
+        selves: std::array::from_fn(|i| SELF[i].load(Ordering::Relaxed)),
+        result: Ok((0, 0)),
     };
+    let mut thread: libc::pthread_t = 0;
+    // SAFETY: `thread` is a valid out-pointer; default attributes; `child_thread` has the C ABI
+    // signature pthread expects; `args` outlives the thread, which is joined below.
+    let r = unsafe {
+        libc::pthread_create(
+            &raw mut thread,
+            ptr::null(),
+            child_thread,
+            (&raw mut args).cast::<c_void>(),
+        )
+    };
+    if r != 0 {
+        child_fail(fork, 4, seed, "pthread_create failed", None);
+    }
     report.step = 6;
-    match handle.join() {
-        Ok(Ok((same, n))) => {
+    // SAFETY: a joinable thread of ours, joined once.
+    if unsafe { libc::pthread_join(thread, ptr::null_mut()) } != 0 {
+        child_fail(fork, 6, seed, "pthread_join failed", None);
+    }
+    match args.result {
+        Ok((same, n)) => {
             report.same_self_as = same;
             report.stash_freed += n;
         }
-        Ok(Err((step, d))) => child_fail(fork, step, seed, "in the child's thread", Some(d)),
-        Err(_) => child_fail(fork, 6, seed, "the child's thread panicked", None),
+        Err((step, d)) => child_fail(fork, step, seed, "in the child's thread", Some(d)),
     }
     report.step = 7;
     shardalloc::collect(true);
@@ -894,11 +938,22 @@ fn fork_while_threads_allocate() {
         }
     }
     STOP.store(true, Ordering::Relaxed);
-    for w in workers {
-        w.join().expect("worker");
+    // Bounded joins: a thread stuck in its exit (heap teardown) fails the test here, naming it.
+    let threads = workers
+        .into_iter()
+        .enumerate()
+        .map(|(w, h)| (format!("worker {w}"), h))
+        .chain([
+            ("reaper".to_string(), reaper),
+            ("churn thread".to_string(), churner),
+        ]);
+    for (name, h) in threads {
+        assert!(
+            watchdog::exited_within(h.into_pthread_t(), Duration::from_secs(30)),
+            "seed {seed}: the parent's {name} did not exit within 30 s after the forks (stuck in \
+             the allocator, or in its thread exit?); {replay}"
+        );
     }
-    churner.join().expect("churn thread");
-    reaper.join().expect("reaper");
     let elapsed = start.elapsed();
     let left = drain(&TRANSFER, seed, "the transfer array")
         + drain(&STASH, seed, "the stash")

@@ -8,19 +8,20 @@
 //! Threads exit while blocks they allocated are still in the transfer array or in an orphan pool,
 //! where threads of the same and later generations free and reallocate them: the dead threads'
 //! segments are abandoned and reclaimed while remote frees land in them. Threads now and then call
-//! `shardalloc::collect(true)`.
+//! `shardalloc::collect(true)`. A steady thread lives through all generations allocating blocks of
+//! a single size class, so it adopts abandoned segments whose other size classes it never uses.
 //!
 //! Every block holds a pattern derived from (address, size, seed) over its whole size and is
 //! verified before every free and realloc (`common/raw.rs`): any corruption, double hand-out or
-//! lost realloc content fails the test. Resident memory is read after the first generation and at
-//! the end: what is resident beyond the live blocks may not grow with the number of generations
-//! (the bound is argued at `RSS_SLACK`).
+//! lost realloc content fails the test. Resident memory and virtual size are read after the first
+//! generation and at the end: neither what is resident beyond the live blocks nor the address space
+//! may grow with the number of generations (the bounds are argued at `RSS_SLACK` and `VM_SLACK`).
 //!
-//! Run: `cargo test --release --test stress -- --nocapture` (about 10 s on 2 cores).
+//! Run: `cargo test --release --test stress -- --nocapture` (about 5 s on 2 cores).
 //! Replay: `SHARDALLOC_SEED=<seed> cargo test --release --test stress -- --nocapture` (the seed
 //! fixes every thread's sequence of operations; the interleaving stays up to the scheduler).
-//! Soak: `SHARDALLOC_SOAK_SECS=<n>` runs further generations until `n` seconds have passed (the RSS
-//! bound then covers every generation after the first).
+//! Soak: `SHARDALLOC_SOAK_SECS=<n>` runs further generations until `n` seconds have passed (the
+//! bounds then cover every generation after the first).
 
 mod common;
 #[path = "common/raw.rs"]
@@ -31,7 +32,7 @@ mod watchdog;
 use std::collections::VecDeque;
 use std::ptr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -88,6 +89,10 @@ const SOAK_VAR: &str = "SHARDALLOC_SOAK_SECS";
 ///   by 551 MiB over 13 generations (~4 MiB per exited thread); the real allocator measured
 ///   between +0.2 and +21 MiB in six runs on the 2-core dev box.
 const RSS_SLACK: usize = 64 * MIB;
+const _: () = assert!(
+    (GENERATIONS - 1) * THREADS * MIB >= 2 * RSS_SLACK,
+    "the RSS bound would not detect a retention of 1 MiB per exited thread"
+);
 
 /// The generation running now, and bit `t` set for every thread `t` of it that is still working
 /// / has been joined (for the watchdog's message).
@@ -97,6 +102,25 @@ static JOINED: AtomicU64 = AtomicU64::new(0);
 /// Time limit of the default run (it takes about 10 s in a release build on 2 cores); a soak adds
 /// its duration.
 const WATCHDOG_LIMIT: Duration = Duration::from_secs(300);
+
+/// Allowed growth of the virtual size from the reading after the first generation to the end.
+///
+/// Why 192 MiB, and why that bound means something:
+///
+/// * At both readings no worker thread is alive (only the steady thread, with at most one batch
+///   of 2 MiB live), and the live blocks are samples of the same steady state. Address space that
+///   may vary without a leak: the segments the live blocks keep (a segment stays mapped while any
+///   block in it lives: for the ~10 ± 3 live large blocks 4 MiB each, ±12 MiB; for the small and
+///   medium ones a few segments either way), the allocator's cache of empty segments (≤ 4 × 4 MiB),
+///   glibc's cache of freed thread stacks (≤ 40 MiB) and, should one appear, a glibc malloc arena
+///   (64 MiB). 12 + 16 + 16 + 40 + 64 = 148 MiB, rounded up to 192 MiB. Measured on the 2-core dev
+///   box: between −12 and +33 MiB.
+/// * The signal: a segment kept although it holds no live block is 4 MiB of address space (RSS
+///   barely shows it: its pages were given back). With the allocator as of commit 3db33b2, whose
+///   threads never looked again at adopted pages of size classes they do not allocate from, the
+///   steady thread kept every segment it adopted: +550 to +620 MiB over the default run (about
+///   40 MiB per generation), three times this bound.
+const VM_SLACK: usize = 192 * MIB;
 
 /// Counters printed at the end.
 #[derive(Default)]
@@ -351,6 +375,37 @@ fn live_bytes(shared: &Shared) -> (usize, usize) {
     (bytes, count)
 }
 
+/// Blocks of one size class only, allocated and freed in batches by the steady thread.
+const STEADY_BLOCK: usize = 8 * KIB;
+const STEADY_BATCH: usize = 256;
+static STOP_STEADY: AtomicBool = AtomicBool::new(false);
+
+/// A thread that lives through all generations and allocates only `STEADY_BLOCK`-sized blocks:
+/// whenever it needs a fresh page it may adopt a segment abandoned by an exited thread, whose
+/// pages of other size classes it never allocates from. Blocks other threads free into those
+/// pages must still come back (and the segments go back to the OS once empty); otherwise the
+/// memory resident beyond the live blocks grows with every generation. Returns its batch count.
+fn steady(seed: u64) -> u64 {
+    let mut batches = 0;
+    let mut live = Vec::with_capacity(STEADY_BATCH);
+    while !STOP_STEADY.load(Ordering::Relaxed) {
+        for _ in 0..STEADY_BATCH {
+            let p = raw::alloc(STEADY_BLOCK, 8, Fill::Full, seed)
+                .unwrap_or_else(|d| panic!("seed {seed}: steady thread: alloc: {d}"));
+            live.push(p);
+        }
+        for p in live.drain(..) {
+            // SAFETY: a live tagged block of ours.
+            if let Err(d) = unsafe { raw::free(p, seed) } {
+                panic!("seed {seed}: steady thread: {d}");
+            }
+        }
+        batches += 1;
+        thread::sleep(Duration::from_millis(2));
+    }
+    batches
+}
+
 fn rss() -> usize {
     shardalloc::resident_bytes().expect("shardalloc::resident_bytes")
 }
@@ -372,10 +427,6 @@ fn stress() {
             Some(d) => format!(" or more, until {d:?} have passed"),
             None => String::new(),
         }
-    );
-    const _: () = assert!(
-        (GENERATIONS - 1) * THREADS * MIB >= 2 * RSS_SLACK,
-        "the RSS bound would not detect a retention of 1 MiB per exited thread"
     );
     let shared = Shared {
         seed,
@@ -402,9 +453,16 @@ fn stress() {
         )
     });
     let start = Instant::now();
+    STOP_STEADY.store(false, Ordering::Relaxed);
+    let steady = thread::Builder::new()
+        .name("stress-steady".into())
+        .spawn(move || steady(seed))
+        .expect("spawn");
     let rss_start = rss();
     // (generation, RSS, live bytes, live blocks)
     let mut readings: Vec<(usize, usize, usize, usize)> = Vec::new();
+    // Virtual size after each generation.
+    let mut vm_readings: Vec<usize> = Vec::new();
     let mut generation = 0;
     loop {
         GENERATION.store(generation, Ordering::Relaxed);
@@ -430,12 +488,15 @@ fn stress() {
         generation += 1;
         let (bytes, count) = live_bytes(&shared);
         readings.push((generation, rss(), bytes, count));
+        vm_readings.push(common::vm_bytes());
         let done = generation >= GENERATIONS && soak.is_none_or(|d| start.elapsed() >= d);
         if done {
             break;
         }
     }
     let elapsed = start.elapsed();
+    STOP_STEADY.store(true, Ordering::Relaxed);
+    let steady_batches = steady.join().expect("steady thread");
 
     // Drain: verify and free every block still live.
     let mut drained = 0;
@@ -484,6 +545,10 @@ fn stress() {
         get(&st.orphans_taken),
         get(&st.collects),
     );
+    println!(
+        "[stress] the steady thread ({STEADY_BLOCK} B blocks only) ran {steady_batches} batches of \
+         {STEADY_BATCH}"
+    );
     assert_eq!(
         get(&st.allocs),
         get(&st.frees) + drained,
@@ -526,6 +591,27 @@ fn stress() {
         overhead_first as f64 / MIB as f64,
         overhead_end as f64 / MIB as f64,
         mib(RSS_SLACK),
+        common::SEED_VAR,
+    );
+    let (vm_first, vm_end) = (vm_readings[0], *vm_readings.last().unwrap());
+    println!(
+        "[stress] virtual size after the first generation {:.0} MiB, at the end {:.0} MiB (growth \
+         {:+.0} MiB, allowed {:.0} MiB)",
+        mib(vm_first),
+        mib(vm_end),
+        (vm_end as f64 - vm_first as f64) / MIB as f64,
+        mib(VM_SLACK)
+    );
+    assert!(
+        vm_end <= vm_first + VM_SLACK,
+        "seed {seed}: the virtual size grew from {:.0} MiB after the first generation to {:.0} MiB \
+         after generation {generation} (allowed growth {:.0} MiB): segments are kept that hold \
+         no live block. Virtual size after each generation (MiB): {:?}; replay: {}={seed} cargo \
+         test --release --test stress -- --nocapture",
+        mib(vm_first),
+        mib(vm_end),
+        mib(VM_SLACK),
+        vm_readings.iter().map(|&v| v / MIB).collect::<Vec<_>>(),
         common::SEED_VAR,
     );
 }

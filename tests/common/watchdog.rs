@@ -7,9 +7,10 @@
 //! Include it next to `common` with `#[path = "common/watchdog.rs"] mod watchdog;`.
 #![allow(dead_code)]
 
+use std::ptr;
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Aborts the process if it is not dropped within its limit.
 pub(crate) struct Watchdog {
@@ -66,5 +67,26 @@ pub(crate) fn write_stderr(mut bytes: &[u8]) {
             return;
         }
         bytes = &bytes[n as usize..];
+    }
+}
+
+/// Joins `thread` if it exits completely — its thread-local and pthread key destructors included,
+/// which `JoinHandle::is_finished` does not cover — within `limit`; false if it does not (it is
+/// then left running). Take `thread` from a `JoinHandle` with
+/// `std::os::unix::thread::JoinHandleExt::into_pthread_t`.
+pub(crate) fn exited_within(thread: libc::pthread_t, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    loop {
+        // SAFETY: `thread` is a joinable thread that nobody else joins (the caller took it from
+        // its `JoinHandle`).
+        let r = unsafe { libc::pthread_tryjoin_np(thread, ptr::null_mut()) };
+        if r == 0 {
+            return true;
+        }
+        assert_eq!(r, libc::EBUSY, "pthread_tryjoin_np");
+        if t0.elapsed() > limit {
+            return false;
+        }
+        thread::sleep(Duration::from_micros(200));
     }
 }
