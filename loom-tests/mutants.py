@@ -75,6 +75,20 @@ MUTANTS = {
         "match { self.slot.store(encoded, Ordering::Release); Ok::<usize, usize>(0) }",
         "once", "publish_once_races",
     ),
+    # The reaper resets a heap's waiting slots without taking its lock.
+    "reaper-skips-lock": (
+        "src/heap.rs",
+        "            if !slot.try_lock() {\n                continue;\n            }\n            let heap = slot.heap();\n",
+        "            let heap = slot.heap();\n",
+        "reaper", "reaper_races_owner_reuse",
+    ),
+    # Taking a heap's lock without Acquire.
+    "heap-lock-relaxed": (
+        "src/registry.rs",
+        ".compare_exchange(OWNED, LOCKED, Ordering::Acquire, Ordering::Relaxed)",
+        ".compare_exchange(OWNED, LOCKED, Ordering::Relaxed, Ordering::Relaxed)",
+        "reaper", "reaper_races_owner_reuse",
+    ),
 }
 
 PATTERNS = ("Causality", "assertion", "SIGSEGV", "signal", "panicked")

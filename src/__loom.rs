@@ -70,6 +70,26 @@ impl ModelHeap {
         }
     }
 
+    /// Like [`ModelHeap::new`], and registered in the world's heap registry
+    /// (so other heaps' reapers can reach it).
+    pub fn new_registered(world: &World, thread_id: usize) -> ModelHeap {
+        let heap = ModelHeap::new(world, thread_id);
+        let Some(slot) = world.shared.heaps.claim() else {
+            panic!("the model registry is full");
+        };
+        // SAFETY: the slot is ours from `claim`; the boxed heap stays put
+        // until `abandon` releases the slot (the model calls it before
+        // dropping the heap).
+        unsafe { heap.heap.register(slot) };
+        heap
+    }
+
+    /// The reaper pass of this heap's slow path over the other registered
+    /// heaps (every waiting page slot with `force`).
+    pub fn reap_others(&self, force: bool) {
+        self.heap.reap_idle_heaps(force);
+    }
+
     /// Allocates `size ≥ 64` bytes through the heap's slow path (the real
     /// page search, extension, full-queue and fresh-page code).
     pub fn alloc(&self, size: usize) -> *mut u8 {
@@ -119,6 +139,11 @@ impl ModelHeap {
     pub fn alloc_huge(&self, size: usize) -> *mut u8 {
         // SAFETY: owner thread.
         unsafe { self.heap.malloc_huge(size, 16) }
+    }
+
+    /// Bytes of empty page slots waiting on the heap's reset queue.
+    pub fn pending_reset(&self) -> usize {
+        self.heap.pending_reset_bytes()
     }
 
     /// Segments the heap holds.
@@ -294,6 +319,15 @@ pub struct PageView {
     pub mode: usize,
     /// The page sits in its heap's full queue.
     pub in_full: bool,
+}
+
+/// The address of the page descriptor of the page holding `ptr` (to tell
+/// whether two blocks share a page, or a slot was reused).
+pub fn page_address(ptr: *mut u8) -> usize {
+    let segment = Segment::of(ptr);
+    // SAFETY: `ptr` is a block of a live segment (the caller's), whose
+    // header `page_of` reads.
+    unsafe { Segment::page_of(segment, ptr) }.addr()
 }
 
 /// Reads the page holding `ptr`.

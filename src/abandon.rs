@@ -18,6 +18,7 @@
 //! thread that took it, so it cannot be unmapped under a reader and no ABA
 //! can occur. The loom model `abandoned_list` checks it.
 
+use crate::registry::HeapRegistry;
 use crate::segment::Segment;
 use crate::segment_cache::SegmentCache;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
@@ -115,6 +116,8 @@ pub(crate) struct Shared {
     pub(crate) abandoned: AbandonedSegments,
     /// Empty segments kept for reuse.
     pub(crate) segment_cache: SegmentCache,
+    /// Every live heap, for reapers and statistics.
+    pub(crate) heaps: HeapRegistry,
 }
 
 impl Shared {
@@ -124,6 +127,7 @@ impl Shared {
         Shared {
             abandoned: AbandonedSegments::new(),
             segment_cache: SegmentCache::new(),
+            heaps: HeapRegistry::new(),
         }
     }
 
@@ -133,6 +137,7 @@ impl Shared {
         Shared {
             abandoned: AbandonedSegments::new(),
             segment_cache: SegmentCache::new(),
+            heaps: HeapRegistry::new(),
         }
     }
 }

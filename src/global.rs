@@ -174,16 +174,27 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
     }
 }
 
-/// Returns to the OS what the calling thread's heap can give back now:
-/// processes frees parked by other threads, frees empty pages (with `force`,
-/// also the retired ones kept for reuse) and releases abandoned segments that
-/// became empty.
+/// Returns to the OS what can be given back now.
+///
+/// Always: blocks other threads freed into the calling thread's pages are
+/// taken back, and its empty pages go back (after the reset delay). With
+/// `force`, also at once: the calling thread's retired pages (empty pages
+/// kept for reuse) and pending page memory, abandoned segments whose blocks
+/// were all freed, the segment cache, and the pending page memory of every
+/// other thread's heap whose lock is free (`docs/design.md`, §6).
 pub fn collect(force: bool) {
-    let heap = thread::current_heap();
-    if heap != thread::empty_heap() {
-        // SAFETY: the calling thread's own real heap.
-        unsafe { (*heap).collect(force) };
+    let mut heap = thread::current_heap();
+    if heap == thread::empty_heap() {
+        if !force {
+            return;
+        }
+        heap = thread::init_current();
+        if heap.is_null() {
+            return;
+        }
     }
+    // SAFETY: the calling thread's own real heap.
+    unsafe { (*heap).collect(force) };
 }
 
 #[cfg(test)]

@@ -14,11 +14,13 @@ use crate::abandon::Shared;
 use crate::options;
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::{Block, DelayedMode, IN_FULL, Page, empty_page};
+use crate::registry::{NOTHING_DUE, Slot};
 use crate::segment::{Links, Segment};
 use crate::size_class::{
     BIN_COUNT, BIN_FULL, BIN_HUGE, BLOCK_SIZES, DIRECT_SLOTS, PageKind, QUEUE_COUNT,
     SMALL_BLOCK_MAX, SMALL_SIZE_MAX, WORD, bin_of, direct_slots_of, page_kind_of,
 };
+use crate::stats;
 use crate::sync::{AtomicPtr, Ordering, yield_thread};
 use core::cell::Cell;
 use core::ptr;
@@ -206,6 +208,13 @@ pub(crate) struct Heap {
     /// Lowest and highest bin holding a retired page.
     retired_min: Cell<usize>,
     retired_max: Cell<usize>,
+    /// The heap's registry slot (its lock), or null for a heap outside the
+    /// registry. See `registry`.
+    slot: Cell<*const Slot>,
+    /// Set while a `fork` is under way: the forking thread holds its own
+    /// lock, and an allocation on it in another fork handler must not wait
+    /// for itself.
+    locked_for_fork: Cell<bool>,
 }
 
 // SAFETY: every `Cell` field is touched only by the owning thread (the heap
@@ -233,9 +242,27 @@ macro_rules! heap_value {
             pending_reset: Cell::new(0),
             retired_min: Cell::new(BIN_COUNT),
             retired_max: Cell::new(0),
+            slot: Cell::new(ptr::null()),
+            locked_for_fork: Cell::new(false),
         }
     };
 }
+
+/// The heap's lock, held for the duration of a slow path.
+struct HeapGuard<'a> {
+    slot: Option<&'a Slot>,
+}
+
+impl Drop for HeapGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            slot.unlock();
+        }
+    }
+}
+
+/// Slow-path calls between two looks at whether a reaping pass is due.
+const REAP_CHECK_INTERVAL: usize = 16;
 
 /// Slow-path calls between two collect passes over all of a heap's pages.
 /// Pages of size classes the thread no longer allocates from (adopted from
@@ -265,6 +292,63 @@ impl Heap {
     /// A fresh heap for thread `thread_id`.
     pub(crate) fn new(thread_id: usize, shared: *const Shared) -> Heap {
         heap_value!(thread_id, shared)
+    }
+
+    /// Makes the heap reachable through its registry slot (which the caller
+    /// claimed and still holds locked); unlocks it.
+    ///
+    /// # Safety
+    /// `slot` came from `HeapRegistry::claim` for this heap, which stays at
+    /// this address until it releases the slot (`abandon`).
+    pub(crate) unsafe fn register(&self, slot: &Slot) {
+        self.slot.set(ptr::from_ref(slot));
+        slot.publish(self.as_ptr());
+    }
+
+    /// Takes the heap's lock for a slow path (see `registry`); a no-op for
+    /// a heap outside the registry.
+    #[inline]
+    fn lock(&self) -> HeapGuard<'_> {
+        let slot = self.slot.get();
+        let slot = if slot.is_null() || self.locked_for_fork.get() {
+            None
+        } else {
+            // SAFETY: a registered heap's slot is static (or outlives the
+            // heap, under loom).
+            let slot = unsafe { &*slot };
+            slot.lock();
+            Some(slot)
+        };
+        HeapGuard { slot }
+    }
+
+    /// Whether the heap is in the registry.
+    pub(crate) fn is_registered(&self) -> bool {
+        !self.slot.get().is_null()
+    }
+
+    /// Before `fork`, on the forking thread: holds the heap's lock so that
+    /// no reaper is half-way through the heap when the child is made.
+    ///
+    /// # Safety
+    /// Owner thread, outside any heap operation.
+    pub(crate) unsafe fn lock_for_fork(&self) {
+        let guard = self.lock();
+        core::mem::forget(guard);
+        self.locked_for_fork.set(true);
+    }
+
+    /// After `fork`, in the parent and in the child: ends `lock_for_fork`.
+    ///
+    /// # Safety
+    /// Owner thread (in the child: the forking thread's heap).
+    pub(crate) unsafe fn unlock_after_fork(&self) {
+        if self.locked_for_fork.replace(false) {
+            drop(HeapGuard {
+                // SAFETY: as in `lock`.
+                slot: unsafe { self.slot.get().as_ref() },
+            });
+        }
     }
 
     /// The owner thread's id.
@@ -306,6 +390,13 @@ impl Heap {
             segment = unsafe { (*segment).all.next.get() };
         }
         count
+    }
+
+    /// Bytes of empty page slots waiting on the reset queue (loom models).
+    #[cfg(loom)]
+    pub(crate) fn pending_reset_bytes(&self) -> usize {
+        let _guard = self.lock();
+        self.pending_reset.get()
     }
 
     /// A non-atomic access to the one field other threads write: under loom
@@ -381,6 +472,7 @@ impl Heap {
     /// Called on the owner thread, on a real (non-empty) heap.
     #[inline(never)]
     pub(crate) unsafe fn malloc_generic(&self, size: usize, zero: bool) -> *mut u8 {
+        let _guard = self.lock();
         // SAFETY: owner thread (caller) throughout.
         unsafe {
             self.heartbeat();
@@ -407,6 +499,7 @@ impl Heap {
     /// Called on the owner thread, on a real (non-empty) heap.
     #[inline(never)]
     pub(crate) unsafe fn malloc_huge(&self, size: usize, align: usize) -> *mut u8 {
+        let _guard = self.lock();
         // SAFETY: owner thread (caller) throughout.
         unsafe {
             self.heartbeat();
@@ -430,7 +523,7 @@ impl Heap {
         // Relaxed: a cheap emptiness test; `process_delayed` acquires.
         if !self.thread_delayed_free.load(Ordering::Relaxed).is_null() {
             // SAFETY: owner thread (caller).
-            unsafe { self.process_delayed(false) };
+            unsafe { self.process_delayed_locked(false) };
         }
         if !self.reset_queue.first.get().is_null() {
             // SAFETY: owner thread (caller).
@@ -440,7 +533,10 @@ impl Heap {
         self.slow_calls.set(calls);
         if calls.is_multiple_of(COLLECT_INTERVAL) {
             // SAFETY: owner thread (caller).
-            unsafe { self.collect(false) };
+            unsafe { self.collect_locked(false) };
+        }
+        if calls.is_multiple_of(REAP_CHECK_INTERVAL) {
+            self.reap_idle_heaps(false);
         }
     }
 
@@ -524,6 +620,7 @@ impl Heap {
             }
             let segment = Segment::of(page.cast());
             let (area, area_size) = Segment::page_area(segment, Segment::page_index(segment, page));
+            Segment::note_page_committed(segment, page);
             (*page).init(self.as_ptr(), bin, block_size, area, area_size);
             self.queue_push_front(bin, page);
             page
@@ -585,6 +682,7 @@ impl Heap {
             if heap.is_null() {
                 crate::fatal::fatal("local free into a page without a heap");
             }
+            let _guard = (*heap).lock();
             (*heap).page_after_free(page);
         }
     }
@@ -823,7 +921,7 @@ impl Heap {
         // SAFETY: owner thread (caller); the slot is ours and unused.
         unsafe {
             let segment = Segment::of(page.cast());
-            if (*page).reset_pending.get() {
+            if (*page).is_reset_pending() {
                 return;
             }
             let delay = options::reset_delay_ms();
@@ -832,7 +930,7 @@ impl Heap {
                 self.segment_free_if_empty(segment);
                 return;
             }
-            (*page).reset_pending.set(true);
+            (*page).replace_reset_pending(true);
             (*segment)
                 .pending_pages
                 .set((*segment).pending_pages.get() + 1);
@@ -848,7 +946,85 @@ impl Heap {
                 }
                 self.reset_pending_page(oldest);
             }
+            self.publish_reset_due();
         }
+    }
+
+    /// Tells reapers when the oldest slot on the reset queue is due.
+    fn publish_reset_due(&self) {
+        let slot = self.slot.get();
+        if slot.is_null() {
+            return;
+        }
+        let first = self.reset_queue.first.get();
+        let due = if first.is_null() {
+            NOTHING_DUE
+        } else {
+            // SAFETY: slots on our reset queue are live (we hold the lock).
+            usize::try_from(unsafe { (*first).reset_at.get() }).unwrap_or(NOTHING_DUE)
+        };
+        // SAFETY: a registered heap's slot outlives it (see `lock`).
+        unsafe { (*slot).set_reset_due(due) };
+    }
+
+    /// The reaper: gives back, for heaps of other threads, the memory of
+    /// empty page slots whose reset is overdue by a whole reset delay (their
+    /// owner has not passed through a slow path since), or of every waiting
+    /// slot with `force`. At most one pass per reset delay across the
+    /// process unless `force`; heaps whose lock is busy are skipped.
+    pub(crate) fn reap_idle_heaps(&self, force: bool) {
+        let shared = self.shared.get();
+        if shared.is_null() {
+            return;
+        }
+        let delay = usize::try_from(options::reset_delay_ms()).unwrap_or(usize::MAX);
+        let now = usize::try_from(os::now_ms()).unwrap_or(usize::MAX);
+        // SAFETY: `shared` outlives every heap.
+        let registry = unsafe { &(*shared).heaps };
+        if !force && !registry.reap_is_due(now, delay.max(1)) {
+            return;
+        }
+        for slot in registry.slots() {
+            if ptr::eq(slot, self.slot.get()) {
+                continue;
+            }
+            let due = slot.reset_due();
+            if due == NOTHING_DUE || (!force && due.saturating_add(delay) > now) {
+                continue;
+            }
+            if !slot.try_lock() {
+                continue;
+            }
+            let heap = slot.heap();
+            // SAFETY: we hold the heap's lock, so its reset queue, segments
+            // and page slots are ours until we unlock; the fast paths of its
+            // owner never touch unused slots.
+            unsafe { (*heap).reset_expired(force) };
+            slot.unlock();
+        }
+    }
+
+    /// Bytes in live blocks of the heap's size-classed pages (huge blocks
+    /// are counted process-wide, see `stats`). Blocks other threads freed
+    /// and the owner has not collected yet still count.
+    ///
+    /// # Safety
+    /// The caller holds the heap's lock.
+    pub(crate) unsafe fn live_bytes(&self) -> usize {
+        let mut live = 0;
+        let mut segment = self.segments.first.get();
+        // SAFETY: segments on the heap's list and their slots stay as they
+        // are while we hold the lock; `used` may move under us (the owner's
+        // fast paths), and is read atomically.
+        unsafe {
+            while !segment.is_null() {
+                if (*segment).kind != PageKind::Huge {
+                    live += Segment::live_bytes(segment);
+                }
+                segment = (*segment).all.next.get();
+            }
+        }
+        live
     }
 
     /// Takes a slot off the reset queue (it is being reused, or its segment
@@ -859,7 +1035,7 @@ impl Heap {
     unsafe fn unschedule_reset(&self, page: *mut Page) {
         // SAFETY: owner thread (caller).
         unsafe {
-            if !(*page).reset_pending.replace(false) {
+            if !(*page).replace_reset_pending(false) {
                 return;
             }
             let _ = self.reset_queue.remove(page);
@@ -870,6 +1046,7 @@ impl Heap {
             let bytes = Segment::page_memory(segment, page).1;
             self.pending_reset
                 .set(self.pending_reset.get().saturating_sub(bytes));
+            self.publish_reset_due();
         }
     }
 
@@ -938,7 +1115,18 @@ impl Heap {
     ///
     /// # Safety
     /// Owner thread.
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     pub(crate) unsafe fn process_delayed(&self, wait_all: bool) {
+        let _guard = self.lock();
+        // SAFETY: forwarded from the caller; we hold the lock.
+        unsafe { self.process_delayed_locked(wait_all) }
+    }
+
+    /// `process_delayed` with the heap's lock already held.
+    ///
+    /// # Safety
+    /// Owner thread, holding the lock.
+    unsafe fn process_delayed_locked(&self, wait_all: bool) {
         loop {
             // Relaxed: emptiness test; the CAS below acquires.
             let mut head = self.thread_delayed_free.load(Ordering::Relaxed);
@@ -997,6 +1185,7 @@ impl Heap {
     /// # Safety
     /// Owner thread; nothing allocates from the heap afterwards.
     pub(crate) unsafe fn abandon(&self) {
+        let guard = self.lock();
         // SAFETY: owner thread (caller) throughout.
         unsafe {
             // 0. Huge blocks still out: hand each segment to whichever thread
@@ -1031,7 +1220,7 @@ impl Heap {
             //    remote thread in `Freeing`).
             self.for_each_page(|page| (*page).set_delayed_mode(DelayedMode::Never, false));
             // 2. Blocks parked before that: free them all.
-            self.process_delayed(true);
+            self.process_delayed_locked(true);
             // 3. Give back every page that is now empty (including retired ones).
             self.for_each_page(|page| {
                 (*page).collect_thread_free();
@@ -1070,6 +1259,7 @@ impl Heap {
                 // the hand-off to a reclaiming thread is ordered by the
                 // list's Release push.
                 (*segment).thread_id.store(0, Ordering::Relaxed);
+                note_abandoned_live(segment);
                 (*shared).abandoned.push(segment);
                 segment = next;
             }
@@ -1084,6 +1274,12 @@ impl Heap {
             for slot in &self.direct {
                 slot.set(empty_page());
             }
+        }
+        // 5. Leave the registry: from here on no reaper reaches the heap.
+        if let Some(slot) = guard.slot {
+            core::mem::forget(guard);
+            self.slot.set(ptr::null());
+            slot.release();
         }
     }
 
@@ -1138,6 +1334,7 @@ impl Heap {
                 taken += 1;
                 let next = Segment::abandoned_next(segment);
                 Segment::set_abandoned_next(segment, ptr::null_mut());
+                stats::ABANDONED_LIVE.sub((*segment).abandoned_live.replace(0));
                 collect_abandoned(segment);
                 if (*segment).used_pages.get() == 0 {
                     Segment::release(segment);
@@ -1145,6 +1342,7 @@ impl Heap {
                     self.adopt(segment);
                     adopted = true;
                 } else {
+                    note_abandoned_live(segment);
                     if keep_first.is_null() {
                         keep_first = segment;
                     } else {
@@ -1202,9 +1400,24 @@ impl Heap {
     /// # Safety
     /// Owner thread, real heap.
     pub(crate) unsafe fn collect(&self, force: bool) {
+        let _guard = self.lock();
+        // SAFETY: forwarded from the caller; we hold the lock.
+        unsafe { self.collect_locked(force) };
+        drop(_guard);
+        if force {
+            // Also what other heaps keep waiting for its reset delay.
+            self.reap_idle_heaps(true);
+        }
+    }
+
+    /// `collect` with the heap's lock already held.
+    ///
+    /// # Safety
+    /// Owner thread, holding the lock.
+    unsafe fn collect_locked(&self, force: bool) {
         // SAFETY: owner thread (caller).
         unsafe {
-            self.process_delayed(force);
+            self.process_delayed_locked(force);
             self.for_each_page(|page| {
                 (*page).collect();
                 if (*page).used.get() == 0 && (force || (*page).retire_expire.get() == 0) {
@@ -1219,6 +1432,22 @@ impl Heap {
                 let _ = self.reclaim(None);
                 (*self.shared.get()).segment_cache.drain();
             }
+        }
+    }
+}
+
+/// Counts the live blocks of a segment about to sit on the abandoned list
+/// in `stats::ABANDONED_LIVE` (huge blocks are counted on their own).
+///
+/// # Safety
+/// The caller exclusively owns the segment.
+unsafe fn note_abandoned_live(segment: *mut Segment) {
+    // SAFETY: exclusive ownership (caller).
+    unsafe {
+        if (*segment).kind != PageKind::Huge {
+            let live = Segment::live_bytes(segment);
+            (*segment).abandoned_live.set(live);
+            stats::ABANDONED_LIVE.add(live);
         }
     }
 }

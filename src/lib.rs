@@ -44,6 +44,7 @@ mod once;
 pub mod options;
 mod os;
 mod page;
+mod registry;
 mod segment;
 mod segment_cache;
 mod size_class;

@@ -200,7 +200,7 @@ pub(crate) struct Page {
     /// Blocks freed by the owner.
     pub(crate) local_free: Cell<*mut Block>,
     /// Blocks handed out, including those in `thread_free`.
-    pub(crate) used: Cell<u32>,
+    pub(crate) used: OwnerCount,
     /// Blocks threaded into the lists so far (lazy extension).
     pub(crate) capacity: Cell<u32>,
     /// Blocks that fit in the page.
@@ -229,8 +229,10 @@ pub(crate) struct Page {
     pub(crate) in_use: Cell<bool>,
     /// The page's memory is known to be zero (fresh from the OS or reset).
     pub(crate) memory_is_zero: Cell<bool>,
-    /// An unused slot on its heap's reset queue (owner only).
-    pub(crate) reset_pending: Cell<bool>,
+    /// An unused slot on its heap's reset queue. Owner only, or the holder
+    /// of the heap's lock (a reaper); an `UnsafeCell` so that loom checks
+    /// that the lock orders the two.
+    reset_pending: UnsafeCell<bool>,
     /// When a pending slot's memory goes back to the OS (`os::now_ms`).
     pub(crate) reset_at: Cell<u64>,
 }
@@ -249,6 +251,34 @@ const _: () = assert!(
 // owner is the thread whose id is stored in the segment, checked on every
 // free before a `Cell` is touched.
 unsafe impl Sync for Page {}
+
+/// A count only the page's owner writes, which `stats()` may read from
+/// another thread (holding the heap's lock, while the owner's fast paths go
+/// on). Plain atomic loads and stores, never a read-modify-write: the owner
+/// pays exactly what a `Cell<u32>` costs.
+pub(crate) struct OwnerCount(core::sync::atomic::AtomicU32);
+
+impl OwnerCount {
+    /// A count of `value`.
+    pub(crate) const fn new(value: u32) -> OwnerCount {
+        OwnerCount(core::sync::atomic::AtomicU32::new(value))
+    }
+
+    /// The count.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> u32 {
+        // Relaxed: pairs with nothing; the owner's own stores are in program
+        // order, and a statistics reader only needs an untorn value.
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the count (owner only).
+    #[inline(always)]
+    pub(crate) fn set(&self, value: u32) {
+        // Relaxed: see `get`.
+        self.0.store(value, core::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// The stand-in page of every direct-table slot whose size class has no
 /// page: its `free` list is empty, so a pop misses and takes the slow path.
@@ -277,7 +307,7 @@ impl Page {
         Page {
             free: Cell::new(ptr::null_mut()),
             local_free: Cell::new(ptr::null_mut()),
-            used: Cell::new(0),
+            used: OwnerCount::new(0),
             capacity: Cell::new(0),
             reserved: Cell::new(0),
             bin: Cell::new(0),
@@ -292,9 +322,29 @@ impl Page {
             prev: Cell::new(ptr::null_mut()),
             in_use: Cell::new(false),
             memory_is_zero: Cell::new(true),
-            reset_pending: Cell::new(false),
+            reset_pending: UnsafeCell::new(false),
             reset_at: Cell::new(0),
         }
+    }
+
+    /// Whether the slot waits on its heap's reset queue.
+    ///
+    /// # Safety
+    /// The caller owns the heap of the page's segment or holds its lock.
+    pub(crate) unsafe fn is_reset_pending(&self) -> bool {
+        // SAFETY: owner or lock holder (caller): no concurrent write.
+        self.reset_pending.with(|pending| unsafe { *pending })
+    }
+
+    /// Marks the slot as waiting (or no longer waiting) for its reset;
+    /// returns the previous value.
+    ///
+    /// # Safety
+    /// As for [`Page::is_reset_pending`].
+    pub(crate) unsafe fn replace_reset_pending(&self, value: bool) -> bool {
+        // SAFETY: owner or lock holder (caller): no concurrent access.
+        self.reset_pending
+            .with_mut(|pending| unsafe { core::mem::replace(&mut *pending, value) })
     }
 
     /// Prepares an unused page for blocks of `block_size` in

@@ -23,6 +23,7 @@ use crate::heap::Heap;
 use crate::os::{self, OS_PAGE_SIZE, checked_align_up};
 use crate::page::{ADDRESS_LIMIT, Page};
 use crate::size_class::PageKind;
+use crate::stats;
 use crate::sync::{AtomicUsize, UnsafeCell};
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
@@ -120,6 +121,9 @@ pub(crate) struct Segment {
     pages_zero: Cell<bool>,
     /// Unused slots on the owning heap's reset queue.
     pub(crate) pending_pages: Cell<usize>,
+    /// While abandoned: the bytes of its live blocks counted in
+    /// `stats::ABANDONED_LIVE` (as of the last look at the segment).
+    pub(crate) abandoned_live: Cell<usize>,
     /// Next segment on the abandoned list (written before publication).
     abandoned_next: UnsafeCell<*mut Segment>,
     /// Page descriptors; only the first `page_count` are initialised.
@@ -247,6 +251,11 @@ impl Segment {
         // SAFETY: exclusively ours (caller); the header is rewritten in place.
         unsafe {
             let zero = (*segment).pages_zero.get();
+            if !zero {
+                // The reset before caching failed: the old layout's dirty
+                // slots stop counting, the new layout's all count (below).
+                Segment::forget_committed(segment);
+            }
             Segment::init_header(
                 segment,
                 kind,
@@ -258,6 +267,12 @@ impl Segment {
                 heap,
                 zero,
             );
+            if !zero {
+                for index in 0..page_count {
+                    let page = Segment::page(segment, index);
+                    stats::COMMITTED.add(Segment::committed_len(segment, page));
+                }
+            }
         }
         NonNull::new(segment)
     }
@@ -285,6 +300,73 @@ impl Segment {
         (start, end.saturating_sub(start.addr()))
     }
 
+    /// The bytes a slot counts for in `stats::COMMITTED` while its memory is
+    /// not known to be zero.
+    ///
+    /// # Safety
+    /// `page` is a slot of the live `segment`.
+    pub(crate) unsafe fn committed_len(segment: *mut Segment, page: *mut Page) -> usize {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if (*segment).kind == PageKind::Huge {
+                (*segment).size - HEADER_SIZE
+            } else {
+                Segment::page_memory(segment, page).1
+            }
+        }
+    }
+
+    /// A page is being set up in a slot: if its memory was known to be zero,
+    /// it now counts as committed. Call before `Page::init`.
+    ///
+    /// # Safety
+    /// `page` is an unused slot of the live `segment`, owned by the caller.
+    pub(crate) unsafe fn note_page_committed(segment: *mut Segment, page: *mut Page) {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if (*page).memory_is_zero.get() {
+                stats::COMMITTED.add(Segment::committed_len(segment, page));
+            }
+        }
+    }
+
+    /// Takes every slot whose memory is not known to be zero out of
+    /// `stats::COMMITTED` (the segment goes away or its memory was reset).
+    ///
+    /// # Safety
+    /// `segment` is live and owned by the caller.
+    unsafe fn forget_committed(segment: *mut Segment) {
+        // SAFETY: forwarded from the caller; indices below page_count.
+        unsafe {
+            for index in 0..(*segment).page_count {
+                let page = Segment::page(segment, index);
+                if !(*page).memory_is_zero.get() {
+                    stats::COMMITTED.sub(Segment::committed_len(segment, page));
+                }
+            }
+        }
+    }
+
+    /// Bytes in live blocks of the segment's pages (blocks freed by other
+    /// threads and not yet collected still count).
+    ///
+    /// # Safety
+    /// `segment` is a live non-huge segment whose slots the caller may read
+    /// (its owner, or the holder of its heap's lock).
+    pub(crate) unsafe fn live_bytes(segment: *mut Segment) -> usize {
+        let mut live = 0;
+        // SAFETY: forwarded from the caller; indices below page_count.
+        unsafe {
+            for index in 0..(*segment).page_count {
+                let page = Segment::page(segment, index);
+                if (*page).in_use.get() {
+                    live += (*page).used.get() as usize * (*page).block_size.get();
+                }
+            }
+        }
+        live
+    }
+
     /// Gives an unused slot's memory back to the OS (if it is not known to
     /// be zero already).
     ///
@@ -297,7 +379,10 @@ impl Segment {
                 return;
             }
             let (start, len) = Segment::page_memory(segment, page);
-            (*page).memory_is_zero.set(os::reset(start, len));
+            if os::reset(start, len) {
+                (*page).memory_is_zero.set(true);
+                stats::COMMITTED.sub(len);
+            }
         }
     }
 
@@ -325,6 +410,12 @@ impl Segment {
                 segment.cast::<u8>().add(HEADER_SIZE),
                 SEGMENT_SIZE - HEADER_SIZE,
             );
+            if zero {
+                Segment::forget_committed(segment);
+                for index in 0..(*segment).page_count {
+                    (*Segment::page(segment, index)).memory_is_zero.set(true);
+                }
+            }
             (*segment).pages_zero.set(zero);
         }
     }
@@ -371,7 +462,9 @@ impl Segment {
             );
             let block = base.as_ptr().add(block_offset);
             let page = Segment::page(segment.as_ptr(), 0);
+            Segment::note_page_committed(segment.as_ptr(), page);
             (*page).init_huge(heap, bin, block, total - block_offset);
+            stats::HUGE_LIVE.add(total - block_offset);
             (*segment.as_ptr()).used_pages.set(1);
             Some((segment, block))
         }
@@ -407,6 +500,7 @@ impl Segment {
             ptr::addr_of_mut!((*segment).in_free_slot_list).write(Cell::new(false));
             ptr::addr_of_mut!((*segment).pages_zero).write(Cell::new(false));
             ptr::addr_of_mut!((*segment).pending_pages).write(Cell::new(0));
+            ptr::addr_of_mut!((*segment).abandoned_live).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).abandoned_next).write(UnsafeCell::new(ptr::null_mut()));
             for index in 0..page_count {
                 let page = Page::new();
@@ -425,6 +519,12 @@ impl Segment {
         // SAFETY: the caller guarantees nothing uses the segment; the
         // mapping parameters are the ones it was created with.
         unsafe {
+            if (*segment).kind == PageKind::Huge {
+                stats::HUGE_LIVE.sub((*Segment::page(segment, 0)).block_size.get());
+            }
+            if !(*segment).pages_zero.get() {
+                Segment::forget_committed(segment);
+            }
             let size = (*segment).size;
             let align = (*segment).map_align;
             os::unmap(NonNull::new_unchecked(segment.cast()), size, align);

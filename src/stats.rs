@@ -45,11 +45,28 @@ pub(crate) static MADVISE_CALLS: Counter = Counter::new();
 pub(crate) static RESERVED: Counter = Counter::new();
 /// Bytes given back with `madvise` so far.
 pub(crate) static RESET_TOTAL: Counter = Counter::new();
+/// Bytes of page memory not known to read as zero: pages in use, and empty
+/// ones whose memory has not been given back yet (see `Segment`).
+pub(crate) static COMMITTED: Counter = Counter::new();
+/// Usable bytes of live huge blocks.
+pub(crate) static HUGE_LIVE: Counter = Counter::new();
+/// Bytes in live blocks of abandoned segments, as of their last look
+/// (thread exit, or a reclaim pass that kept them abandoned).
+pub(crate) static ABANDONED_LIVE: Counter = Counter::new();
 
 /// A snapshot of the allocator's process-wide figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
+    /// Bytes in live blocks (their usable sizes): blocks of every registered
+    /// heap, read under each heap's lock, plus live huge blocks, plus blocks
+    /// of exited threads as of the last look at their segments. Blocks freed
+    /// by another thread count until their page's owner collects them.
+    pub live: usize,
+    /// Bytes of block memory that may be resident: pages in use, and empty
+    /// pages whose memory has not been given back yet (headers and heap
+    /// metadata excluded).
+    pub committed: usize,
     /// Bytes of address space mapped from the OS now (segments, huge blocks,
     /// thread heaps). Not all of it is resident.
     pub reserved: usize,
@@ -69,11 +86,29 @@ pub struct Stats {
     pub resident: Option<usize>,
 }
 
-/// Reads the counters (no allocation, no lock).
+/// How many times `stats` yields to a heap's owner busy in a slow path.
+#[cfg(not(loom))]
+const LOCK_ROUNDS: usize = 1000;
+
+/// Reads the counters and walks every registered heap's pages for the live
+/// bytes (no allocation; each heap's lock is taken in turn, so its owner
+/// may wait for the walk of its segments).
 #[cfg(not(loom))]
 pub fn stats() -> Stats {
     let shared = &crate::thread::SHARED;
+    let mut live = HUGE_LIVE.get().wrapping_add(ABANDONED_LIVE.get());
+    for slot in shared.heaps.slots() {
+        // Bounded: a slot left locked by a thread that vanished in `fork`
+        // is skipped rather than waited for.
+        if slot.lock_bounded(LOCK_ROUNDS) {
+            // SAFETY: we hold the heap's lock (see `registry`).
+            live = live.wrapping_add(unsafe { (*slot.heap()).live_bytes() });
+            slot.unlock();
+        }
+    }
     Stats {
+        live,
+        committed: COMMITTED.get(),
         reserved: RESERVED.get(),
         reset: RESET_TOTAL.get(),
         abandoned_segments: shared.abandoned.len(),
@@ -96,6 +131,8 @@ pub fn print_stats() {
     let mut line = Line::new();
     line.text("shardalloc stats\n");
     for (name, value) in [
+        ("  live blocks   ", Some(s.live)),
+        ("  committed     ", Some(s.committed)),
         ("  reserved      ", Some(s.reserved)),
         ("  resident      ", s.resident),
         ("  reset (total) ", Some(s.reset)),

@@ -112,7 +112,13 @@ fn init_process() {
             crate::options::read_environment();
             // SAFETY: the handler has the C ABI signature pthread expects and
             // stays valid for the life of the process.
-            let registered = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+            let registered = unsafe {
+                libc::pthread_atfork(
+                    Some(before_fork),
+                    Some(after_fork_in_parent),
+                    Some(after_fork_in_child),
+                )
+            };
             (registered == 0).then_some(1)
         },
         |_| {},
@@ -129,7 +135,31 @@ extern "C" fn after_fork_in_child() {
     let heap = current_heap();
     if heap != empty_heap() {
         // SAFETY: our own heap, and no other thread exists.
-        unsafe { (*heap).forget_parent_threads() };
+        unsafe {
+            (*heap).unlock_after_fork();
+            (*heap).forget_parent_threads();
+        }
+    }
+}
+
+/// Runs before `fork` on the forking thread: holds its heap's lock, so the
+/// child never inherits the heap half-way through another thread's reaping
+/// pass (see `registry`). Heaps of the parent's other threads may be left
+/// locked in the child; nobody there uses them.
+extern "C" fn before_fork() {
+    let heap = current_heap();
+    if heap != empty_heap() {
+        // SAFETY: our own heap.
+        unsafe { (*heap).lock_for_fork() };
+    }
+}
+
+/// Runs after `fork` in the parent: ends [`before_fork`].
+extern "C" fn after_fork_in_parent() {
+    let heap = current_heap();
+    if heap != empty_heap() {
+        // SAFETY: our own heap.
+        unsafe { (*heap).unlock_after_fork() };
     }
 }
 
@@ -159,17 +189,60 @@ pub(crate) fn init_current() -> *mut Heap {
         return ptr::null_mut();
     };
     init_process();
-    let Some(memory) = os::map(HEAP_MAP_SIZE, OS_PAGE_SIZE, 0) else {
-        return ptr::null_mut();
-    };
-    let heap = memory.cast::<Heap>().as_ptr();
-    // SAFETY: fresh memory, large enough and aligned for a `Heap`.
-    unsafe { heap.write(Heap::new(assign_thread_id(), ptr::from_ref(&SHARED))) };
+    let heap = new_heap(assign_thread_id());
+    if heap.is_null() {
+        return heap;
+    }
     THREAD_HEAP.with(|cell| cell.set(heap));
     // SAFETY: the key exists; a failure here only means the heap is never
     // torn down at exit (its memory stays valid: a leak, not a fault).
     unsafe { libc::pthread_setspecific(key, heap.cast::<c_void>().cast_const()) };
     heap
+}
+
+/// A heap for thread `thread_id`, registered (see `registry`) if the
+/// registry has room; its memory is a former heap's, kept by the registry
+/// slot, or fresh from the OS. Null if the OS refuses memory.
+fn new_heap(thread_id: usize) -> *mut Heap {
+    let slot = SHARED.heaps.claim();
+    let mut heap = slot.map_or(ptr::null_mut(), |slot| slot.spare_memory());
+    if heap.is_null() {
+        let Some(memory) = os::map(HEAP_MAP_SIZE, OS_PAGE_SIZE, 0) else {
+            if let Some(slot) = slot {
+                slot.release();
+            }
+            return ptr::null_mut();
+        };
+        heap = memory.cast::<Heap>().as_ptr();
+    }
+    // SAFETY: memory large enough and aligned for a `Heap`, which nobody
+    // else uses: fresh, or the spare of a slot we hold (its former heap was
+    // torn down before the slot was released).
+    unsafe {
+        heap.write(Heap::new(thread_id, ptr::from_ref(&SHARED)));
+        if let Some(slot) = slot {
+            (*heap).register(slot);
+        }
+    }
+    heap
+}
+
+/// Gives a torn-down heap's memory back: to its registry slot (which keeps
+/// it for the next heap) or, for an unregistered heap, to the OS.
+///
+/// # Safety
+/// `heap` came from [`new_heap`] and `abandon` has run on it.
+unsafe fn drop_heap(heap: *mut Heap, was_registered: bool) {
+    if !was_registered {
+        // SAFETY: an unregistered heap's own mapping (caller).
+        unsafe {
+            os::unmap(
+                NonNull::new_unchecked(heap.cast()),
+                HEAP_MAP_SIZE,
+                OS_PAGE_SIZE,
+            )
+        };
+    }
 }
 
 /// The exit-key destructor: abandons the exiting thread's heap.
@@ -190,12 +263,9 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
         if (*heap).thread_id() != current_thread_id() {
             return;
         }
+        let registered = (*heap).is_registered();
         (*heap).abandon();
-        os::unmap(
-            NonNull::new_unchecked(heap.cast()),
-            HEAP_MAP_SIZE,
-            OS_PAGE_SIZE,
-        );
+        drop_heap(heap, registered);
     }
 }
 

@@ -1,0 +1,83 @@
+//! loom model of the reaper (`registry`): another thread gives back the
+//! memory of a heap's waiting page slots while the heap's owner reuses one,
+//! on shardalloc's real code (`--cfg loom`; see `src/lib.rs` of this crate).
+#![cfg(loom)]
+
+use loom::sync::Arc;
+use loom::thread;
+use shardalloc::__loom::{self as model, ModelHeap, World};
+use shardalloc_loom_tests::{OWNER, REMOTE_A, builder};
+
+/// A large block has a page (and a segment) to itself: few allocations
+/// reach the slot reuse.
+const SIZE: usize = 512 << 10;
+const PATTERN: u8 = 0xA5;
+/// Bytes at the start of a block that the model leaves to the allocator.
+const LINK: usize = 64;
+
+/// The owner empties a page, whose slot then waits on the heap's reset
+/// queue (the model clock never moves, so only a reaper can reset it).
+/// A reaper on another thread resets every waiting slot of the other
+/// registered heaps while the owner allocates again, reusing that slot, and
+/// fills its block. Afterwards:
+/// * the block still holds what the owner wrote (a reset of a slot in use
+///   would zero it);
+/// * loom saw every access to the slot's reset state ordered by the heap's
+///   lock (the state is a tracked cell);
+/// * every segment is released exactly once at the end.
+#[test]
+fn reaper_races_owner_reuse() {
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let owner = ModelHeap::new_registered(&world, OWNER);
+        // a and c each fill a page; freeing a empties page 1, which is not
+        // alone in its queue (page 2 is), so its slot goes onto the reset
+        // queue.
+        let (a, c) = (owner.alloc(SIZE), owner.alloc(SIZE));
+        // SAFETY: our own live block.
+        unsafe { owner.free(a) };
+        assert_ne!(model::page_address(a), model::page_address(c));
+        assert!(
+            owner.pending_reset() > 0,
+            "page 1's slot waits for its reset"
+        );
+        let reaper_world = Arc::clone(&world);
+        let reaper = thread::spawn(move || {
+            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
+            reaper.reap_others(true);
+            reaper.abandon();
+        });
+        // e needs a fresh page and reuses page 1's slot (taking it off the
+        // reset queue, unless the reaper reset it first).
+        let e = owner.alloc(SIZE);
+        assert_eq!(
+            model::page_address(e),
+            model::page_address(a),
+            "the emptied slot is reused"
+        );
+        let block = e;
+        // SAFETY: our own live block of SIZE bytes. The first bytes are left
+        // alone: under loom they hold the tracked cell of the free-list link.
+        unsafe { block.add(LINK).write_bytes(PATTERN, SIZE - LINK) };
+        reaper.join().unwrap();
+        // SAFETY: as above; the reaper has finished.
+        let intact = unsafe { core::slice::from_raw_parts(block.add(LINK), SIZE - LINK) }
+            .iter()
+            .all(|&byte| byte == PATTERN);
+        assert!(intact, "a slot in use was reset");
+        for ptr in [c, e] {
+            // SAFETY: our own live blocks.
+            unsafe { owner.free(ptr) };
+        }
+        owner.collect(true);
+        owner.abandon();
+        drop(owner);
+        drop(world);
+        assert_eq!(
+            model::live_mappings(),
+            baseline,
+            "every segment released exactly once"
+        );
+    });
+}
