@@ -211,9 +211,11 @@ pub(crate) struct Heap {
     /// The heap's registry slot (its lock), or null for a heap outside the
     /// registry. See `registry`.
     slot: Cell<*const Slot>,
-    /// Set while a `fork` is under way: the forking thread holds its own
-    /// lock, and an allocation on it in another fork handler must not wait
-    /// for itself.
+    /// How deep the owner is in nested sections holding the lock (the lock
+    /// is re-entrant for the owner; reapers never touch this).
+    lock_depth: Cell<u32>,
+    /// The forking thread holds its own lock across `fork` (see
+    /// `lock_for_fork`).
     locked_for_fork: Cell<bool>,
 }
 
@@ -243,26 +245,32 @@ macro_rules! heap_value {
             retired_min: Cell::new(BIN_COUNT),
             retired_max: Cell::new(0),
             slot: Cell::new(ptr::null()),
+            lock_depth: Cell::new(0),
             locked_for_fork: Cell::new(false),
         }
     };
 }
 
-/// The heap's lock, held for the duration of a slow path.
+/// A section of the owner holding its heap's lock.
 struct HeapGuard<'a> {
-    slot: Option<&'a Slot>,
+    heap: &'a Heap,
 }
 
 impl Drop for HeapGuard<'_> {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot {
-            slot.unlock();
+        let depth = self.heap.lock_depth.get() - 1;
+        self.heap.lock_depth.set(depth);
+        if depth == 0 {
+            if let Some(slot) = self.heap.slot() {
+                slot.unlock();
+            }
         }
     }
 }
 
-/// Slow-path calls between two looks at whether a reaping pass is due.
-const REAP_CHECK_INTERVAL: usize = 16;
+/// Slow-path calls between two looks at whether a reaping pass is due
+/// (each look reads the clock).
+const REAP_CHECK_INTERVAL: usize = 64;
 
 /// Slow-path calls between two collect passes over all of a heap's pages.
 /// Pages of size classes the thread no longer allocates from (adopted from
@@ -272,6 +280,10 @@ const COLLECT_INTERVAL: usize = 1024;
 const _: () = assert!(
     COLLECT_INTERVAL <= 1024,
     "the collect test runs 2048 slow paths"
+);
+const _: () = assert!(
+    COLLECT_INTERVAL.is_multiple_of(REAP_CHECK_INTERVAL),
+    "the heartbeat looks for a collect pass only on reap checks"
 );
 
 /// Retire countdown (in fresh-page searches) of an empty small page kept
@@ -305,21 +317,26 @@ impl Heap {
         slot.publish(self.as_ptr());
     }
 
-    /// Takes the heap's lock for a slow path (see `registry`); a no-op for
-    /// a heap outside the registry.
+    /// The heap's registry slot, if it has one.
+    fn slot(&self) -> Option<&Slot> {
+        // SAFETY: a registered heap's slot is static (or outlives the heap,
+        // under loom).
+        unsafe { self.slot.get().as_ref() }
+    }
+
+    /// Takes the heap's lock (see `registry`) for a section that touches
+    /// page slots, segments or the reset queue; re-entrant, and a no-op for
+    /// a heap outside the registry. Owner thread only.
     #[inline]
     fn lock(&self) -> HeapGuard<'_> {
-        let slot = self.slot.get();
-        let slot = if slot.is_null() || self.locked_for_fork.get() {
-            None
-        } else {
-            // SAFETY: a registered heap's slot is static (or outlives the
-            // heap, under loom).
-            let slot = unsafe { &*slot };
-            slot.lock();
-            Some(slot)
-        };
-        HeapGuard { slot }
+        let depth = self.lock_depth.get();
+        if depth == 0 {
+            if let Some(slot) = self.slot() {
+                slot.lock();
+            }
+        }
+        self.lock_depth.set(depth + 1);
+        HeapGuard { heap: self }
     }
 
     /// Whether the heap is in the registry.
@@ -333,8 +350,7 @@ impl Heap {
     /// # Safety
     /// Owner thread, outside any heap operation.
     pub(crate) unsafe fn lock_for_fork(&self) {
-        let guard = self.lock();
-        core::mem::forget(guard);
+        core::mem::forget(self.lock());
         self.locked_for_fork.set(true);
     }
 
@@ -344,10 +360,7 @@ impl Heap {
     /// Owner thread (in the child: the forking thread's heap).
     pub(crate) unsafe fn unlock_after_fork(&self) {
         if self.locked_for_fork.replace(false) {
-            drop(HeapGuard {
-                // SAFETY: as in `lock`.
-                slot: unsafe { self.slot.get().as_ref() },
-            });
+            drop(HeapGuard { heap: self });
         }
     }
 
@@ -472,7 +485,6 @@ impl Heap {
     /// Called on the owner thread, on a real (non-empty) heap.
     #[inline(never)]
     pub(crate) unsafe fn malloc_generic(&self, size: usize, zero: bool) -> *mut u8 {
-        let _guard = self.lock();
         // SAFETY: owner thread (caller) throughout.
         unsafe {
             self.heartbeat();
@@ -514,28 +526,47 @@ impl Heap {
         }
     }
 
-    /// Housekeeping on every slow path: process blocks that remote threads
-    /// parked on the delayed list.
+    /// Housekeeping on every slow path: blocks remote threads parked on the
+    /// delayed list, page slots whose reset is due, and every so many calls
+    /// a collect pass and a look at other heaps (the reaper). Inlined: on
+    /// most slow paths there is nothing to do, which costs a few loads.
     ///
     /// # Safety
     /// Owner thread.
+    #[inline(always)]
     unsafe fn heartbeat(&self) {
-        // Relaxed: a cheap emptiness test; `process_delayed` acquires.
-        if !self.thread_delayed_free.load(Ordering::Relaxed).is_null() {
-            // SAFETY: owner thread (caller).
-            unsafe { self.process_delayed_locked(false) };
-        }
-        if !self.reset_queue.first.get().is_null() {
-            // SAFETY: owner thread (caller).
-            unsafe { self.reset_expired(false) };
-        }
         let calls = self.slow_calls.get().wrapping_add(1);
         self.slow_calls.set(calls);
-        if calls.is_multiple_of(COLLECT_INTERVAL) {
+        // Relaxed: a cheap emptiness test; `process_delayed` acquires.
+        let delayed = !self.thread_delayed_free.load(Ordering::Relaxed).is_null();
+        let due = self.reset_due_hint();
+        if delayed || due != NOTHING_DUE || calls.is_multiple_of(REAP_CHECK_INTERVAL) {
             // SAFETY: owner thread (caller).
-            unsafe { self.collect_locked(false) };
+            unsafe { self.heartbeat_work(calls, delayed, due) };
+        }
+    }
+
+    /// The part of `heartbeat` that has something to do.
+    ///
+    /// # Safety
+    /// Owner thread.
+    #[cold]
+    #[inline(never)]
+    unsafe fn heartbeat_work(&self, calls: usize, delayed: bool, due: usize) {
+        if delayed {
+            // SAFETY: owner thread (caller).
+            unsafe { self.process_delayed(false) };
+        }
+        if due != NOTHING_DUE && usize::try_from(os::now_ms()).unwrap_or(usize::MAX) >= due {
+            let _guard = self.lock();
+            // SAFETY: owner thread (caller), holding the lock.
+            unsafe { self.reset_expired(false) };
         }
         if calls.is_multiple_of(REAP_CHECK_INTERVAL) {
+            if calls.is_multiple_of(COLLECT_INTERVAL) {
+                // SAFETY: owner thread (caller).
+                unsafe { self.collect(false) };
+            }
             self.reap_idle_heaps(false);
         }
     }
@@ -610,6 +641,7 @@ impl Heap {
     /// # Safety
     /// Owner thread.
     unsafe fn page_fresh(&self, bin: usize) -> *mut Page {
+        let _guard = self.lock();
         let block_size = BLOCK_SIZES[bin];
         let kind = page_kind_of(block_size);
         // SAFETY: owner thread (caller); the claimed slot is ours and unused.
@@ -682,7 +714,6 @@ impl Heap {
             if heap.is_null() {
                 crate::fatal::fatal("local free into a page without a heap");
             }
-            let _guard = (*heap).lock();
             (*heap).page_after_free(page);
         }
     }
@@ -799,6 +830,7 @@ impl Heap {
     /// # Safety
     /// Owner thread; `page` is ours, on one of our queues, with no live block.
     unsafe fn page_free(&self, page: *mut Page) {
+        let _guard = self.lock();
         // SAFETY: owner thread (caller); no block of the page is live, so no
         // remote thread can reach the page.
         unsafe {
@@ -947,6 +979,25 @@ impl Heap {
                 self.reset_pending_page(oldest);
             }
             self.publish_reset_due();
+        }
+    }
+
+    /// When the oldest slot on the reset queue is due ([`NOTHING_DUE`] if
+    /// none): a hint, read without the lock (a reaper may change the queue
+    /// of a registered heap, and keeps the slot's copy of the hint true).
+    fn reset_due_hint(&self) -> usize {
+        match self.slot() {
+            Some(slot) => slot.reset_due(),
+            None => {
+                let first = self.reset_queue.first.get();
+                if first.is_null() {
+                    NOTHING_DUE
+                } else {
+                    // SAFETY: slots on the reset queue are live; no reaper
+                    // reaches an unregistered heap.
+                    usize::try_from(unsafe { (*first).reset_at.get() }).unwrap_or(NOTHING_DUE)
+                }
+            }
         }
     }
 
@@ -1115,18 +1166,7 @@ impl Heap {
     ///
     /// # Safety
     /// Owner thread.
-    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
     pub(crate) unsafe fn process_delayed(&self, wait_all: bool) {
-        let _guard = self.lock();
-        // SAFETY: forwarded from the caller; we hold the lock.
-        unsafe { self.process_delayed_locked(wait_all) }
-    }
-
-    /// `process_delayed` with the heap's lock already held.
-    ///
-    /// # Safety
-    /// Owner thread, holding the lock.
-    unsafe fn process_delayed_locked(&self, wait_all: bool) {
         loop {
             // Relaxed: emptiness test; the CAS below acquires.
             let mut head = self.thread_delayed_free.load(Ordering::Relaxed);
@@ -1220,7 +1260,7 @@ impl Heap {
             //    remote thread in `Freeing`).
             self.for_each_page(|page| (*page).set_delayed_mode(DelayedMode::Never, false));
             // 2. Blocks parked before that: free them all.
-            self.process_delayed_locked(true);
+            self.process_delayed(true);
             // 3. Give back every page that is now empty (including retired ones).
             self.for_each_page(|page| {
                 (*page).collect_thread_free();
@@ -1276,8 +1316,9 @@ impl Heap {
             }
         }
         // 5. Leave the registry: from here on no reaper reaches the heap.
-        if let Some(slot) = guard.slot {
-            core::mem::forget(guard);
+        core::mem::forget(guard);
+        self.lock_depth.set(0);
+        if let Some(slot) = self.slot() {
             self.slot.set(ptr::null());
             slot.release();
         }
@@ -1317,6 +1358,7 @@ impl Heap {
     /// # Safety
     /// Owner thread.
     unsafe fn reclaim(&self, kind: Option<PageKind>) -> bool {
+        let _guard = self.lock();
         let kind = kind.filter(|&kind| kind != PageKind::Huge);
         // SAFETY: `shared` outlives every heap.
         let abandoned = unsafe { &(*self.shared.get()).abandoned };
@@ -1400,24 +1442,10 @@ impl Heap {
     /// # Safety
     /// Owner thread, real heap.
     pub(crate) unsafe fn collect(&self, force: bool) {
-        let _guard = self.lock();
-        // SAFETY: forwarded from the caller; we hold the lock.
-        unsafe { self.collect_locked(force) };
-        drop(_guard);
-        if force {
-            // Also what other heaps keep waiting for its reset delay.
-            self.reap_idle_heaps(true);
-        }
-    }
-
-    /// `collect` with the heap's lock already held.
-    ///
-    /// # Safety
-    /// Owner thread, holding the lock.
-    unsafe fn collect_locked(&self, force: bool) {
-        // SAFETY: owner thread (caller).
+        let guard = self.lock();
+        // SAFETY: owner thread (caller), holding the lock.
         unsafe {
-            self.process_delayed_locked(force);
+            self.process_delayed(force);
             self.for_each_page(|page| {
                 (*page).collect();
                 if (*page).used.get() == 0 && (force || (*page).retire_expire.get() == 0) {
@@ -1432,6 +1460,11 @@ impl Heap {
                 let _ = self.reclaim(None);
                 (*self.shared.get()).segment_cache.drain();
             }
+        }
+        drop(guard);
+        if force {
+            // Also what other heaps keep waiting for their reset delay.
+            self.reap_idle_heaps(true);
         }
     }
 }
