@@ -323,10 +323,12 @@ pub struct PageView {
 
 /// The address of the page descriptor of the page holding `ptr` (to tell
 /// whether two blocks share a page, or a slot was reused).
-pub fn page_address(ptr: *mut u8) -> usize {
+///
+/// # Safety
+/// `ptr` is a block of a live segment of this model.
+pub unsafe fn page_address(ptr: *mut u8) -> usize {
     let segment = Segment::of(ptr);
-    // SAFETY: `ptr` is a block of a live segment (the caller's), whose
-    // header `page_of` reads.
+    // SAFETY: the segment is live (caller); `page_of` reads its header.
     unsafe { Segment::page_of(segment, ptr) }.addr()
 }
 

@@ -260,10 +260,10 @@ impl Drop for HeapGuard<'_> {
     fn drop(&mut self) {
         let depth = self.heap.lock_depth.get() - 1;
         self.heap.lock_depth.set(depth);
-        if depth == 0 {
-            if let Some(slot) = self.heap.slot() {
-                slot.unlock();
-            }
+        if depth == 0
+            && let Some(slot) = self.heap.slot()
+        {
+            slot.unlock();
         }
     }
 }
@@ -330,10 +330,10 @@ impl Heap {
     #[inline]
     fn lock(&self) -> HeapGuard<'_> {
         let depth = self.lock_depth.get();
-        if depth == 0 {
-            if let Some(slot) = self.slot() {
-                slot.lock();
-            }
+        if depth == 0
+            && let Some(slot) = self.slot()
+        {
+            slot.lock();
         }
         self.lock_depth.set(depth + 1);
         HeapGuard { heap: self }

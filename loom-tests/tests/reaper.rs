@@ -37,7 +37,10 @@ fn reaper_races_owner_reuse() {
         let (a, c) = (owner.alloc(SIZE), owner.alloc(SIZE));
         // SAFETY: our own live block.
         unsafe { owner.free(a) };
-        assert_ne!(model::page_address(a), model::page_address(c));
+        // SAFETY: a (freed, its segment kept) and c are blocks of live segments.
+        assert_ne!(unsafe { model::page_address(a) }, unsafe {
+            model::page_address(c)
+        });
         assert!(
             owner.pending_reset() > 0,
             "page 1's slot waits for its reset"
@@ -51,11 +54,9 @@ fn reaper_races_owner_reuse() {
         // e needs a fresh page and reuses page 1's slot (taking it off the
         // reset queue, unless the reaper reset it first).
         let e = owner.alloc(SIZE);
-        assert_eq!(
-            model::page_address(e),
-            model::page_address(a),
-            "the emptied slot is reused"
-        );
+        // SAFETY: e is live; a's address lies in the same (reused) segment.
+        let (page_e, page_a) = unsafe { (model::page_address(e), model::page_address(a)) };
+        assert_eq!(page_e, page_a, "the emptied slot is reused");
         let block = e;
         // SAFETY: our own live block of SIZE bytes. The first bytes are left
         // alone: under loom they hold the tracked cell of the free-list link.
