@@ -84,6 +84,22 @@ impl ModelHeap {
         heap
     }
 
+    /// A first-class heap (`shardalloc::Heap`) of the thread `thread_id`,
+    /// registered: it never adopts abandoned segments and can be destroyed.
+    pub fn new_first_class(world: &World, thread_id: usize) -> ModelHeap {
+        let heap = ModelHeap::new_registered(world, thread_id);
+        heap.heap.set_first_class();
+        heap
+    }
+
+    /// `Heap::destroy`: releases every page and segment of the heap (the
+    /// model may then drop it).
+    pub fn destroy(&self) {
+        // SAFETY: owner thread; the model uses none of the heap's blocks
+        // afterwards, and frees them only before (ordered by join).
+        unsafe { self.heap.destroy() }
+    }
+
     /// The reaper pass of this heap's slow path over the other registered
     /// heaps (every waiting page slot with `force`).
     pub fn reap_others(&self, force: bool) {

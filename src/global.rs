@@ -60,7 +60,23 @@ unsafe impl GlobalAlloc for ShardAlloc {
 /// calling thread's heap; null when out of memory.
 #[inline(always)]
 fn allocate(size: usize, align: usize, zero: bool) -> *mut u8 {
-    let heap = thread::current_heap();
+    // SAFETY: the thread's own heap (or the static empty heap).
+    unsafe { allocate_in(thread::current_heap(), size, align, zero) }
+}
+
+/// Allocates `size` bytes aligned to `align` (a power of two) from `heap`;
+/// null when out of memory.
+///
+/// # Safety
+/// `heap` is a heap of the calling thread, or the static empty heap (which
+/// stands for the thread's default heap, made on the slow path).
+#[inline(always)]
+pub(crate) unsafe fn allocate_in(
+    heap: *mut Heap,
+    size: usize,
+    align: usize,
+    zero: bool,
+) -> *mut u8 {
     if size <= SMALL_SIZE_MAX && align <= MIN_ALIGN {
         // Blocks ≥ 16 B are 16-aligned; the 8 B class only 8-aligned.
         let size = size.max(align);
@@ -104,12 +120,14 @@ fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut
     }
 }
 
-/// Frees a block.
+/// Frees a block of any heap (a first-class [`Heap`](crate::Heap) or a
+/// thread's default heap), from any thread.
 ///
 /// # Safety
-/// `ptr` is a live block returned by this allocator.
+/// `ptr` is a live block returned by this allocator (by [`ShardAlloc`] or
+/// a [`Heap`](crate::Heap) that still exists).
 #[inline(always)]
-unsafe fn free(ptr: *mut u8) {
+pub unsafe fn free(ptr: *mut u8) {
     // SAFETY: forwarded from the caller; the id is the calling thread's.
     unsafe { free_block(ptr, thread::current_thread_id()) }
 }
@@ -117,6 +135,21 @@ unsafe fn free(ptr: *mut u8) {
 /// # Safety
 /// `ptr` is a live block allocated with `layout`; `new_size > 0`.
 unsafe fn reallocate(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+    // SAFETY: forwarded; the thread's own heap (or the static empty heap).
+    unsafe { reallocate_in(thread::current_heap(), ptr, layout, new_size) }
+}
+
+/// Resizes a block; a block that has to move moves into `heap`.
+///
+/// # Safety
+/// `ptr` is a live block allocated with `layout`; `new_size > 0`; `heap` as
+/// for [`allocate_in`].
+pub(crate) unsafe fn reallocate_in(
+    heap: *mut Heap,
+    ptr: *mut u8,
+    layout: Layout,
+    new_size: usize,
+) -> *mut u8 {
     // SAFETY: a live block (caller).
     let usable = unsafe { usable_size(ptr) };
     if new_size <= usable {
@@ -144,7 +177,8 @@ unsafe fn reallocate(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         }
     }
     // Move: the new block honours the alignment for the new size.
-    let new = allocate(new_size, layout.align(), false);
+    // SAFETY: forwarded from the caller.
+    let new = unsafe { allocate_in(heap, new_size, layout.align(), false) };
     if !new.is_null() {
         // SAFETY: both blocks are live, distinct, and at least this long.
         unsafe {

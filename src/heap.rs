@@ -217,6 +217,19 @@ pub(crate) struct Heap {
     /// The forking thread holds its own lock across `fork` (see
     /// `lock_for_fork`).
     locked_for_fork: Cell<bool>,
+    /// A first-class heap (`shardalloc::Heap`): it never adopts abandoned
+    /// segments, which `destroy` would otherwise free with it.
+    first_class: Cell<bool>,
+    /// The thread's list of its first-class heaps (see `thread`).
+    pub(crate) next_first_class: Cell<*mut Heap>,
+    pub(crate) prev_first_class: Cell<*mut Heap>,
+    /// Bytes of page memory the heap holds in pages in use (and its peak);
+    /// see `Segment::committed_len`.
+    page_bytes: Cell<usize>,
+    peak_page_bytes: Cell<usize>,
+    /// At most this many `page_bytes`: a page or huge block beyond it is
+    /// refused (the allocation returns null).
+    limit: Cell<usize>,
 }
 
 // SAFETY: every `Cell` field is touched only by the owning thread (the heap
@@ -247,6 +260,12 @@ macro_rules! heap_value {
             slot: Cell::new(ptr::null()),
             lock_depth: Cell::new(0),
             locked_for_fork: Cell::new(false),
+            first_class: Cell::new(false),
+            next_first_class: Cell::new(ptr::null_mut()),
+            prev_first_class: Cell::new(ptr::null_mut()),
+            page_bytes: Cell::new(0),
+            peak_page_bytes: Cell::new(0),
+            limit: Cell::new(usize::MAX),
         }
     };
 }
@@ -267,6 +286,10 @@ impl Drop for HeapGuard<'_> {
         }
     }
 }
+
+/// Words of the on-stack bitmap `visit_blocks` marks free blocks in: enough
+/// for the most blocks a page holds (a 64 KiB small page of 8-byte blocks).
+const VISIT_BITMAP_WORDS: usize = 128;
 
 /// Slow-path calls between two looks at whether a reaping pass is due
 /// (each look reads the clock).
@@ -515,13 +538,18 @@ impl Heap {
         // SAFETY: owner thread (caller) throughout.
         unsafe {
             self.heartbeat();
+            if !self.within_limit(size) {
+                return ptr::null_mut();
+            }
             let Some((segment, block)) =
                 Segment::create_huge(size, align, self.thread_id(), self.as_ptr(), BIN_HUGE)
             else {
                 return ptr::null_mut();
             };
+            let page = Segment::page(segment.as_ptr(), 0);
             self.segments.push(segment.as_ptr(), SegmentLinks::All);
-            self.queue_push_back(BIN_HUGE, Segment::page(segment.as_ptr(), 0));
+            self.queue_push_back(BIN_HUGE, page);
+            self.note_page_bytes(segment.as_ptr(), page, true);
             block
         }
     }
@@ -583,7 +611,7 @@ impl Heap {
                 return page;
             }
             let kind = page_kind_of(BLOCK_SIZES[bin]);
-            if self.reclaim(Some(kind)) {
+            if !self.first_class.get() && self.reclaim(Some(kind)) {
                 let page = self.search_queue(bin);
                 if !page.is_null() {
                     return page;
@@ -646,6 +674,13 @@ impl Heap {
         let kind = page_kind_of(block_size);
         // SAFETY: owner thread (caller); the claimed slot is ours and unused.
         unsafe {
+            if !self.within_limit(Segment::page_size(kind)) {
+                // Empty pages kept for reuse may make room.
+                self.collect_retired(true);
+                if !self.within_limit(Segment::page_size(kind)) {
+                    return ptr::null_mut();
+                }
+            }
             let page = self.claim_page(kind);
             if page.is_null() {
                 return page;
@@ -654,6 +689,7 @@ impl Heap {
             let (area, area_size) = Segment::page_area(segment, Segment::page_index(segment, page));
             Segment::note_page_committed(segment, page);
             (*page).init(self.as_ptr(), bin, block_size, area, area_size);
+            self.note_page_bytes(segment, page, true);
             self.queue_push_front(bin, page);
             page
         }
@@ -839,6 +875,7 @@ impl Heap {
             (*page).heap.store(ptr::null_mut(), Ordering::Relaxed);
             (*page).retire_expire.set(0);
             let segment = Segment::of(page.cast());
+            self.note_page_bytes(segment, page, false);
             Segment::release_slot(segment, page);
             if (*segment).kind == PageKind::Huge {
                 self.segment_free(segment);
@@ -1016,6 +1053,30 @@ impl Heap {
         };
         // SAFETY: a registered heap's slot outlives it (see `lock`).
         unsafe { (*slot).set_reset_due(due) };
+    }
+
+    /// Counts a page that starts (`gained`) or stops being the heap's in
+    /// `page_bytes`.
+    ///
+    /// # Safety
+    /// `page` is a slot of the live `segment`, ours.
+    unsafe fn note_page_bytes(&self, segment: *mut Segment, page: *mut Page, gained: bool) {
+        // SAFETY: forwarded from the caller.
+        let bytes = unsafe { Segment::committed_len(segment, page) };
+        if gained {
+            let now = self.page_bytes.get() + bytes;
+            self.page_bytes.set(now);
+            self.peak_page_bytes
+                .set(self.peak_page_bytes.get().max(now));
+        } else {
+            self.page_bytes
+                .set(self.page_bytes.get().saturating_sub(bytes));
+        }
+    }
+
+    /// Whether `bytes` more page memory stays within the heap's limit.
+    fn within_limit(&self, bytes: usize) -> bool {
+        self.page_bytes.get().saturating_add(bytes) <= self.limit.get()
     }
 
     /// The reaper: gives back, for heaps of other threads, the memory of
@@ -1324,6 +1385,195 @@ impl Heap {
         }
     }
 
+    // === first-class heaps ===
+
+    /// Makes this heap a first-class heap (it never adopts abandoned
+    /// segments).
+    pub(crate) fn set_first_class(&self) {
+        self.first_class.set(true);
+    }
+
+    /// Caps the heap's page memory (`usize::MAX`: no cap).
+    pub(crate) fn set_limit(&self, bytes: usize) {
+        self.limit.set(bytes);
+    }
+
+    /// The cap set by `set_limit`.
+    pub(crate) fn limit(&self) -> usize {
+        self.limit.get()
+    }
+
+    /// Releases every page and segment of the heap at once, whatever blocks
+    /// they hold: time in proportion to the segments and pages, never the
+    /// blocks. Afterwards no thread can reach the heap.
+    ///
+    /// # Safety
+    /// Owner thread; no block of the heap is used again, and every free of
+    /// one by another thread has completed (happened before this call).
+    pub(crate) unsafe fn destroy(&self) {
+        let guard = self.lock();
+        // SAFETY: owner thread, holding the lock (caller); no free of our
+        // blocks is under way, so nothing else reaches our pages.
+        unsafe {
+            let mut segment = self.segments.first.get();
+            while !segment.is_null() {
+                let next = (*segment).all.next.get();
+                self.segment_free(segment);
+                segment = next;
+            }
+            self.forget_everything();
+        }
+        drop(guard);
+        self.leave_registry();
+    }
+
+    /// Empties every list of the heap (its pages and segments are gone).
+    fn forget_everything(&self) {
+        self.segments.first.set(ptr::null_mut());
+        self.small_slots.first.set(ptr::null_mut());
+        self.medium_slots.first.set(ptr::null_mut());
+        self.large_slots.first.set(ptr::null_mut());
+        for index in 0..QUEUE_COUNT {
+            self.queue(index).first.set(ptr::null_mut());
+            self.queue(index).last.set(ptr::null_mut());
+        }
+        for slot in &self.direct {
+            slot.set(empty_page());
+        }
+        self.reset_queue.first.set(ptr::null_mut());
+        self.reset_queue.last.set(ptr::null_mut());
+        self.pending_reset.set(0);
+        self.page_bytes.set(0);
+        // Relaxed: no other thread reaches the heap any more.
+        self.thread_delayed_free
+            .store(ptr::null_mut(), Ordering::Relaxed);
+    }
+
+    /// Gives the registry slot up (the heap is torn down; the caller does
+    /// not hold the lock). From here on no reaper reaches the heap.
+    fn leave_registry(&self) {
+        if let Some(slot) = self.slot() {
+            slot.lock();
+            self.slot.set(ptr::null());
+            slot.release();
+        }
+    }
+
+    /// Pages in use, live blocks and their bytes (blocks other threads freed
+    /// are taken back first, so the figures are exact).
+    ///
+    /// # Safety
+    /// Owner thread.
+    pub(crate) unsafe fn block_counts(&self) -> (usize, usize, usize) {
+        // SAFETY: owner thread (caller).
+        unsafe { self.process_delayed(false) };
+        let (mut pages, mut blocks, mut bytes) = (0, 0, 0);
+        // SAFETY: owner thread: our segments and their pages in use.
+        unsafe {
+            self.for_each_page_in_use(|page| {
+                (*page).collect_thread_free();
+                let used = (*page).used.get() as usize;
+                pages += 1;
+                blocks += used;
+                bytes += used * (*page).block_size.get();
+            });
+        }
+        (pages, blocks, bytes)
+    }
+
+    /// The heap's page memory now (see `note_page_bytes`).
+    pub(crate) fn page_bytes(&self) -> usize {
+        self.page_bytes.get()
+    }
+
+    /// The peak of the heap's page memory (see `note_page_bytes`).
+    pub(crate) fn peak_page_bytes(&self) -> usize {
+        self.peak_page_bytes.get()
+    }
+
+    /// Whether `ptr` points into a page in use of this heap.
+    ///
+    /// # Safety
+    /// Owner thread.
+    pub(crate) unsafe fn contains(&self, ptr: *const u8) -> bool {
+        let mut segment = self.segments.first.get();
+        // SAFETY: owner thread: segments on our list are live. `ptr` is only
+        // compared with addresses until it is known to lie in one of them.
+        unsafe {
+            while !segment.is_null() {
+                let start = segment.addr();
+                if (start..start + (*segment).size).contains(&ptr.addr()) {
+                    let page = Segment::page_of(segment, ptr);
+                    return Segment::page_index(segment, page) < (*segment).page_count
+                        && (*page).in_use.get()
+                        && ptr.addr() >= (*page).page_start.get().addr();
+                }
+                segment = (*segment).all.next.get();
+            }
+        }
+        false
+    }
+
+    /// Calls `f(block, usable_size)` for every live block of the heap.
+    ///
+    /// # Safety
+    /// Owner thread; `f` neither allocates from nor frees into this heap.
+    pub(crate) unsafe fn visit_blocks(&self, mut f: impl FnMut(*mut u8, usize)) {
+        // SAFETY: owner thread (caller).
+        unsafe { self.process_delayed(false) };
+        // SAFETY: owner thread: our pages in use; their free lists hold only
+        // blocks of the page, each once.
+        unsafe {
+            self.for_each_page_in_use(|page| {
+                (*page).collect_thread_free();
+                let size = (*page).block_size.get();
+                let start = (*page).page_start.get();
+                let capacity = (*page).capacity.get() as usize;
+                let mut free = [0u64; VISIT_BITMAP_WORDS];
+                if capacity > VISIT_BITMAP_WORDS * 64 {
+                    crate::fatal::fatal("visit_blocks: more blocks in a page than expected");
+                }
+                for mut block in [(*page).free.get(), (*page).local_free.get()] {
+                    while !block.is_null() {
+                        let index = (block.addr() - start.addr()) / size;
+                        if let Some(word) = free.get_mut(index / 64) {
+                            *word |= 1 << (index % 64);
+                        }
+                        block = Block::next(block);
+                    }
+                }
+                for index in 0..capacity {
+                    let is_free = free
+                        .get(index / 64)
+                        .is_some_and(|word| word & (1 << (index % 64)) != 0);
+                    if !is_free {
+                        f(start.add(index * size), size);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Calls `f` on every page in use of every segment of the heap.
+    ///
+    /// # Safety
+    /// Owner thread; `f` does not free pages or segments.
+    unsafe fn for_each_page_in_use(&self, mut f: impl FnMut(*mut Page)) {
+        let mut segment = self.segments.first.get();
+        // SAFETY: owner thread (caller): segments on our list are live.
+        unsafe {
+            while !segment.is_null() {
+                for index in 0..(*segment).page_count {
+                    let page = Segment::page(segment, index);
+                    if (*page).in_use.get() {
+                        f(page);
+                    }
+                }
+                segment = (*segment).all.next.get();
+            }
+        }
+    }
+
     /// In a forked child: ends every `Freeing` that a thread of the parent
     /// (gone in the child) left on our pages, so the owner never waits for it.
     ///
@@ -1431,6 +1681,7 @@ impl Heap {
                 (*page).set_delayed_mode(DelayedMode::NoDelayed, true);
                 (*page).collect();
                 self.queue_push_back(usize::from((*page).bin.get()), page);
+                self.note_page_bytes(segment, page, true);
             }
         }
     }

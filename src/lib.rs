@@ -38,6 +38,8 @@
 mod abandon;
 mod fatal;
 #[cfg(not(loom))]
+mod first_class;
+#[cfg(not(loom))]
 mod global;
 mod heap;
 mod once;
@@ -54,7 +56,9 @@ mod sync;
 mod thread;
 
 #[cfg(not(loom))]
-pub use global::{ShardAlloc, collect, usable_size};
+pub use first_class::{Heap, HeapError, HeapStats};
+#[cfg(not(loom))]
+pub use global::{ShardAlloc, collect, free, usable_size};
 #[cfg(not(loom))]
 pub use stats::{Stats, print_stats, stats};
 

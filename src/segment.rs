@@ -277,6 +277,11 @@ impl Segment {
         NonNull::new(segment)
     }
 
+    /// The size of a page of a non-huge `kind` (for a huge kind: 0).
+    pub(crate) fn page_size(kind: PageKind) -> usize {
+        Segment::layout_of(kind).map_or(0, |(shift, _)| 1 << shift.min(SEGMENT_SHIFT))
+    }
+
     /// Page shift and page count of a non-huge segment kind.
     fn layout_of(kind: PageKind) -> Option<(usize, usize)> {
         match kind {

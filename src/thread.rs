@@ -39,6 +39,9 @@ thread_local! {
     static THREAD_HEAP: Cell<*mut Heap> = const { Cell::new(empty_heap()) };
     /// The calling thread's id; [`NO_THREAD_ID`] until its first allocation.
     static THREAD_ID: Cell<usize> = const { Cell::new(NO_THREAD_ID) };
+    /// The calling thread's live first-class heaps (linked through the
+    /// heaps), so `fork` handlers can hold all of the thread's heap locks.
+    static FIRST_CLASS_HEAPS: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
 }
 
 /// The empty heap's address.
@@ -132,35 +135,30 @@ fn init_process() {
 /// where they are (their segments' owner ids match no thread of the child,
 /// so frees of them are remote frees).
 extern "C" fn after_fork_in_child() {
-    let heap = current_heap();
-    if heap != empty_heap() {
+    for_each_own_heap(|heap| {
         // SAFETY: our own heap, and no other thread exists.
         unsafe {
             (*heap).unlock_after_fork();
             (*heap).forget_parent_threads();
         }
-    }
+    });
 }
 
-/// Runs before `fork` on the forking thread: holds its heap's lock, so the
-/// child never inherits the heap half-way through another thread's reaping
-/// pass (see `registry`). Heaps of the parent's other threads may be left
-/// locked in the child; nobody there uses them.
+/// Runs before `fork` on the forking thread: holds the locks of its heaps
+/// (its default heap and its first-class heaps), so the child never
+/// inherits one half-way through another thread's reaping pass (see
+/// `registry`). Heaps of the parent's other threads may be left locked in
+/// the child; nobody there uses them.
 extern "C" fn before_fork() {
-    let heap = current_heap();
-    if heap != empty_heap() {
-        // SAFETY: our own heap.
-        unsafe { (*heap).lock_for_fork() };
-    }
+    // SAFETY: our own heaps, outside any heap operation (fork is not called
+    // from inside the allocator).
+    for_each_own_heap(|heap| unsafe { (*heap).lock_for_fork() });
 }
 
 /// Runs after `fork` in the parent: ends [`before_fork`].
 extern "C" fn after_fork_in_parent() {
-    let heap = current_heap();
-    if heap != empty_heap() {
-        // SAFETY: our own heap.
-        unsafe { (*heap).unlock_after_fork() };
-    }
+    // SAFETY: our own heaps.
+    for_each_own_heap(|heap| unsafe { (*heap).unlock_after_fork() });
 }
 
 /// Thread ids handed out so far (0 means "abandoned", 1 the empty heap).
@@ -225,6 +223,74 @@ fn new_heap(thread_id: usize) -> *mut Heap {
         }
     }
     heap
+}
+
+/// A first-class heap for the calling thread (see `shardalloc::Heap`);
+/// null if the OS refuses memory.
+pub(crate) fn new_first_class_heap() -> *mut Heap {
+    init_process();
+    let heap = new_heap(assign_thread_id());
+    if heap.is_null() {
+        return heap;
+    }
+    // SAFETY: our own fresh heap; the list holds only live heaps of this
+    // thread.
+    unsafe {
+        (*heap).set_first_class();
+        let first = FIRST_CLASS_HEAPS.with(Cell::get);
+        (*heap).next_first_class.set(first);
+        if !first.is_null() {
+            (*first).prev_first_class.set(heap);
+        }
+    }
+    FIRST_CLASS_HEAPS.with(|cell| cell.set(heap));
+    heap
+}
+
+/// Tears a first-class heap down: with `destroy`, releasing its memory and
+/// every block in it; otherwise abandoning it as thread exit would (its
+/// live blocks stay valid, see `docs/design.md`). Its memory goes back.
+///
+/// # Safety
+/// `heap` came from [`new_first_class_heap`] on this thread and is not used
+/// again; with `destroy`, no block of it is used again either.
+pub(crate) unsafe fn drop_first_class_heap(heap: *mut Heap, destroy: bool) {
+    // SAFETY: a live first-class heap of this thread (caller).
+    unsafe {
+        let (prev, next) = (
+            (*heap).prev_first_class.get(),
+            (*heap).next_first_class.get(),
+        );
+        if prev.is_null() {
+            FIRST_CLASS_HEAPS.with(|cell| cell.set(next));
+        } else {
+            (*prev).next_first_class.set(next);
+        }
+        if !next.is_null() {
+            (*next).prev_first_class.set(prev);
+        }
+        let registered = (*heap).is_registered();
+        if destroy {
+            (*heap).destroy();
+        } else {
+            (*heap).abandon();
+        }
+        drop_heap(heap, registered);
+    }
+}
+
+/// Calls `f` on each of the calling thread's real heaps.
+fn for_each_own_heap(mut f: impl FnMut(*mut Heap)) {
+    let heap = current_heap();
+    if heap != empty_heap() {
+        f(heap);
+    }
+    let mut heap = FIRST_CLASS_HEAPS.with(Cell::get);
+    while !heap.is_null() {
+        f(heap);
+        // SAFETY: the list holds live heaps of this thread.
+        heap = unsafe { (*heap).next_first_class.get() };
+    }
 }
 
 /// Gives a torn-down heap's memory back: to its registry slot (which keeps

@@ -1,0 +1,71 @@
+//! loom model of destroying a first-class heap (`shardalloc::Heap::destroy`)
+//! while another thread frees blocks, on shardalloc's real code (`--cfg
+//! loom`; see `src/lib.rs` of this crate).
+#![cfg(loom)]
+
+use loom::thread;
+use shardalloc::__loom::{self as model, ModelHeap, World};
+use shardalloc_loom_tests::{OWNER, REMOTE_A, SendPtr, builder};
+
+const MIB: usize = 1 << 20;
+
+/// The owner thread has two heaps: its default heap and a first-class heap
+/// (same thread id, so their segments carry the same owner). A remote
+/// thread frees a block of the default heap — of a full page, so the free
+/// takes the delayed route and pushes onto the default heap itself — while
+/// the owner destroys the first-class heap. That is the race the rule
+/// allows (blocks of *other* heaps; frees of the destroyed heap's own
+/// blocks must happen before `destroy`, here the one ordered by a join).
+/// Afterwards:
+/// * no access of the remote thread to the destroyed heap is unordered
+///   with the end of `destroy` (`claim_exclusive`), so its memory may go;
+/// * the default heap gets its block back and nothing is lost: once every
+///   block is freed, every segment is released exactly once.
+#[test]
+fn destroy_races_remote_free_of_sibling_heap() {
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = World::new();
+        let default = ModelHeap::new_registered(&world, OWNER);
+        let mut first_class = ModelHeap::new_first_class(&world, OWNER);
+        // Two large blocks in the default heap: the second parks the first
+        // one's page in the full queue (`UseDelayed`).
+        let (d0, d1) = (default.alloc(MIB), default.alloc(MIB));
+        // The first-class heap: a freed-before-destroy block, and live ones.
+        let (h0, h1) = (first_class.alloc(MIB), first_class.alloc(64));
+        let _h2 = first_class.alloc(64);
+        let early = SendPtr(h0);
+        // SAFETY: a live block, handed to a thread that frees it.
+        thread::spawn(move || {
+            let early = early;
+            unsafe { model::free(early.0, REMOTE_A) }
+        })
+        .join()
+        .unwrap();
+        let sibling = SendPtr(d0);
+        let remote = thread::spawn(move || {
+            let sibling = sibling;
+            // SAFETY: this thread holds the block alone.
+            unsafe { model::free(sibling.0, REMOTE_A) }
+        });
+        // h1 and _h2 die with the heap.
+        let _ = h1;
+        first_class.destroy();
+        first_class.claim_exclusive();
+        remote.join().unwrap();
+        assert_eq!(first_class.segments(), 0, "destroy released every segment");
+        default.collect(true);
+        // SAFETY: our own live block.
+        unsafe { default.free(d1) };
+        default.collect(true);
+        default.abandon();
+        drop(first_class);
+        drop(default);
+        drop(world);
+        assert_eq!(
+            model::live_mappings(),
+            baseline,
+            "every segment released exactly once"
+        );
+    });
+}
