@@ -2105,4 +2105,42 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn first_class_heaps_never_adopt_abandoned_segments_and_destroy_releases_all() {
+        let shared = Shared::new();
+        let dying = Heap::new(OWNER, &raw const shared);
+        // SAFETY: this thread plays both owners in turn, as above.
+        unsafe {
+            let survivor = dying.malloc_generic(5000, false);
+            survivor.write_bytes(0x5A, 5000);
+            dying.abandon();
+            assert_eq!(shared.abandoned.len(), 1);
+            let first_class = Heap::new(OTHER, &raw const shared);
+            first_class.set_first_class();
+            // Enough blocks of the survivor's kind to need fresh pages: a
+            // default heap would adopt the abandoned segment here.
+            let blocks: Vec<*mut u8> = (0..200)
+                .map(|_| first_class.malloc_generic(5000, false))
+                .collect();
+            let huge = first_class.malloc_huge(8 << 20, 16);
+            assert!(blocks.iter().all(|p| !p.is_null()) && !huge.is_null());
+            assert_eq!(
+                shared.abandoned.len(),
+                1,
+                "the abandoned segment stays put"
+            );
+            let (pages, live, bytes) = first_class.block_counts();
+            assert_eq!(live, 201);
+            assert!(pages >= 2 && bytes >= 200 * 5000 + (8 << 20));
+            assert!(first_class.contains(blocks[7]) && first_class.contains(huge));
+            assert!(!first_class.contains(survivor));
+            first_class.destroy();
+            assert_eq!(first_class.segment_count(), 0);
+            assert_eq!(first_class.page_bytes(), 0);
+            // The abandoned block was never touched.
+            assert!((0..5000).all(|k| survivor.add(k).read() == 0x5A));
+            free_block(survivor, THIRD);
+        }
+    }
 }
