@@ -220,6 +220,10 @@ pub(crate) struct Heap {
     /// A first-class heap (`shardalloc::Heap`): it never adopts abandoned
     /// segments, which `destroy` would otherwise free with it.
     first_class: Cell<bool>,
+    /// For a first-class heap: the thread's default heap, which takes its
+    /// segments when it is destroyed and gives empty ones back (null: none,
+    /// e.g. after the thread's teardown).
+    heir: Cell<*mut Heap>,
     /// The thread's list of its first-class heaps (see `thread`).
     pub(crate) next_first_class: Cell<*mut Heap>,
     pub(crate) prev_first_class: Cell<*mut Heap>,
@@ -261,6 +265,7 @@ macro_rules! heap_value {
             lock_depth: Cell::new(0),
             locked_for_fork: Cell::new(false),
             first_class: Cell::new(false),
+            heir: Cell::new(ptr::null_mut()),
             next_first_class: Cell::new(ptr::null_mut()),
             prev_first_class: Cell::new(ptr::null_mut()),
             page_bytes: Cell::new(0),
@@ -938,6 +943,16 @@ impl Heap {
     unsafe fn new_segment(&self, kind: PageKind) -> Option<core::ptr::NonNull<Segment>> {
         // SAFETY: `shared` outlives every heap.
         let cache = unsafe { &(*self.shared.get()).segment_cache };
+        let heir = self.heir.get();
+        if !heir.is_null() {
+            // SAFETY: the heir is this thread's live default heap (`heir`).
+            let spare = unsafe { (*heir).give_empty_segment(kind) };
+            if !spare.is_null() {
+                // SAFETY: the heir gave the empty segment up to us.
+                unsafe { (*spare).heap.set(self.as_ptr()) };
+                return core::ptr::NonNull::new(spare);
+            }
+        }
         let cached = cache.take();
         if cached.is_null() {
             return Segment::create(kind, self.thread_id(), self.as_ptr());
@@ -999,6 +1014,20 @@ impl Heap {
                 self.segment_free_if_empty(segment);
                 return;
             }
+            self.enqueue_reset(page, delay);
+            self.enforce_pending_limit();
+        }
+    }
+
+    /// Puts an unused, dirty slot on the reset queue, due in `delay` ms.
+    ///
+    /// # Safety
+    /// Owner thread holding the lock; `page` is an unused slot of one of our
+    /// segments, on no queue and not pending.
+    unsafe fn enqueue_reset(&self, page: *mut Page, delay: u64) {
+        // SAFETY: owner thread (caller); the slot is ours and unused.
+        unsafe {
+            let segment = Segment::of(page.cast());
             (*page).replace_reset_pending(true);
             (*segment)
                 .pending_pages
@@ -1007,16 +1036,87 @@ impl Heap {
             let _ = self.reset_queue.push_back(page);
             self.pending_reset
                 .set(self.pending_reset.get() + Segment::page_memory(segment, page).1);
-            let limit = options::pending_reset_limit();
-            while self.pending_reset.get() > limit {
-                let oldest = self.reset_queue.first.get();
-                if oldest.is_null() {
-                    break;
-                }
-                self.reset_pending_page(oldest);
-            }
-            self.publish_reset_due();
         }
+    }
+
+    /// Gives back the oldest pending slots while more than the pending limit
+    /// waits, then publishes the new due time.
+    ///
+    /// # Safety
+    /// Owner thread holding the lock.
+    unsafe fn enforce_pending_limit(&self) {
+        let limit = options::pending_reset_limit();
+        while self.pending_reset.get() > limit {
+            let oldest = self.reset_queue.first.get();
+            if oldest.is_null() {
+                break;
+            }
+            // SAFETY: owner thread (caller); a slot on our queue.
+            unsafe { self.reset_pending_page(oldest) };
+        }
+        self.publish_reset_due();
+    }
+
+    /// Takes in an emptied segment of a destroyed first-class heap of this
+    /// thread: its slots become ours, and their memory waits for the reset
+    /// delay like any empty page's (so the next request's heap, or this
+    /// heap, reuses it without page faults), beyond the pending limit it
+    /// goes back at once.
+    ///
+    /// # Safety
+    /// Owner thread (the segment's owner id is ours); the segment has no
+    /// page in use, belongs to no heap and is on no list; the reset delay
+    /// is nonzero.
+    unsafe fn take_over_empty_segment(&self, segment: *mut Segment, delay: u64) {
+        let _guard = self.lock();
+        // SAFETY: owner thread (caller); the segment is exclusively ours.
+        unsafe {
+            (*segment).heap.set(self.as_ptr());
+            (*segment).in_free_slot_list.set(false);
+            self.segments.push(segment, SegmentLinks::All);
+            self.list_free_slot(segment);
+            for index in 0..(*segment).page_count {
+                let page = Segment::page(segment, index);
+                if !(*page).memory_is_zero.get() {
+                    self.enqueue_reset(page, delay);
+                }
+            }
+            // Only now, with every dirty slot counted as pending, may a reset
+            // empty the segment and free it.
+            self.enforce_pending_limit();
+            self.segment_free_if_empty(segment);
+        }
+    }
+
+    /// Hands an empty segment of `kind` (no page in use) over to a
+    /// first-class heap of the same thread, if this heap has one; its
+    /// pending slots stop waiting (their memory is reused as it is).
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn give_empty_segment(&self, kind: PageKind) -> *mut Segment {
+        let Some(list) = self.slot_list(kind) else {
+            return ptr::null_mut();
+        };
+        let _guard = self.lock();
+        let mut segment = list.first.get();
+        // SAFETY: owner thread (caller); segments on our lists are ours.
+        unsafe {
+            while !segment.is_null() && (*segment).used_pages.get() != 0 {
+                segment = (*segment).with_free_slot.next.get();
+            }
+            if segment.is_null() {
+                return segment;
+            }
+            for index in 0..(*segment).page_count {
+                self.unschedule_reset(Segment::page(segment, index));
+            }
+            self.segments.remove(segment, SegmentLinks::All);
+            list.remove(segment, SegmentLinks::FreeSlot);
+            (*segment).in_free_slot_list.set(false);
+            (*segment).heap.set(ptr::null_mut());
+        }
+        segment
     }
 
     /// When the oldest slot on the reset queue is due ([`NOTHING_DUE`] if
@@ -1393,6 +1493,16 @@ impl Heap {
         self.first_class.set(true);
     }
 
+    /// Sets (or, with null, clears) the default heap that takes this
+    /// first-class heap's segments at `destroy` (see the field).
+    ///
+    /// # Safety
+    /// `heir` is null or the live default heap of the owner thread, and is
+    /// cleared before that heap is torn down.
+    pub(crate) unsafe fn set_heir(&self, heir: *mut Heap) {
+        self.heir.set(heir);
+    }
+
     /// Caps the heap's page memory (`usize::MAX`: no cap).
     pub(crate) fn set_limit(&self, bytes: usize) {
         self.limit.set(bytes);
@@ -1412,19 +1522,60 @@ impl Heap {
     /// one by another thread has completed (happened before this call).
     pub(crate) unsafe fn destroy(&self) {
         let guard = self.lock();
+        let heir = self.heir.get();
+        let delay = options::reset_delay_ms();
         // SAFETY: owner thread, holding the lock (caller); no free of our
         // blocks is under way, so nothing else reaches our pages.
         unsafe {
             let mut segment = self.segments.first.get();
             while !segment.is_null() {
                 let next = (*segment).all.next.get();
-                self.segment_free(segment);
+                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {
+                    self.segment_free(segment);
+                } else {
+                    self.empty_segment(segment);
+                    (*heir).take_over_empty_segment(segment, delay);
+                }
                 segment = next;
             }
             self.forget_everything();
         }
         drop(guard);
         self.leave_registry();
+    }
+
+    /// Takes a segment of ours out of the heap with every page in it
+    /// released, whatever blocks they hold (`destroy`).
+    ///
+    /// # Safety
+    /// Owner thread holding the lock; no block of the segment is used again.
+    unsafe fn empty_segment(&self, segment: *mut Segment) {
+        // SAFETY: owner thread (caller); nothing reaches the pages.
+        unsafe {
+            self.segments.remove(segment, SegmentLinks::All);
+            if (*segment).in_free_slot_list.get() {
+                if let Some(slots) = self.slot_list((*segment).kind) {
+                    slots.remove(segment, SegmentLinks::FreeSlot);
+                }
+                (*segment).in_free_slot_list.set(false);
+            }
+            for index in 0..(*segment).page_count {
+                let page = Segment::page(segment, index);
+                self.unschedule_reset(page);
+                if (*page).in_use.get() {
+                    // Relaxed: no other thread reaches the page (the rule of
+                    // `destroy`).
+                    (*page).heap.store(ptr::null_mut(), Ordering::Relaxed);
+                    (*page).next.set(ptr::null_mut());
+                    (*page).prev.set(ptr::null_mut());
+                    (*page).retire_expire.set(0);
+                    // Its lists (`thread_free` included) are rebuilt by
+                    // `Page::init` when the slot is used again.
+                    Segment::release_slot(segment, page);
+                }
+            }
+            (*segment).heap.set(ptr::null_mut());
+        }
     }
 
     /// Empties every list of the heap (its pages and segments are gone).
@@ -2125,11 +2276,7 @@ mod tests {
                 .collect();
             let huge = first_class.malloc_huge(8 << 20, 16);
             assert!(blocks.iter().all(|p| !p.is_null()) && !huge.is_null());
-            assert_eq!(
-                shared.abandoned.len(),
-                1,
-                "the abandoned segment stays put"
-            );
+            assert_eq!(shared.abandoned.len(), 1, "the abandoned segment stays put");
             let (pages, live, bytes) = first_class.block_counts();
             assert_eq!(live, 201);
             assert!(pages >= 2 && bytes >= 200 * 5000 + (8 << 20));

@@ -233,10 +233,16 @@ pub(crate) fn new_first_class_heap() -> *mut Heap {
     if heap.is_null() {
         return heap;
     }
+    // The thread's default heap takes the heap's segments when it is
+    // destroyed (and hands empty ones back), so request after request
+    // reuses the same memory.
+    let heir = init_current();
     // SAFETY: our own fresh heap; the list holds only live heaps of this
-    // thread.
+    // thread; the heir is this thread's default heap, and `on_thread_exit`
+    // clears it before tearing that heap down.
     unsafe {
         (*heap).set_first_class();
+        (*heap).set_heir(heir);
         let first = FIRST_CLASS_HEAPS.with(Cell::get);
         (*heap).next_first_class.set(first);
         if !first.is_null() {
@@ -330,6 +336,13 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
             return;
         }
         let registered = (*heap).is_registered();
+        // First-class heaps that outlive this point (leaked ones) lose their
+        // heir: the default heap is going away.
+        let mut first_class = FIRST_CLASS_HEAPS.with(Cell::get);
+        while !first_class.is_null() {
+            (*first_class).set_heir(ptr::null_mut());
+            first_class = (*first_class).next_first_class.get();
+        }
         (*heap).abandon();
         drop_heap(heap, registered);
     }
