@@ -5,7 +5,7 @@
 //! A `Heap` is the same structure as a thread's default heap (the same fast
 //! paths, the same pages and segments), created on demand, registered like
 //! the thread heaps (so its idle memory is reaped and `stats()` counts it),
-//! and torn down on request. See `docs/design.md` §9.
+//! and torn down on request. See `docs/design.md` §8.
 
 use crate::global::{allocate_in, free, reallocate_in};
 use crate::heap;

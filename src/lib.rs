@@ -12,6 +12,38 @@
 //! assert_eq!(v.iter().sum::<u64>(), 499_500);
 //! ```
 //!
+//! ## Per-subsystem heaps
+//!
+//! A [`Heap`] is a heap of one's own — for a request, a connection, a
+//! compiler pass — with the global allocator's speed, single frees, and a
+//! wholesale [`Heap::destroy`]. Collections take it through
+//! `allocator-api2` (default feature), and borrow it, so nothing allocated
+//! from it can outlive `destroy`:
+//!
+//! ```
+//! use allocator_api2::vec::Vec;
+//! use hashbrown::HashMap;
+//! use shardalloc::Heap;
+//!
+//! let heap = Heap::new();
+//! heap.set_limit(Some(64 << 20)); // allocations beyond 64 MiB fail cleanly
+//! {
+//!     let mut seen: HashMap<u64, u64, _, &Heap> = HashMap::new_in(&heap);
+//!     let mut order: Vec<u64, &Heap> = Vec::new_in(&heap);
+//!     for key in 0..10_000u64 {
+//!         *seen.entry(key % 1000).or_insert(0) += 1;
+//!         order.push(key);
+//!     }
+//!     assert_eq!(seen.len(), 1000);
+//!     assert!(heap.contains(order.as_ptr().cast()));
+//!     assert!(heap.stats().live_blocks >= 2);
+//! }
+//! heap.destroy(); // every page at once, in time proportional to the pages
+//! ```
+//!
+//! The guide is in the README ("Per-subsystem heaps"); the rules for threads
+//! and for `destroy` are on [`Heap`].
+//!
 //! ## How it is built
 //!
 //! From the call downward (each a module, see `docs/design.md`):
@@ -25,11 +57,15 @@
 //!   `local_free`, atomic `thread_free`);
 //! * `segment` — 4 MiB-aligned regions split into pages; pointer → page in O(1);
 //! * `abandon` — segments of exited threads and their reclaim;
+//! * `registry` — a slot and a lock per live heap, through which other
+//!   threads give back an idle heap's memory and `stats()` counts it;
+//! * `first_class` — [`Heap`], first-class heaps;
 //! * `size_class`, `os`, `sync` (the loom switch), `fatal`.
 //!
 //! ## Rules for code inside the allocator
 //!
-//! No allocation, no locks, no panics (one `fatal` that writes with
+//! No allocation, no locks but each heap's own (held on its slow paths,
+//! never on the fast paths), no panics (one `fatal` that writes with
 //! `libc::write` and aborts), strict-provenance pointer arithmetic, and a
 //! `// SAFETY:` comment on every `unsafe` block.
 
