@@ -89,6 +89,21 @@ MUTANTS = {
         ".compare_exchange(OWNED, LOCKED, Ordering::Relaxed, Ordering::Relaxed)",
         "reaper", "reaper_races_owner_reuse",
     ),
+    # A first-class heap takes an empty segment from the default heap
+    # without the default heap's lock.
+    "give-empty-skips-lock": (
+        "src/heap.rs",
+        "        let _guard = self.lock();\n        let mut segment = list.first.get();\n",
+        "        let mut segment = list.first.get();\n",
+        "destroy", "reused_segment_of_destroyed_heap_races_reaper",
+    ),
+    # Destroy forgets the huge segment (leaks it) instead of unmapping it.
+    "destroy-skips-segment": (
+        "src/heap.rs",
+        "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segment_free(segment);",
+        "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segments.remove(segment, SegmentLinks::All);",
+        "destroy", "destroy_races_remote_free_of_sibling_heap",
+    ),
 }
 
 PATTERNS = ("Causality", "assertion", "SIGSEGV", "signal", "panicked")

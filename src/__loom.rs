@@ -92,6 +92,24 @@ impl ModelHeap {
         heap
     }
 
+    /// Like [`ModelHeap::new_first_class`], with `heir` (a heap of the same
+    /// thread) taking its segments at `destroy` and giving empty ones back.
+    /// The model keeps `heir` alive longer than this heap.
+    pub fn new_first_class_with_heir(
+        world: &World,
+        thread_id: usize,
+        heir: &ModelHeap,
+    ) -> ModelHeap {
+        let heap = ModelHeap::new_first_class(world, thread_id);
+        // SAFETY: `heir` is a live heap of the same model thread, and the
+        // model drops it only after this one.
+        unsafe {
+            heap.heap
+                .set_heir(core::ptr::from_ref(&*heir.heap).cast_mut())
+        };
+        heap
+    }
+
     /// `Heap::destroy`: releases every page and segment of the heap (the
     /// model may then drop it).
     pub fn destroy(&self) {

@@ -21,7 +21,7 @@ use crate::size_class::{
     SMALL_BLOCK_MAX, SMALL_SIZE_MAX, WORD, bin_of, direct_slots_of, page_kind_of,
 };
 use crate::stats;
-use crate::sync::{AtomicPtr, Ordering, yield_thread};
+use crate::sync::{AtomicPtr, Ordering, OwnerCell, yield_thread};
 use core::cell::Cell;
 use core::ptr;
 
@@ -115,13 +115,21 @@ enum SegmentLinks {
 
 /// A doubly linked list of segments (owner only).
 pub(crate) struct SegmentList {
-    first: Cell<*mut Segment>,
+    first: OwnerCell<*mut Segment>,
 }
 
 impl SegmentList {
+    #[cfg(not(loom))]
     const fn new() -> SegmentList {
         SegmentList {
-            first: Cell::new(ptr::null_mut()),
+            first: OwnerCell::new(ptr::null_mut()),
+        }
+    }
+
+    #[cfg(loom)]
+    fn new() -> SegmentList {
+        SegmentList {
+            first: OwnerCell::new(ptr::null_mut()),
         }
     }
 

@@ -49,7 +49,7 @@ pub(crate) const NOTHING_DUE: usize = usize::MAX;
 #[cfg(not(loom))]
 const CAPACITY: usize = 1024;
 #[cfg(loom)]
-const CAPACITY: usize = 2;
+const CAPACITY: usize = 4;
 
 /// One heap's entry.
 pub(crate) struct Slot {

@@ -24,7 +24,7 @@ use crate::os::{self, OS_PAGE_SIZE, checked_align_up};
 use crate::page::{ADDRESS_LIMIT, Page};
 use crate::size_class::PageKind;
 use crate::stats;
-use crate::sync::{AtomicUsize, UnsafeCell};
+use crate::sync::{AtomicUsize, OwnerCell, UnsafeCell};
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
 
@@ -73,17 +73,18 @@ fn map_below_limit(size: usize, align: usize, offset: usize) -> Option<NonNull<u
     None
 }
 
-/// Links of a segment in one of its heap's segment lists (owner only).
+/// Links of a segment in one of its heap's segment lists (the heap's owner,
+/// or the holder of its lock).
 pub(crate) struct Links {
-    pub(crate) next: Cell<*mut Segment>,
-    pub(crate) prev: Cell<*mut Segment>,
+    pub(crate) next: OwnerCell<*mut Segment>,
+    pub(crate) prev: OwnerCell<*mut Segment>,
 }
 
 impl Links {
-    const fn new() -> Links {
+    pub(crate) fn new() -> Links {
         Links {
-            next: Cell::new(ptr::null_mut()),
-            prev: Cell::new(ptr::null_mut()),
+            next: OwnerCell::new(ptr::null_mut()),
+            prev: OwnerCell::new(ptr::null_mut()),
         }
     }
 }

@@ -63,3 +63,57 @@ impl<T> UnsafeCell<T> {
         f(self.0.get())
     }
 }
+
+/// A value only one thread at a time may touch: the owner of its heap, or
+/// the holder of the heap's lock (see `registry`). A `Cell` in normal
+/// builds; under loom a tracked cell, so the models check that whoever
+/// touches it is ordered after whoever touched it last.
+#[cfg(not(loom))]
+#[repr(transparent)]
+pub(crate) struct OwnerCell<T: Copy>(core::cell::Cell<T>);
+
+#[cfg(not(loom))]
+impl<T: Copy> OwnerCell<T> {
+    /// A cell holding `value`.
+    #[inline(always)]
+    pub(crate) const fn new(value: T) -> OwnerCell<T> {
+        OwnerCell(core::cell::Cell::new(value))
+    }
+
+    /// The value.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> T {
+        self.0.get()
+    }
+
+    /// Replaces the value.
+    #[inline(always)]
+    pub(crate) fn set(&self, value: T) {
+        self.0.set(value);
+    }
+}
+
+/// See the normal build's `OwnerCell`.
+#[cfg(loom)]
+pub(crate) struct OwnerCell<T: Copy>(loom::cell::UnsafeCell<T>);
+
+#[cfg(loom)]
+impl<T: Copy> OwnerCell<T> {
+    /// A cell holding `value`.
+    pub(crate) fn new(value: T) -> OwnerCell<T> {
+        OwnerCell(loom::cell::UnsafeCell::new(value))
+    }
+
+    /// The value.
+    pub(crate) fn get(&self) -> T {
+        // SAFETY: one thread at a time (the type's contract), which is
+        // exactly what loom checks here.
+        self.0.with(|value| unsafe { *value })
+    }
+
+    /// Replaces the value.
+    pub(crate) fn set(&self, value: T) {
+        // SAFETY: as in `get`.
+        self.0.with_mut(|slot| unsafe { *slot = value });
+    }
+}

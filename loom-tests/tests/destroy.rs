@@ -69,3 +69,54 @@ fn destroy_races_remote_free_of_sibling_heap() {
         );
     });
 }
+
+/// A destroyed first-class heap's emptied segment waits on the default
+/// heap's reset queue; the next first-class heap of the thread takes it back
+/// (`give_empty_segment`, under the default heap's lock) and fills a block
+/// in it, while a reaper on another thread resets every waiting slot of the
+/// default heap. The block keeps its contents, every access to the slots'
+/// reset state is ordered by the default heap's lock (a loom-tracked cell),
+/// and every segment is released exactly once.
+#[test]
+fn reused_segment_of_destroyed_heap_races_reaper() {
+    use loom::sync::Arc;
+    const SIZE: usize = 512 << 10;
+    const LINK: usize = 64;
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let default = ModelHeap::new_registered(&world, OWNER);
+        let first = ModelHeap::new_first_class_with_heir(&world, OWNER, &default);
+        let _ = first.alloc(SIZE);
+        first.destroy();
+        drop(first);
+        let reaper_world = Arc::clone(&world);
+        let reaper = thread::spawn(move || {
+            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
+            reaper.reap_others(true);
+            reaper.abandon();
+        });
+        let second = ModelHeap::new_first_class_with_heir(&world, OWNER, &default);
+        let block = second.alloc(SIZE);
+        // SAFETY: our own live block of SIZE bytes (its first bytes hold the
+        // free-list link's tracked cell under loom).
+        unsafe { block.add(LINK).write_bytes(0xA5, SIZE - LINK) };
+        reaper.join().unwrap();
+        // SAFETY: as above; the reaper has finished.
+        let intact = unsafe { core::slice::from_raw_parts(block.add(LINK), SIZE - LINK) }
+            .iter()
+            .all(|&byte| byte == 0xA5);
+        assert!(intact, "a slot in use was reset");
+        second.destroy();
+        drop(second);
+        default.collect(true);
+        default.abandon();
+        drop(default);
+        drop(world);
+        assert_eq!(
+            model::live_mappings(),
+            baseline,
+            "every segment released exactly once"
+        );
+    });
+}
