@@ -23,7 +23,7 @@
 //!
 //! It prints one line on stdout, `@work key=value ...`, with the elapsed time of the workload
 //! (measured in the process, from before its threads start until they are all done) and the
-//! peak resident set (`getrusage` `ru_maxrss`, which covers the whole process life).
+//! peak resident set of the process (`VmHWM`, see [`peak_rss_kib`]).
 
 use std::alloc::{Layout, handle_alloc_error};
 use std::process::ExitCode;
@@ -874,8 +874,21 @@ fn rss_burst(p: &Params) -> u64 {
 // The command line
 // ---------------------------------------------------------------------------------------------
 
-/// Peak resident set of the process so far, in KiB (`getrusage(RUSAGE_SELF).ru_maxrss`).
+/// Peak resident set of the process so far, in KiB: `VmHWM` of `/proc/self/status`.
+///
+/// Not `getrusage`'s `ru_maxrss`: Linux carries that over `execve` from the image the process
+/// had before, so a bin started by a 15 MiB Python parent reports at least 15 MiB whatever it
+/// does. `ru_maxrss` is the fallback if `/proc` cannot be read.
 pub fn peak_rss_kib() -> u64 {
+    let from_proc = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        });
+    if let Some(kib) = from_proc {
+        return kib;
+    }
     // SAFETY: `rusage` is plain data, for which all zeroes is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `ru` is a valid, writable `rusage`.
