@@ -94,6 +94,7 @@ def run_one(binary, workload, threads, scale, seed):
     return {
         "secs": float(kv["secs"]),
         "rss_mib": int(kv["peak_rss_kib"]) / 1024,
+        "start_rss_mib": int(kv["start_rss_kib"]) / 1024,
         "os_threads": int(kv["os_threads"]),
         "cpus": int(kv["cpus"]),
         "seed": int(kv["seed"]),
@@ -210,6 +211,10 @@ def main():
 
     gm_time = table("secs", "Time, ms (×mimalloc)", lambda s: f"{s * 1000:.0f}")
     gm_rss = table("rss_mib", "Peak RSS, MiB (×mimalloc)", lambda m: f"{m:.1f}")
+    start = {a: median([g.get("start_rss_mib") for c in cases for g in results[(c, a)]]) for a in allocs}
+    print()
+    print("Resident set at the start of main, before any workload (median, MiB; part of every peak): "
+          + ", ".join(f"{a} {start[a]:.1f}" for a in allocs if start[a] is not None) + ".")
 
     if SUBJECT in allocs:
         print()

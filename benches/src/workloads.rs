@@ -874,19 +874,20 @@ fn rss_burst(p: &Params) -> u64 {
 // The command line
 // ---------------------------------------------------------------------------------------------
 
+/// The value, in KiB, of the `/proc/self/status` line starting with `key`.
+fn proc_status_kib(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Peak resident set of the process so far, in KiB: `VmHWM` of `/proc/self/status`.
 ///
 /// Not `getrusage`'s `ru_maxrss`: Linux carries that over `execve` from the image the process
 /// had before, so a bin started by a 15 MiB Python parent reports at least 15 MiB whatever it
 /// does. `ru_maxrss` is the fallback if `/proc` cannot be read.
 pub fn peak_rss_kib() -> u64 {
-    let from_proc = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-            line.split_whitespace().nth(1)?.parse().ok()
-        });
-    if let Some(kib) = from_proc {
+    if let Some(kib) = proc_status_kib("VmHWM:") {
         return kib;
     }
     // SAFETY: `rusage` is plain data, for which all zeroes is a valid value.
@@ -907,6 +908,9 @@ fn usage(bin: &str, msg: &str) -> ExitCode {
 /// The `main` of a `work_<allocator>` bin, whose global allocator is `allocator` (the name
 /// printed in the output line).
 pub fn main(allocator: &str) -> ExitCode {
+    // What the process holds before the workload: the binary, the runtime, the allocator's own
+    // start-up (mimalloc, for one, starts with a huge-page-backed arena).
+    let start_rss = proc_status_kib("VmRSS:").unwrap_or(0);
     let bin = format!("work_{}", allocator.to_ascii_lowercase());
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--list") {
@@ -953,7 +957,7 @@ pub fn main(allocator: &str) -> ExitCode {
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     println!(
         "@work alloc={allocator} workload={} threads={threads} os_threads={} cpus={cpus} \
-         scale={} seed={} secs={:.6} ops={ops} peak_rss_kib={peak}",
+         scale={} seed={} secs={:.6} ops={ops} peak_rss_kib={peak} start_rss_kib={start_rss}",
         w.name,
         w.os_threads(threads),
         params.scale,
