@@ -9,7 +9,7 @@ to mimalloc are taken within a round, so a slow phase of this noisy machine hits
 allocator of the round alike, and the table shows the median over rounds (of times, of RSS
 and of ratios); geomeans are over the cases that are not oversubscribed.
 
-Quick profile (default): threads 1 and 2, 3 rounds, scale 1 (about 2 minutes on 2 cores).
+Quick profile (default): threads 1 and 2, 5 rounds, scale 1 (about 2 minutes on 2 cores).
 Full profile (--full): threads 1, 2, 4 and 8, 5 rounds, scale 2.
 
 Usage: python3 benches/suite.py [--full] [--rounds N] [--threads 1,2] [--scale F]
@@ -43,7 +43,7 @@ PROCESS_TIMEOUT = 600
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--full", action="store_true", help="threads 1,2,4,8, 5 rounds, scale 2")
+    p.add_argument("--full", action="store_true", help="threads 1,2,4,8 and scale 2")
     p.add_argument("--rounds", type=int)
     p.add_argument("--threads", help="comma-separated thread counts")
     p.add_argument("--scale", type=float, help="work per run (1: quick profile)")
@@ -53,7 +53,7 @@ def parse_args():
     p.add_argument("--no-build", action="store_true", help="do not run cargo build first")
     p.add_argument("--json", help="also write every measurement to this file")
     a = p.parse_args()
-    a.rounds = a.rounds or (5 if a.full else 3)
+    a.rounds = a.rounds or 5
     a.threads = [int(t) for t in (a.threads or ("1,2,4,8" if a.full else "1,2")).split(",")]
     a.scale = a.scale or (2.0 if a.full else 1.0)
     a.allocators = [x for x in a.allocators.split(",") if x]

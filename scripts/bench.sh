@@ -4,7 +4,7 @@
 # classic allocator benchmarks; time and peak RSS, medians and ratios to mimalloc
 # (docs/benchmarks.md).
 # Usage: bash scripts/bench.sh [--full] [other benches/suite.py options]
-#   quick (default): threads 1 and 2, 3 rounds, about 2 minutes after the build;
+#   quick (default): threads 1 and 2, 5 rounds, about 2 minutes after the build;
 #   --full: threads 1, 2, 4 and 8 (4 and 8 oversubscribed on 2 cores), 5 rounds, scale 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
