@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Instructions per malloc/free pair of ShardAlloc, System (glibc), mimalloc and jemalloc,
-# counted by valgrind's callgrind (deterministic, unlike wall-clock time on a noisy box).
+# Instructions per malloc/free pair of ShardAlloc, System (glibc), mimalloc, jemalloc and
+# rusty_alloc, counted by valgrind's callgrind (deterministic, unlike wall-clock time on a
+# noisy box).
 #
 # For each allocator and size it runs the `pairs` binary (benches/src/bin/pairs.rs, the same
 # code `cargo bench --bench micro` times) twice, with N1 and N2 iterations, and prints
@@ -9,7 +10,7 @@
 #
 # Usage: benches/callgrind.sh
 # Environment (all optional):
-#   SIZES="16 256 8192"   ALLOCATORS="ShardAlloc System mimalloc jemalloc"
+#   SIZES="16 256 8192"   ALLOCATORS="ShardAlloc System mimalloc jemalloc rusty_alloc"
 #   PATTERNS="pair ring"  N1=10000  N2=110000
 set -euo pipefail
 
@@ -21,7 +22,7 @@ if ! command -v valgrind >/dev/null 2>&1; then
 fi
 
 SIZES=${SIZES:-"16 256 8192"}
-ALLOCATORS=${ALLOCATORS:-"ShardAlloc System mimalloc jemalloc"}
+ALLOCATORS=${ALLOCATORS:-"ShardAlloc System mimalloc jemalloc rusty_alloc"}
 PATTERNS=${PATTERNS:-"pair ring"}
 N1=${N1:-10000}
 N2=${N2:-110000}

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Interleaved wall-clock comparison of ShardAlloc, System, mimalloc and jemalloc.
+"""Interleaved wall-clock comparison of ShardAlloc, System, mimalloc, jemalloc and rusty_alloc.
 
 Each round runs every (pattern, size) once per allocator, in a rotating order, each
 in its own process (`benches/src/bin/pairs.rs` with PAIRS_TIME=1). Ratios are taken
@@ -15,8 +15,8 @@ import statistics
 import subprocess
 import sys
 
-ALLOCATORS = ["ShardAlloc", "System", "mimalloc", "jemalloc"]
-REFERENCES = ["System", "mimalloc", "jemalloc"]
+ALLOCATORS = ["ShardAlloc", "System", "mimalloc", "jemalloc", "rusty_alloc"]
+REFERENCES = ["System", "mimalloc", "jemalloc", "rusty_alloc"]
 
 
 def cases(quick):
@@ -61,7 +61,8 @@ def main():
     for r in range(args.rounds):
         print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
         for i, case in enumerate(all_cases):
-            order = ALLOCATORS[(r + i) % 4:] + ALLOCATORS[:(r + i) % 4]
+            k = (r + i) % len(ALLOCATORS)
+            order = ALLOCATORS[k:] + ALLOCATORS[:k]
             got = {a: run(binary, a, *case) for a in order}
             for a, t in got.items():
                 times[(case, a)].append(t)

@@ -1,7 +1,7 @@
 //! Criterion micro-benchmarks: wall-clock time per operation of `ShardAlloc`, the system
-//! allocator (glibc), mimalloc and jemalloc, called directly through `GlobalAlloc` in one
-//! process (this binary's own `#[global_allocator]` stays the system default, so criterion's
-//! allocations do not touch the allocators under test).
+//! allocator (glibc), mimalloc, jemalloc and rusty_alloc, called directly through `GlobalAlloc`
+//! in one process (this binary's own `#[global_allocator]` stays the system default, so
+//! criterion's allocations do not touch the allocators under test).
 //!
 //! Groups (each holds one benchmark per allocator, named `<group>/<allocator>`):
 //!
@@ -152,7 +152,7 @@ fn cross_thread(c: &mut Criterion) {
     }
 }
 
-/// Short runs: 64 benchmarks have to fit in a few minutes on two cores. Command-line options
+/// Short runs: 80 benchmarks have to fit in a few minutes on two cores. Command-line options
 /// (`--warm-up-time`, `--measurement-time`, `--sample-size`) override these.
 fn config() -> Criterion {
     Criterion::default()

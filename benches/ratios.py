@@ -16,8 +16,8 @@ import json
 import os
 import sys
 
-ALLOCATORS = ["ShardAlloc", "System", "mimalloc", "jemalloc"]
-REFERENCES = ["System", "mimalloc", "jemalloc"]
+ALLOCATORS = ["ShardAlloc", "System", "mimalloc", "jemalloc", "rusty_alloc"]
+REFERENCES = ["System", "mimalloc", "jemalloc", "rusty_alloc"]
 SIZES = [16, 64, 256, 1024, 8192, 65536]
 EXPECTED_GROUPS = (
     [f"pair_{s}" for s in SIZES]

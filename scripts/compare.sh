@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The comparison: shardalloc against the system allocator (glibc), mimalloc
-# and jemalloc, in one run.
+# The comparison: shardalloc against the system allocator (glibc), mimalloc,
+# jemalloc and rusty_alloc, in one run.
 #  1. interleaved wall-clock medians (each allocator in its own process,
 #     rotating order, ratios taken per round) — the robust figure;
 #  2. callgrind instruction counts per malloc/free pair — the stable figure;

@@ -1,5 +1,6 @@
 //! Shared helpers for the benchmark binaries: the allocators under test and the allocation
-//! patterns they are measured with.
+//! patterns they are measured with, plus the workload suite ([`workloads`]), which runs with the
+//! allocator under test installed as the global allocator instead.
 //!
 //! Every pattern is written once, generic over [`GlobalAlloc`], and monomorphised per
 //! allocator, so `benches/micro.rs` (criterion, wall-clock time) and `src/bin/pairs.rs`
@@ -21,9 +22,20 @@ use std::time::{Duration, Instant};
 
 pub use shardalloc::ShardAlloc;
 
+pub mod workloads;
+
 /// The names the allocators are reported under, in the order [`for_each_allocator`] visits
 /// them. The first is the allocator under development, the others are the references.
-pub const ALLOCATOR_NAMES: [&str; 4] = ["ShardAlloc", "System", "mimalloc", "jemalloc"];
+///
+/// `rusty_alloc` is `rusty_alloc_api::RustyAlloc`, the `GlobalAlloc` of the pure-Rust mimalloc
+/// remake (crates `rusty_alloc` and `rusty_alloc-api` 2.4).
+pub const ALLOCATOR_NAMES: [&str; 5] = [
+    "ShardAlloc",
+    "System",
+    "mimalloc",
+    "jemalloc",
+    "rusty_alloc",
+];
 
 /// Alignment used for every block in the patterns: the alignment of `u64`/`usize`, which is
 /// what most Rust heap allocations (`Box` of a struct, `Vec<u64>`, `String` headers) ask for.
@@ -56,6 +68,8 @@ pub fn visit_by_name(name: &str, v: &mut impl Visitor) -> bool {
         v.visit("mimalloc", &mimalloc::MiMalloc);
     } else if name.eq_ignore_ascii_case("jemalloc") {
         v.visit("jemalloc", &tikv_jemallocator::Jemalloc);
+    } else if name.eq_ignore_ascii_case("rusty_alloc") {
+        v.visit("rusty_alloc", &rusty_alloc_api::RustyAlloc);
     } else {
         return false;
     }

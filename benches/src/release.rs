@@ -4,7 +4,8 @@
 //! * ShardAlloc: `shardalloc::collect(true)` (the calling thread's heap, plus abandoned segments);
 //! * System (glibc): `malloc_trim(0)` (all arenas);
 //! * mimalloc: `mi_collect(true)` (the calling thread's heap, plus shared memory);
-//! * jemalloc: `thread.tcache.flush` then `arena.<all>.purge` through `mallctl`.
+//! * jemalloc: `thread.tcache.flush` then `arena.<all>.purge` through `mallctl`;
+//! * rusty_alloc: `rusty_alloc::alloc::collect(true)` (its `mi_collect`).
 //!
 //! mimalloc and jemalloc are linked into the bench crate already (as `mimalloc` and
 //! `tikv-jemallocator`); their C entry points are declared here rather than through the `-sys`
@@ -45,6 +46,10 @@ fn mimalloc_release() {
     mi_collect(true);
 }
 
+fn rusty_alloc_release() {
+    rusty_alloc::alloc::collect(true);
+}
+
 fn jemalloc_release() {
     for name in [c"thread.tcache.flush", JEMALLOC_PURGE_ALL] {
         // SAFETY: both names are "void" controls of jemalloc 5 (no old or new value), so null
@@ -72,6 +77,7 @@ pub(crate) fn release_for(name: &str) -> Option<(&'static str, fn())> {
         "System" => ("malloc_trim(0)", system_release),
         "mimalloc" => ("mi_collect(true)", mimalloc_release),
         "jemalloc" => ("arena.purge", jemalloc_release),
+        "rusty_alloc" => ("collect(true)", rusty_alloc_release),
         _ => return None,
     };
     Some(r)

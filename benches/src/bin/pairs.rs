@@ -3,7 +3,7 @@
 //!
 //! Usage: `pairs <allocator> <size> <iterations> [pair|ring|xthread|xthread-mix]`
 //!
-//! - `<allocator>`: `ShardAlloc`, `System`, `mimalloc` or `jemalloc` (any case).
+//! - `<allocator>`: `ShardAlloc`, `System`, `mimalloc`, `jemalloc` or `rusty_alloc` (any case).
 //! - `pair` (default): allocate and free one block `<iterations>` times
 //!   (`shardalloc_bench::pairs`, the code `pair_<size>` in `micro.rs` times).
 //! - `ring`: 64 live blocks, `<iterations>` allocate-new/free-oldest steps

@@ -4,9 +4,10 @@
 //!
 //! Usage: `rss_cases <allocator> <case> [--stop-at-target]`
 //!
-//! - `<allocator>`: `ShardAlloc`, `System`, `mimalloc` or `jemalloc` (any case). The allocator is
-//!   called directly through `GlobalAlloc` for every block of the case; this process's global
-//!   allocator stays System and serves only the bookkeeping, allocated before the baseline.
+//! - `<allocator>`: `ShardAlloc`, `System`, `mimalloc`, `jemalloc` or `rusty_alloc` (any case).
+//!   The allocator is called directly through `GlobalAlloc` for every block of the case; this
+//!   process's global allocator stays System and serves only the bookkeeping, allocated before
+//!   the baseline.
 //! - `<case>`: `a`, `b`, `c` or `d` (see `tests/rss_cases/mod.rs`).
 //! - `--stop-at-target`: end the light activity once the share is within ideal + 5 pp, as the
 //!   test does (default: always 1 s, so "after 1 s" means the same for every allocator).

@@ -1,8 +1,9 @@
 //! Resident memory over time through burst / idle / burst (memory-return issue, item 8), one
 //! allocator per process, sampled from `/proc/self/statm` every 100 ms.
 //!
-//! Usage: `rss_over_time <allocator>` (`ShardAlloc`, `System`, `mimalloc` or `jemalloc`, any
-//! case); all four with a summary table: `python3 benches/rss_over_time.py`.
+//! Usage: `rss_over_time <allocator>` (`ShardAlloc`, `System`, `mimalloc`, `jemalloc` or
+//! `rusty_alloc`, any case); the first four with a summary table: `python3 benches/rss_over_time.py`
+//! (`--allocators` adds `rusty_alloc`).
 //!
 //! Timeline (two long-lived worker threads; the allocator is called directly through
 //! `GlobalAlloc`, this process's global allocator stays System and serves only the harness,
