@@ -172,7 +172,7 @@ impl ModelHeap {
     /// Allocates a huge block (its own segment) of `size` bytes.
     pub fn alloc_huge(&self, size: usize) -> *mut u8 {
         // SAFETY: owner thread.
-        unsafe { self.heap.malloc_huge(size, 16) }
+        unsafe { self.heap.malloc_huge(size, 16, false) }
     }
 
     /// Bytes of empty page slots waiting on the heap's reset queue.

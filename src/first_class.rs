@@ -162,14 +162,28 @@ impl Heap {
     #[inline]
     pub fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: our heap, on its owner thread.
-        unsafe { allocate_in(self.raw.as_ptr(), layout.size(), layout.align(), false) }
+        unsafe {
+            allocate_in(
+                self.raw.as_ptr(),
+                layout.size().max(1),
+                layout.align(),
+                false,
+            )
+        }
     }
 
     /// Like [`Heap::alloc`], with the block zeroed.
     #[inline]
     pub fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: our heap, on its owner thread.
-        unsafe { allocate_in(self.raw.as_ptr(), layout.size(), layout.align(), true) }
+        unsafe {
+            allocate_in(
+                self.raw.as_ptr(),
+                layout.size().max(1),
+                layout.align(),
+                true,
+            )
+        }
     }
 
     /// Frees a block. (Any thread may free a block of any heap with

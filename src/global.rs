@@ -115,7 +115,7 @@ fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut
     unsafe {
         match fitting_size(size, align) {
             Some(fit) => (*heap).malloc_generic(fit, zero),
-            None => (*heap).malloc_huge(size, align),
+            None => (*heap).malloc_huge(size, align, zero),
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::options;
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::{Block, DelayedMode, IN_FULL, Page, empty_page};
 use crate::registry::{NOTHING_DUE, Slot};
-use crate::segment::{Links, Segment};
+use crate::segment::{Links, SEGMENT_SIZE, Segment};
 use crate::size_class::{
     BIN_COUNT, BIN_FULL, BIN_HUGE, BLOCK_SIZES, DIRECT_SLOTS, PageKind, QUEUE_COUNT,
     SMALL_BLOCK_MAX, SMALL_SIZE_MAX, WORD, bin_of, direct_slots_of, page_kind_of,
@@ -211,8 +211,12 @@ pub(crate) struct Heap {
     /// Unused page slots whose memory waits for the reset delay, oldest first
     /// (linked through the pages' queue links).
     reset_queue: PageQueue,
-    /// Bytes of page memory on `reset_queue`.
+    /// Bytes of page memory on `reset_queue` (huge spares excluded).
     pending_reset: Cell<usize>,
+    /// Freed huge segments kept for reuse (they sit on `reset_queue`, and
+    /// are unmapped when due), and their bytes.
+    huge_spares: Cell<usize>,
+    huge_spare_bytes: Cell<usize>,
     /// Lowest and highest bin holding a retired page.
     retired_min: Cell<usize>,
     retired_max: Cell<usize>,
@@ -267,6 +271,8 @@ macro_rules! heap_value {
             slow_calls: Cell::new(0),
             reset_queue: PageQueue::new(),
             pending_reset: Cell::new(0),
+            huge_spares: Cell::new(0),
+            huge_spare_bytes: Cell::new(0),
             retired_min: Cell::new(BIN_COUNT),
             retired_max: Cell::new(0),
             slot: Cell::new(ptr::null()),
@@ -546,13 +552,18 @@ impl Heap {
     /// # Safety
     /// Called on the owner thread, on a real (non-empty) heap.
     #[inline(never)]
-    pub(crate) unsafe fn malloc_huge(&self, size: usize, align: usize) -> *mut u8 {
+    pub(crate) unsafe fn malloc_huge(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
         let _guard = self.lock();
         // SAFETY: owner thread (caller) throughout.
         unsafe {
             self.heartbeat();
-            if !self.within_limit(size) {
+            let fits = Segment::huge_footprint(size, align).is_some_and(|b| self.within_limit(b));
+            if !fits {
                 return ptr::null_mut();
+            }
+            let spare = self.reuse_huge_spare(size, align, zero);
+            if !spare.is_null() {
+                return spare;
             }
             let Some((segment, block)) =
                 Segment::create_huge(size, align, self.thread_id(), self.as_ptr(), BIN_HUGE)
@@ -889,9 +900,14 @@ impl Heap {
             (*page).retire_expire.set(0);
             let segment = Segment::of(page.cast());
             self.note_page_bytes(segment, page, false);
+            if (*segment).kind == PageKind::Huge {
+                stats::HUGE_LIVE.sub((*page).block_size.get());
+            }
             Segment::release_slot(segment, page);
             if (*segment).kind == PageKind::Huge {
-                self.segment_free(segment);
+                if !self.keep_huge_spare(segment, page) {
+                    self.segment_free(segment);
+                }
                 return;
             }
             self.list_free_slot(segment);
@@ -1263,9 +1279,15 @@ impl Heap {
             (*segment)
                 .pending_pages
                 .set((*segment).pending_pages.get() - 1);
-            let bytes = Segment::page_memory(segment, page).1;
-            self.pending_reset
-                .set(self.pending_reset.get().saturating_sub(bytes));
+            if (*segment).kind == PageKind::Huge {
+                self.huge_spares.set(self.huge_spares.get() - 1);
+                self.huge_spare_bytes
+                    .set(self.huge_spare_bytes.get() - (*segment).size);
+            } else {
+                let bytes = Segment::page_memory(segment, page).1;
+                self.pending_reset
+                    .set(self.pending_reset.get().saturating_sub(bytes));
+            }
             self.publish_reset_due();
         }
     }
@@ -1279,8 +1301,95 @@ impl Heap {
         unsafe {
             self.unschedule_reset(page);
             let segment = Segment::of(page.cast());
+            if (*segment).kind == PageKind::Huge {
+                // A huge spare's delay is over: unmap it.
+                self.segment_free(segment);
+                return;
+            }
             Segment::reset_page(segment, page);
             self.segment_free_if_empty(segment);
+        }
+    }
+
+    /// Keeps a freed huge segment (its page just released) for a later huge
+    /// allocation, until the reset delay passes; false when it should go
+    /// now (a delay of 0, or bigger than the spare limit).
+    ///
+    /// # Safety
+    /// Owner thread holding the lock; the segment is ours, huge, on our
+    /// segment list, its page unused.
+    unsafe fn keep_huge_spare(&self, segment: *mut Segment, page: *mut Page) -> bool {
+        let delay = options::reset_delay_ms();
+        // Spares are whole blocks that a program replacing a buffer asks for
+        // again at once; they get twice the small pages' allowance.
+        let limit = options::pending_reset_limit().saturating_mul(2);
+        // SAFETY: owner thread (caller); the segment is ours.
+        unsafe {
+            let size = (*segment).size;
+            if delay == 0 || size > limit || (*segment).map_align != SEGMENT_SIZE {
+                return false;
+            }
+            (*page).replace_reset_pending(true);
+            (*segment).pending_pages.set(1);
+            (*page).reset_at.set(os::now_ms().saturating_add(delay));
+            let _ = self.reset_queue.push_back(page);
+            self.huge_spares.set(self.huge_spares.get() + 1);
+            self.huge_spare_bytes
+                .set(self.huge_spare_bytes.get() + size);
+            // Over the limit: unmap the oldest spares.
+            let mut oldest = self.reset_queue.first.get();
+            while self.huge_spare_bytes.get() > limit && !oldest.is_null() {
+                let next = (*oldest).next.get();
+                if (*Segment::of(oldest.cast())).kind == PageKind::Huge {
+                    self.reset_pending_page(oldest);
+                }
+                oldest = next;
+            }
+            self.publish_reset_due();
+        }
+        true
+    }
+
+    /// A huge block from a spare segment that fits `size` at `align` (the
+    /// smallest that does), or null. Spares much larger than the request
+    /// give the tail's memory back.
+    ///
+    /// # Safety
+    /// Owner thread holding the lock.
+    unsafe fn reuse_huge_spare(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        if self.huge_spares.get() == 0 {
+            return ptr::null_mut();
+        }
+        let mut best: *mut Page = ptr::null_mut();
+        let mut best_size = usize::MAX;
+        let mut page = self.reset_queue.first.get();
+        // SAFETY: owner thread holding the lock (caller); pages on the reset
+        // queue are slots of our live segments.
+        unsafe {
+            while !page.is_null() {
+                let segment = Segment::of(page.cast());
+                if (*segment).kind == PageKind::Huge
+                    && (*segment).size < best_size
+                    && Segment::huge_fits(segment, size, align)
+                    && self.within_limit(Segment::committed_len(segment, page))
+                {
+                    best = page;
+                    best_size = (*segment).size;
+                }
+                page = (*page).next.get();
+            }
+            if best.is_null() {
+                return ptr::null_mut();
+            }
+            self.unschedule_reset(best);
+            let segment = Segment::of(best.cast());
+            let block = Segment::reuse_huge(segment, size, align, self.as_ptr(), BIN_HUGE);
+            self.queue_push_back(BIN_HUGE, best);
+            self.note_page_bytes(segment, best, true);
+            if zero {
+                block.write_bytes(0, size);
+            }
+            block
         }
     }
 
@@ -2015,7 +2124,7 @@ mod tests {
                     blocks.push((p, size, bin as u8));
                 }
             }
-            let huge = heap.malloc_huge(3 * LARGE_BLOCK_MAX, 16);
+            let huge = heap.malloc_huge(3 * LARGE_BLOCK_MAX, 16, false);
             huge.write_bytes(0xEE, 3 * LARGE_BLOCK_MAX);
             assert!(heap.segment_count() > 3);
             for &(p, size, fill) in &blocks {
@@ -2182,7 +2291,9 @@ mod tests {
         let heap = Heap::new(OWNER, &raw const shared);
         // SAFETY: this thread plays the owner; `OTHER` frees blocks it was given.
         unsafe {
-            let huge: Vec<*mut u8> = (0..4).map(|_| heap.malloc_huge(2 << 20, 16)).collect();
+            let huge: Vec<*mut u8> = (0..4)
+                .map(|_| heap.malloc_huge(2 << 20, 16, false))
+                .collect();
             // Two are freed by another thread: their frees wait on the heap's
             // delayed list, so the owner cannot orphan them.
             free_block(huge[0], OTHER);
@@ -2282,7 +2393,7 @@ mod tests {
             let blocks: Vec<*mut u8> = (0..200)
                 .map(|_| first_class.malloc_generic(5000, false))
                 .collect();
-            let huge = first_class.malloc_huge(8 << 20, 16);
+            let huge = first_class.malloc_huge(8 << 20, 16, false);
             assert!(blocks.iter().all(|p| !p.is_null()) && !huge.is_null());
             assert_eq!(shared.abandoned.len(), 1, "the abandoned segment stays put");
             let (pages, live, bytes) = first_class.block_counts();

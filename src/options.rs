@@ -10,6 +10,7 @@
 //! | `SHARDALLOC_RESET_MODE` | [`set_reset_mode`] | `dontneed` | `dontneed` (RSS drops at once) or `free` (`MADV_FREE`: cheaper, RSS drops only under memory pressure) |
 //! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 16384 | per thread, empty-page memory waiting for its delay beyond which the oldest is given back at once |
 //! | `SHARDALLOC_SEGMENT_CACHE` | [`set_segment_cache`] | 4 | empty segments (4 MiB of address space each, their memory already given back) kept for reuse, at most 16 |
+//! | `SHARDALLOC_HUGE_OS_PAGES` | [`set_huge_os_pages`] | `1` | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) on huge blocks of 2 MiB or more; `0`: never |
 //!
 //! Options are plain atomics read with `Relaxed` ordering: a change takes
 //! effect on each thread's next slow path, and nothing depends on two
@@ -58,6 +59,7 @@ pub const MAX_SEGMENT_CACHE: usize = 16;
 static RESET_DELAY_MS: AtomicUsize = AtomicUsize::new(10);
 static RESET_MODE_FREE: AtomicUsize = AtomicUsize::new(0);
 static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(16 << 20);
+static HUGE_OS_PAGES: AtomicUsize = AtomicUsize::new(1);
 static SEGMENT_CACHE: AtomicUsize = AtomicUsize::new(4);
 
 /// Sets how long (in milliseconds, at most [`MAX_RESET_DELAY_MS`]) an empty
@@ -125,6 +127,23 @@ pub fn set_segment_cache(segments: usize) -> Result<(), OptionError> {
     Ok(())
 }
 
+/// Whether huge blocks of 2 MiB or more ask the kernel for transparent huge
+/// pages (`MADV_HUGEPAGE`): a page fault then maps 2 MiB instead of 4 KiB,
+/// which makes touching a fresh multi-MiB block many times cheaper. The
+/// cost is resident memory in 2 MiB steps for huge blocks that are only
+/// partly touched. On by default (the kernel must allow it: THP `madvise`
+/// or `always` mode).
+pub fn set_huge_os_pages(enabled: bool) {
+    // Relaxed: see the module documentation.
+    HUGE_OS_PAGES.store(usize::from(enabled), Ordering::Relaxed);
+}
+
+/// See [`set_huge_os_pages`].
+pub fn huge_os_pages() -> bool {
+    // Relaxed: see the module documentation.
+    HUGE_OS_PAGES.load(Ordering::Relaxed) != 0
+}
+
 /// How many empty segments are kept for reuse.
 pub fn segment_cache() -> usize {
     // Relaxed: see the module documentation.
@@ -158,6 +177,13 @@ pub(crate) fn read_environment() {
         match parse_number(value).and_then(|kib| kib.checked_mul(1024)) {
             Some(bytes) => set_pending_reset_limit(bytes),
             None => report(b"SHARDALLOC_PENDING_RESET_KIB", value, b"a size in KiB"),
+        }
+    }
+    if let Some(value) = env(c"SHARDALLOC_HUGE_OS_PAGES") {
+        match value {
+            b"1" => set_huge_os_pages(true),
+            b"0" => set_huge_os_pages(false),
+            _ => report(b"SHARDALLOC_HUGE_OS_PAGES", value, b"0 or 1"),
         }
     }
     if let Some(value) = env(c"SHARDALLOC_SEGMENT_CACHE") {

@@ -25,10 +25,10 @@ pub(crate) const fn checked_align_up(n: usize, align: usize) -> Option<usize> {
 }
 
 #[cfg(not(any(loom, miri)))]
-pub(crate) use unix::{map, now_ms, reset, unmap};
+pub(crate) use unix::{advise_huge_pages, map, now_ms, reset, unmap};
 
 #[cfg(any(loom, miri))]
-pub(crate) use test_backend::{live_mappings, map, now_ms, reset, unmap};
+pub(crate) use test_backend::{advise_huge_pages, live_mappings, map, now_ms, reset, unmap};
 
 #[cfg(not(any(loom, miri)))]
 mod unix {
@@ -154,6 +154,20 @@ mod unix {
         done
     }
 
+    /// Asks the kernel to back the range with transparent huge pages (2 MiB
+    /// on x86-64) where it can: far fewer page faults for memory that is
+    /// used whole. A kernel without THP ignores it (the call fails
+    /// harmlessly).
+    ///
+    /// # Safety
+    /// The range is page-aligned and lies inside one of our mappings.
+    pub(crate) unsafe fn advise_huge_pages(ptr: *mut u8, size: usize) {
+        stats::MADVISE_CALLS.add(1);
+        // SAFETY: the caller guarantees the range is ours; the advice does
+        // not change the contents.
+        unsafe { libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE) };
+    }
+
     /// Cleared when the kernel rejects `MADV_FREE`.
     static MADV_FREE_WORKS: AtomicBool = AtomicBool::new(true);
 
@@ -218,6 +232,12 @@ mod test_backend {
         unsafe { ptr.write_bytes(0, size) };
         true
     }
+
+    /// No transparent huge pages in the test backend.
+    ///
+    /// # Safety
+    /// None needed; the signature matches the unix backend.
+    pub(crate) unsafe fn advise_huge_pages(_ptr: *mut u8, _size: usize) {}
 
     /// A clock that never moves: loom models and Miri runs see no delay expire.
     pub(crate) fn now_ms() -> u64 {

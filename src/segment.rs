@@ -20,6 +20,7 @@
 //! mask still finds the header.
 
 use crate::heap::Heap;
+use crate::options;
 use crate::os::{self, OS_PAGE_SIZE, checked_align_up};
 use crate::page::{ADDRESS_LIMIT, Page};
 use crate::size_class::PageKind;
@@ -89,6 +90,13 @@ impl Links {
     }
 }
 
+/// A transparent huge page (x86-64, aarch64 with 4 KiB pages).
+const HUGE_OS_PAGE: usize = 2 << 20;
+
+/// A spare huge segment reused for a block this much (or a quarter of the
+/// spare) smaller gives the difference back to the OS.
+const TRIM_MIN: usize = 1 << 20;
+
 /// A segment header.
 ///
 /// `thread_id` is read by every free (relaxed, compared with the caller's
@@ -107,7 +115,7 @@ pub(crate) struct Segment {
     /// Immutable: bytes mapped from the segment start.
     pub(crate) size: usize,
     /// Immutable: the alignment the mapping was requested with.
-    map_align: usize,
+    pub(crate) map_align: usize,
     /// Page slots in use.
     pub(crate) used_pages: Cell<usize>,
     /// The owning heap (null while abandoned).
@@ -444,7 +452,7 @@ impl Segment {
         // (segment + block_offset) is `align`-aligned and the segment itself
         // is SEGMENT_SIZE-aligned.
         let (block_offset, map_align, map_offset) = if align <= SEGMENT_SIZE {
-            (checked_align_up(HEADER_SIZE, align)?, SEGMENT_SIZE, 0)
+            (Segment::huge_block_offset(align)?, SEGMENT_SIZE, 0)
         } else {
             // The block sits exactly one segment size in: (block − 1) still
             // masks to the header.
@@ -452,6 +460,10 @@ impl Segment {
         };
         let total = checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)?;
         let base = map_below_limit(total, map_align, map_offset)?;
+        if total >= HUGE_OS_PAGE && options::huge_os_pages() {
+            // SAFETY: our fresh mapping.
+            unsafe { os::advise_huge_pages(base.as_ptr(), total) };
+        }
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for header and block.
         unsafe {
@@ -473,6 +485,71 @@ impl Segment {
             stats::HUGE_LIVE.add(total - block_offset);
             (*segment.as_ptr()).used_pages.set(1);
             Some((segment, block))
+        }
+    }
+
+    /// Where a huge block aligned to `align` starts in a huge segment mapped
+    /// at `SEGMENT_SIZE` alignment.
+    fn huge_block_offset(align: usize) -> Option<usize> {
+        checked_align_up(HEADER_SIZE, align.max(OS_PAGE_SIZE))
+    }
+
+    /// The bytes a huge block of `size` bytes aligned to `align` counts for
+    /// in its heap's page bytes (`committed_len` of its segment), or `None`
+    /// if it cannot be mapped.
+    pub(crate) fn huge_footprint(size: usize, align: usize) -> Option<usize> {
+        let block_offset = if align <= SEGMENT_SIZE {
+            Segment::huge_block_offset(align)?
+        } else {
+            SEGMENT_SIZE
+        };
+        Some(checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)? - HEADER_SIZE)
+    }
+
+    /// Whether the huge segment (a spare) can hold a block of `size` bytes
+    /// aligned to `align`.
+    ///
+    /// # Safety
+    /// `segment` is a live huge segment.
+    pub(crate) unsafe fn huge_fits(segment: *mut Segment, size: usize, align: usize) -> bool {
+        // SAFETY: a live segment (caller).
+        let (total, map_align) = unsafe { ((*segment).size, (*segment).map_align) };
+        align <= SEGMENT_SIZE
+            && map_align == SEGMENT_SIZE
+            && Segment::huge_block_offset(align)
+                .and_then(|offset| offset.checked_add(size))
+                .is_some_and(|end| end <= total)
+    }
+
+    /// Sets a spare huge segment's page up again for a block of `size` bytes
+    /// aligned to `align`, owned by `heap`; returns the block. When the
+    /// spare is much larger than the block, the tail's memory goes back.
+    ///
+    /// # Safety
+    /// The caller owns the spare `segment` and `page` (its only page,
+    /// unused), and `huge_fits(segment, size, align)` holds.
+    pub(crate) unsafe fn reuse_huge(
+        segment: *mut Segment,
+        size: usize,
+        align: usize,
+        heap: *mut Heap,
+        bin: usize,
+    ) -> *mut u8 {
+        // SAFETY: an unused page of our spare, which fits (caller).
+        unsafe {
+            let offset = Segment::huge_block_offset(align).unwrap_or(HEADER_SIZE);
+            let total = (*segment).size;
+            let block = segment.cast::<u8>().add(offset);
+            let page = Segment::page(segment, 0);
+            let keep = checked_align_up(offset + size, OS_PAGE_SIZE).unwrap_or(total);
+            let tail = total.saturating_sub(keep);
+            if tail >= TRIM_MIN.max(total / 2) {
+                os::reset(segment.cast::<u8>().add(keep), tail);
+            }
+            (*page).init_huge(heap, bin, block, total - offset);
+            (*segment).used_pages.set(1);
+            stats::HUGE_LIVE.add(total - offset);
+            block
         }
     }
 
@@ -525,8 +602,11 @@ impl Segment {
         // SAFETY: the caller guarantees nothing uses the segment; the
         // mapping parameters are the ones it was created with.
         unsafe {
-            if (*segment).kind == PageKind::Huge {
-                stats::HUGE_LIVE.sub((*Segment::page(segment, 0)).block_size.get());
+            let page = Segment::page(segment, 0);
+            if (*segment).kind == PageKind::Huge && (*page).in_use.get() {
+                // Released with its block (an orphan's free, or `destroy`);
+                // a freed block was uncounted when its page was freed.
+                stats::HUGE_LIVE.sub((*page).block_size.get());
             }
             if !(*segment).pages_zero.get() {
                 Segment::forget_committed(segment);
