@@ -1006,7 +1006,14 @@ impl Heap {
             let limit = options::segment_cache();
             if (*segment).kind != PageKind::Huge && limit > 0 {
                 if !Segment::all_pages_zero(segment) {
-                    Segment::reset_pages(segment);
+                    let delay = options::reset_delay_ms();
+                    if delay == 0 {
+                        Segment::reset_pages(segment);
+                    } else {
+                        // Thread exit or `destroy`: the next heap may well
+                        // reuse it soon; a reaper's sweep resets it if not.
+                        Segment::cache_dirty(segment, os::now_ms().saturating_add(delay));
+                    }
                 }
                 if (*self.shared.get()).segment_cache.put(segment, limit) {
                     return;
@@ -1220,6 +1227,12 @@ impl Heap {
         if !force && !registry.reap_is_due(now, delay.max(1)) {
             return;
         }
+        // SAFETY: as above.
+        let cache = unsafe { &(*shared).segment_cache };
+        cache.sweep(
+            if force { u64::MAX } else { os::now_ms() },
+            options::segment_cache(),
+        );
         for slot in registry.slots() {
             if ptr::eq(slot, self.slot.get()) {
                 continue;
@@ -1546,8 +1559,18 @@ impl Heap {
                     self.page_free(page);
                 }
             });
-            // Nobody will pass through this heap's slow path again: give the
-            // memory of every empty slot back now.
+            // Nobody will pass through this heap's slow path again. Empty
+            // segments go to the segment cache as they are (their memory
+            // goes back after the reset delay unless another thread reuses
+            // them first); the empty slots of the others go back now.
+            let mut segment = self.segments.first.get();
+            while !segment.is_null() {
+                let next = (*segment).all.next.get();
+                if (*segment).used_pages.get() == 0 && (*segment).kind != PageKind::Huge {
+                    self.segment_free(segment);
+                }
+                segment = next;
+            }
             self.reset_expired(true);
             // 4. Abandon the segments that still hold live blocks.
             let shared = self.shared.get();

@@ -135,6 +135,10 @@ pub(crate) struct Segment {
     pub(crate) abandoned_live: Cell<usize>,
     /// Next segment on the abandoned list (written before publication).
     abandoned_next: UnsafeCell<*mut Segment>,
+    /// While in the segment cache with its memory not given back yet: when
+    /// it is due for the reset (`os::now_ms`). Written before the cache's
+    /// Release `put`, read after its Acquire `take`.
+    cache_due_ms: Cell<u64>,
     /// Page descriptors; only the first `page_count` are initialised.
     pages: [Page; MAX_PAGES],
 }
@@ -400,6 +404,33 @@ impl Segment {
         }
     }
 
+    /// An empty segment goes into the cache with its memory still there,
+    /// to be given back when due (`cache_due_ms`) unless it is reused first.
+    ///
+    /// # Safety
+    /// `segment` is live, empty, non-huge and owned by the caller.
+    pub(crate) unsafe fn cache_dirty(segment: *mut Segment, due_ms: u64) {
+        // SAFETY: owned by the caller.
+        unsafe {
+            (*segment).pages_zero.set(false);
+            (*segment).cache_due_ms.set(due_ms);
+        }
+    }
+
+    /// A cached segment whose memory is still there and due for its reset
+    /// by `now_ms`: gives the memory back.
+    ///
+    /// # Safety
+    /// The caller took `segment` from the cache and owns it.
+    pub(crate) unsafe fn reset_cached_if_due(segment: *mut Segment, now_ms: u64) {
+        // SAFETY: owned by the caller.
+        unsafe {
+            if !(*segment).pages_zero.get() && (*segment).cache_due_ms.get() <= now_ms {
+                Segment::reset_pages(segment);
+            }
+        }
+    }
+
     /// Every page slot's memory is known to read as zeros.
     ///
     /// # Safety
@@ -584,6 +615,7 @@ impl Segment {
             ptr::addr_of_mut!((*segment).pages_zero).write(Cell::new(false));
             ptr::addr_of_mut!((*segment).pending_pages).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).abandoned_live).write(Cell::new(0));
+            ptr::addr_of_mut!((*segment).cache_due_ms).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).abandoned_next).write(UnsafeCell::new(ptr::null_mut()));
             for index in 0..page_count {
                 let page = Page::new();

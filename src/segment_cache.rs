@@ -1,7 +1,10 @@
 //! A small process-wide cache of empty segments, so a thread that frees its
 //! last page and soon needs a new one (or another thread that does) skips
-//! `munmap` + `mmap`. A cached segment has already given its page memory back
-//! to the OS; it costs its header and 4 MiB of address space.
+//! `munmap` + `mmap`. A cached segment has usually given its page memory
+//! back to the OS and costs its header and 4 MiB of address space; one left
+//! by a thread's exit or a heap's `destroy` keeps its memory until its reset
+//! delay passes (a reaper's `sweep` gives it back), so the next thread or
+//! heap reuses it without page faults.
 //!
 //! Lock-free and ABA-free: each slot holds at most one segment; `put` claims
 //! an empty slot with a CAS, `take` empties a slot with a swap, so a segment
@@ -84,6 +87,30 @@ impl SegmentCache {
             .iter()
             .filter(|slot| !slot.load(Ordering::Relaxed).is_null())
             .count()
+    }
+
+    /// Gives back the memory of cached segments whose reset is due by
+    /// `now_ms` (see `Segment::cache_dirty`): each is taken out, reset, and
+    /// put back (or unmapped if its slot was refilled meanwhile).
+    pub(crate) fn sweep(&self, now_ms: u64, limit: usize) {
+        for slot in &self.slots {
+            // Relaxed: a cheap emptiness test; the swap acquires.
+            if slot.load(Ordering::Relaxed).is_null() {
+                continue;
+            }
+            // Acquire pairs with the Release CAS in `put`.
+            let segment = slot.swap(ptr::null_mut(), Ordering::Acquire);
+            if segment.is_null() {
+                continue;
+            }
+            // SAFETY: the swap made us the segment's only owner.
+            unsafe {
+                Segment::reset_cached_if_due(segment, now_ms);
+                if !self.put(segment, limit) {
+                    Segment::release(segment);
+                }
+            }
+        }
     }
 
     /// Unmaps every cached segment.
