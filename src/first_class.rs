@@ -244,7 +244,7 @@ impl Heap {
     /// asked about; O(segments of the heap).
     pub fn contains(&self, ptr: *const u8) -> bool {
         // SAFETY: our heap, on its owner thread.
-        unsafe { self.raw.as_ref().contains(ptr) }
+        unsafe { self.raw.as_ref().contains(ptr.addr()) }
     }
 
     /// Calls `f(block, usable_size)` for every live block of the heap.

@@ -1782,22 +1782,24 @@ impl Heap {
         self.peak_page_bytes.get()
     }
 
-    /// Whether `ptr` points into a page in use of this heap.
+    /// Whether the address `addr` lies in a page in use of this heap.
     ///
     /// # Safety
     /// Owner thread.
-    pub(crate) unsafe fn contains(&self, ptr: *const u8) -> bool {
+    pub(crate) unsafe fn contains(&self, addr: usize) -> bool {
         let mut segment = self.segments.first.get();
-        // SAFETY: owner thread: segments on our list are live. `ptr` is only
-        // compared with addresses until it is known to lie in one of them.
+        // SAFETY: owner thread: segments on our list are live. The address
+        // is only compared with theirs until it is known to lie in one, and
+        // then used with that segment's provenance.
         unsafe {
             while !segment.is_null() {
                 let start = segment.addr();
-                if (start..start + (*segment).size).contains(&ptr.addr()) {
-                    let page = Segment::page_of(segment, ptr);
+                if (start..start + (*segment).size).contains(&addr) {
+                    let inside = segment.cast::<u8>().with_addr(addr);
+                    let page = Segment::page_of(segment, inside);
                     return Segment::page_index(segment, page) < (*segment).page_count
                         && (*page).in_use.get()
-                        && ptr.addr() >= (*page).page_start.get().addr();
+                        && addr >= (*page).page_start.get().addr();
                 }
                 segment = (*segment).all.next.get();
             }
@@ -2422,8 +2424,8 @@ mod tests {
             let (pages, live, bytes) = first_class.block_counts();
             assert_eq!(live, 201);
             assert!(pages >= 2 && bytes >= 200 * 5000 + (8 << 20));
-            assert!(first_class.contains(blocks[7]) && first_class.contains(huge));
-            assert!(!first_class.contains(survivor));
+            assert!(first_class.contains(blocks[7].addr()) && first_class.contains(huge.addr()));
+            assert!(!first_class.contains(survivor.addr()));
             first_class.destroy();
             assert_eq!(first_class.segment_count(), 0);
             assert_eq!(first_class.page_bytes(), 0);
