@@ -7,7 +7,7 @@ use crate::heap::{Heap, free_block, zero_block};
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::Block;
 use crate::segment::Segment;
-use crate::size_class::{MIN_ALIGN, PageKind, SMALL_SIZE_MAX, fitting_size};
+use crate::size_class::{MIN_ALIGN, PageKind, SMALL_SIZE_MAX, bin_of, fitting_size};
 use crate::thread;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr;
@@ -114,7 +114,26 @@ fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut
     // SAFETY: a real heap of the calling thread.
     unsafe {
         match fitting_size(size, align) {
-            Some(fit) => (*heap).malloc_generic(fit, zero),
+            Some(fit) => {
+                // Above the direct table (which `allocate` already tried
+                // for the rest): the size class's first page, which the page
+                // search keeps at the front, usually has a block.
+                let page = if size > SMALL_SIZE_MAX || align > MIN_ALIGN {
+                    (*heap).first_page(bin_of(fit))
+                } else {
+                    ptr::null_mut()
+                };
+                if !page.is_null() {
+                    let block = (*page).pop();
+                    if !block.is_null() {
+                        if zero {
+                            zero_block(page, block, fit);
+                        }
+                        return block.cast();
+                    }
+                }
+                (*heap).malloc_generic(fit, zero)
+            }
             None => (*heap).malloc_huge(size, align, zero),
         }
     }

@@ -422,6 +422,15 @@ impl Heap {
         }
     }
 
+    /// The first page of size class `bin`'s queue (null if none): where the
+    /// slow path's search would look first.
+    #[inline(always)]
+    pub(crate) fn first_page(&self, bin: usize) -> *mut Page {
+        self.queues
+            .get(bin)
+            .map_or(ptr::null_mut(), |queue| queue.first.get())
+    }
+
     #[inline]
     fn queue(&self, index: usize) -> &PageQueue {
         match self.queues.get(index) {
@@ -765,8 +774,11 @@ impl Heap {
         // SAFETY: the page is ours (caller), so is its heap, set by us.
         unsafe {
             // Emptied again while still retired (an alloc/free loop on the
-            // only page of its class): it stays retired, nothing to do.
+            // only page of its class): it stays retired; hand the freed
+            // blocks straight back to allocation, so the loop's next
+            // allocation takes the fast path instead of collecting.
             if (*page).retire_expire.get() != 0 && (*page).flags.get() == 0 {
+                (*page).reuse_local_free();
                 return;
             }
             // Relaxed: we wrote it on this thread.

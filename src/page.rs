@@ -177,7 +177,9 @@ pub(crate) const IN_FULL: u8 = 1;
 /// Minimum number of blocks threaded per extension.
 const MIN_EXTEND: usize = 4;
 /// Bytes of blocks threaded per extension: about one OS page, so page memory
-/// becomes resident gradually.
+/// becomes resident gradually and freed blocks are reused soon (a larger
+/// extension, 16 KiB, made a ring of 64 × 1 KiB 20 % cheaper in callgrind,
+/// but kept allocating fresh memory while freed, cache-warm blocks waited).
 const EXTEND_BYTES: usize = 4096;
 
 /// One page descriptor. It lives in its segment's header, never in the page
@@ -521,6 +523,19 @@ impl Page {
         } else if !taken.is_null() {
             // SAFETY: owner only (caller); the taken blocks are ours.
             unsafe { self.splice_local(taken) };
+        }
+    }
+
+    /// Moves `local_free` to `free` when `free` is empty (owner only): the
+    /// blocks the owner freed become allocatable without a slow path.
+    #[inline]
+    pub(crate) fn reuse_local_free(&self) {
+        if self.free.get().is_null() {
+            let local = self.local_free.replace(ptr::null_mut());
+            if !local.is_null() {
+                self.free.set(local);
+                self.free_is_zero.set(false);
+            }
         }
     }
 
