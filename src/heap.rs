@@ -737,6 +737,17 @@ impl Heap {
         let mut segment = slots.map_or(ptr::null_mut(), |list| list.first.get());
         // SAFETY: owner thread (caller); segments on our lists are ours.
         unsafe {
+            // Fill a segment already in use before starting an empty one:
+            // empty segments can go back to the OS (or to a first-class
+            // heap of this thread) only while they stay empty.
+            let mut candidate = segment;
+            while !candidate.is_null() {
+                if (*candidate).used_pages.get() > 0 {
+                    segment = candidate;
+                    break;
+                }
+                candidate = (*candidate).with_free_slot.next.get();
+            }
             if segment.is_null() {
                 let Some(fresh) = self.new_segment(kind) else {
                     return ptr::null_mut();
