@@ -121,7 +121,8 @@ impl ModelHeap {
     /// The reaper pass of this heap's slow path over the other registered
     /// heaps (every waiting page slot with `force`).
     pub fn reap_others(&self, force: bool) {
-        self.heap.reap_idle_heaps(force);
+        // SAFETY: owner thread (the model thread that created the heap).
+        unsafe { self.heap.reap_idle_heaps(force) };
     }
 
     /// Allocates `size ≥ 64` bytes through the heap's slow path (the real

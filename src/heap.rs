@@ -628,7 +628,8 @@ impl Heap {
                 // SAFETY: owner thread (caller).
                 unsafe { self.collect(false) };
             }
-            self.reap_idle_heaps(false);
+            // SAFETY: owner thread (caller).
+            unsafe { self.reap_idle_heaps(false) };
         }
     }
 
@@ -1026,23 +1027,7 @@ impl Heap {
             for index in 0..(*segment).page_count {
                 self.unschedule_reset(Segment::page(segment, index));
             }
-            let limit = options::segment_cache();
-            if (*segment).kind != PageKind::Huge && limit > 0 {
-                if !Segment::all_pages_zero(segment) {
-                    let delay = options::reset_delay_ms();
-                    if delay == 0 {
-                        Segment::reset_pages(segment);
-                    } else {
-                        // Thread exit or `destroy`: the next heap may well
-                        // reuse it soon; a reaper's sweep resets it if not.
-                        Segment::cache_dirty(segment, os::now_ms().saturating_add(delay));
-                    }
-                }
-                if (*self.shared.get()).segment_cache.put(segment, limit) {
-                    return;
-                }
-            }
-            Segment::release(segment);
+            cache_or_release(self.shared.get(), segment);
         }
     }
 
@@ -1237,8 +1222,13 @@ impl Heap {
     /// empty page slots whose reset is overdue by a whole reset delay (their
     /// owner has not passed through a slow path since), or of every waiting
     /// slot with `force`. At most one pass per reset delay across the
-    /// process unless `force`; heaps whose lock is busy are skipped.
-    pub(crate) fn reap_idle_heaps(&self, force: bool) {
+    /// process unless `force`; heaps whose lock is busy are skipped. A
+    /// pass also looks through the abandoned segments (`reclaim`, adopting
+    /// nothing).
+    ///
+    /// # Safety
+    /// Owner thread.
+    pub(crate) unsafe fn reap_idle_heaps(&self, force: bool) {
         let shared = self.shared.get();
         if shared.is_null() {
             return;
@@ -1256,6 +1246,12 @@ impl Heap {
             if force { u64::MAX } else { os::now_ms() },
             options::segment_cache(),
         );
+        // Abandoned segments: the emptied ones go to the cache, and the
+        // empty slots of the others give their memory back.
+        if !force {
+            // SAFETY: owner thread (caller).
+            let _ = unsafe { self.reclaim(None) };
+        }
         for slot in registry.slots() {
             if ptr::eq(slot, self.slot.get()) {
                 continue;
@@ -1586,11 +1582,22 @@ impl Heap {
             // segments go to the segment cache as they are (their memory
             // goes back after the reset delay unless another thread reuses
             // them first); the empty slots of the others go back now.
+            // The others are about to be abandoned: their empty slots keep
+            // their memory too, for the thread that adopts the segment (it
+            // queues them for the reset delay) — or a reclaim pass gives it
+            // back if the segment stays abandoned. Only huge spares remain
+            // on the queue; they go now.
             let mut segment = self.segments.first.get();
             while !segment.is_null() {
                 let next = (*segment).all.next.get();
-                if (*segment).used_pages.get() == 0 && (*segment).kind != PageKind::Huge {
-                    self.segment_free(segment);
+                if (*segment).kind != PageKind::Huge {
+                    if (*segment).used_pages.get() == 0 {
+                        self.segment_free(segment);
+                    } else {
+                        for index in 0..(*segment).page_count {
+                            self.unschedule_reset(Segment::page(segment, index));
+                        }
+                    }
                 }
                 segment = next;
             }
@@ -1818,8 +1825,13 @@ impl Heap {
             while !segment.is_null() {
                 let start = segment.addr();
                 if (start..start + (*segment).size).contains(&addr) {
-                    let inside = segment.cast::<u8>().with_addr(addr);
-                    let page = Segment::page_of(segment, inside);
+                    // A huge segment's one page spans all of it (its page
+                    // shift only covers where its block can start).
+                    let page = if (*segment).kind == PageKind::Huge {
+                        Segment::page(segment, 0)
+                    } else {
+                        Segment::page_of(segment, segment.cast::<u8>().with_addr(addr))
+                    };
                     return Segment::page_index(segment, page) < (*segment).page_count
                         && (*page).in_use.get()
                         && addr >= (*page).page_start.get().addr();
@@ -1945,11 +1957,13 @@ impl Heap {
                 stats::ABANDONED_LIVE.sub((*segment).abandoned_live.replace(0));
                 collect_abandoned(segment);
                 if (*segment).used_pages.get() == 0 {
-                    Segment::release(segment);
+                    cache_or_release(self.shared.get(), segment);
                 } else if !adopted && Some((*segment).kind) == kind {
                     self.adopt(segment);
                     adopted = true;
                 } else {
+                    // Nobody owns its emptied slots: their memory goes now.
+                    reset_unused_slots(segment);
                     note_abandoned_live(segment);
                     if keep_first.is_null() {
                         keep_first = segment;
@@ -1987,6 +2001,11 @@ impl Heap {
             for index in 0..(*segment).page_count {
                 let page = Segment::page(segment, index);
                 if !(*page).in_use.get() {
+                    // Emptied by the collect before adoption: its memory
+                    // waits for the reset delay, on our queue now.
+                    if !(*page).memory_is_zero.get() {
+                        self.schedule_reset(page);
+                    }
                     continue;
                 }
                 // Release pairs with the Acquire load of `heap` in the
@@ -2031,8 +2050,39 @@ impl Heap {
         drop(guard);
         if force {
             // Also what other heaps keep waiting for their reset delay.
-            self.reap_idle_heaps(true);
+            // SAFETY: owner thread (caller).
+            unsafe { self.reap_idle_heaps(true) };
         }
+    }
+}
+
+/// An empty segment that belongs to no heap goes into the segment cache
+/// (with its memory, given back when its reset delay passes, if it still
+/// has any: thread exit, `destroy`, an emptied abandoned segment), or back
+/// to the OS when the cache is full or off.
+///
+/// # Safety
+/// The caller owns the segment: empty, on no list, no slot pending.
+unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segment) {
+    // SAFETY: exclusive ownership (caller); `shared` outlives every heap.
+    unsafe {
+        let limit = options::segment_cache();
+        if (*segment).kind != PageKind::Huge && limit > 0 {
+            if !Segment::all_pages_zero(segment) {
+                let delay = options::reset_delay_ms();
+                if delay == 0 {
+                    Segment::reset_pages(segment);
+                } else {
+                    // The next heap may well reuse it soon; a reaper's sweep
+                    // gives the memory back if not.
+                    Segment::cache_dirty(segment, os::now_ms().saturating_add(delay));
+                }
+            }
+            if (*shared).segment_cache.put(segment, limit) {
+                return;
+            }
+        }
+        Segment::release(segment);
     }
 }
 
@@ -2066,10 +2116,28 @@ unsafe fn collect_abandoned(segment: *mut Segment) {
             if (*page).in_use.get() {
                 (*page).collect_thread_free();
                 if (*page).used.get() == 0 {
+                    // Its memory stays for now: the caller adopts the
+                    // segment (the slot then waits on the adopter's reset
+                    // queue), caches it, or resets the slot.
                     Segment::release_slot(segment, page);
-                    // Its owner is gone: give the memory back now.
-                    Segment::reset_page(segment, page);
                 }
+            }
+        }
+    }
+}
+
+/// Gives back the memory of every unused slot of a segment that stays
+/// abandoned.
+///
+/// # Safety
+/// The caller exclusively owns the abandoned segment.
+unsafe fn reset_unused_slots(segment: *mut Segment) {
+    // SAFETY: exclusive ownership (caller); unused slots hold no block.
+    unsafe {
+        for index in 0..(*segment).page_count {
+            let page = Segment::page(segment, index);
+            if !(*page).in_use.get() {
+                Segment::reset_page(segment, page);
             }
         }
     }

@@ -177,11 +177,14 @@ impl Segment {
     /// The page holding block `p` of `segment`.
     ///
     /// # Safety
-    /// `p` is a block handed out from `segment`.
+    /// `p` is the start of a block of `segment`, or for a non-huge segment
+    /// any address in its page area. (A huge segment's page shift only
+    /// covers where its block can start, at most `SEGMENT_SIZE` in: an
+    /// address deep inside a huge block maps past its one page.)
     #[inline(always)]
     pub(crate) unsafe fn page_of(segment: *mut Segment, p: *const u8) -> *mut Page {
-        // SAFETY: `p` lies in the segment's page area (caller), so the
-        // shifted offset is a valid page index.
+        // SAFETY: `p` lies where the shifted offset is a valid page index
+        // (caller).
         unsafe {
             let index = (p.addr() - segment.addr()) >> (*segment).page_shift;
             Segment::page(segment, index)
