@@ -1009,13 +1009,12 @@ impl Heap {
         unsafe { Segment::reuse(cached, kind, self.thread_id(), self.as_ptr()) }
     }
 
-    /// Gives an empty segment of ours up: its page memory back to the OS and
-    /// the segment into the cache, or the whole segment back to the OS.
+    /// Takes a segment of ours off the heap's segment lists.
     ///
     /// # Safety
-    /// Owner thread; the segment is ours and has no page in use.
-    unsafe fn segment_free(&self, segment: *mut Segment) {
-        // SAFETY: owner thread (caller).
+    /// Owner thread holding the lock; the segment is ours.
+    unsafe fn detach_segment(&self, segment: *mut Segment) {
+        // SAFETY: owner thread (caller); the segment is on our lists.
         unsafe {
             self.segments.remove(segment, SegmentLinks::All);
             if (*segment).in_free_slot_list.get() {
@@ -1024,6 +1023,18 @@ impl Heap {
                 }
                 (*segment).in_free_slot_list.set(false);
             }
+        }
+    }
+
+    /// Gives an empty segment of ours up: its page memory back to the OS and
+    /// the segment into the cache, or the whole segment back to the OS.
+    ///
+    /// # Safety
+    /// Owner thread; the segment is ours and has no page in use.
+    unsafe fn segment_free(&self, segment: *mut Segment) {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            self.detach_segment(segment);
             for index in 0..(*segment).page_count {
                 self.unschedule_reset(Segment::page(segment, index));
             }
@@ -1150,9 +1161,7 @@ impl Heap {
             for index in 0..(*segment).page_count {
                 self.unschedule_reset(Segment::page(segment, index));
             }
-            self.segments.remove(segment, SegmentLinks::All);
-            list.remove(segment, SegmentLinks::FreeSlot);
-            (*segment).in_free_slot_list.set(false);
+            self.detach_segment(segment);
             (*segment).heap.set(ptr::null_mut());
         }
         segment
@@ -1722,13 +1731,7 @@ impl Heap {
     unsafe fn empty_segment(&self, segment: *mut Segment) {
         // SAFETY: owner thread (caller); nothing reaches the pages.
         unsafe {
-            self.segments.remove(segment, SegmentLinks::All);
-            if (*segment).in_free_slot_list.get() {
-                if let Some(slots) = self.slot_list((*segment).kind) {
-                    slots.remove(segment, SegmentLinks::FreeSlot);
-                }
-                (*segment).in_free_slot_list.set(false);
-            }
+            self.detach_segment(segment);
             for index in 0..(*segment).page_count {
                 let page = Segment::page(segment, index);
                 self.unschedule_reset(page);
