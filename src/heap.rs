@@ -1664,6 +1664,40 @@ impl Heap {
         }
     }
 
+    /// `collect(true)`'s last step: in pages that still hold live blocks,
+    /// gives back the OS pages inside free blocks of 8 KiB and more (all but
+    /// each block's first OS page, which holds its free-list link). When a
+    /// few survivors keep every page of a size class in use, this is what
+    /// lowers RSS to near the live bytes.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn reset_free_block_interiors(&self) {
+        // SAFETY: owner thread (caller): the free lists of our pages are
+        // ours, and a free block's bytes past its link word hold nothing.
+        unsafe {
+            self.for_each_page(|page| {
+                let size = (*page).block_size.get();
+                if size < INTERIOR_RESET_MIN || (*page).bin.get() as usize >= BIN_COUNT {
+                    return;
+                }
+                (*page).collect();
+                for mut block in [(*page).free.get(), (*page).local_free.get()] {
+                    while !block.is_null() {
+                        let start = block.cast::<u8>();
+                        let first = (start.addr() + OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1);
+                        let end = (start.addr() + size) & !(OS_PAGE_SIZE - 1);
+                        if end > first {
+                            os::reset(start.with_addr(first), end - first);
+                        }
+                        block = Block::next(block);
+                    }
+                }
+                (*page).free_is_zero.set(false);
+            });
+        }
+    }
+
     // === first-class heaps ===
 
     /// Makes this heap a first-class heap (it never adopts abandoned
@@ -2044,6 +2078,7 @@ impl Heap {
             self.collect_retired(force);
             self.reset_expired(force);
             if force {
+                self.reset_free_block_interiors();
                 // Frees the abandoned segments that became empty, and the
                 // cached ones.
                 let _ = self.reclaim(None);
@@ -2088,6 +2123,10 @@ unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segment) {
         Segment::release(segment);
     }
 }
+
+/// Blocks at least this large have whole OS pages past their first one,
+/// which `collect(true)` gives back while the block sits free.
+const INTERIOR_RESET_MIN: usize = 2 * OS_PAGE_SIZE;
 
 /// Counts the live blocks of a segment about to sit on the abandoned list
 /// in `stats::ABANDONED_LIVE` (huge blocks are counted on their own).
@@ -2492,6 +2531,55 @@ mod tests {
                 0,
                 "the emptied abandoned segment was released"
             );
+        }
+    }
+
+    #[test]
+    fn collect_true_gives_back_the_interiors_of_free_blocks_in_pages_in_use() {
+        let shared = Shared::new();
+        let heap = Heap::new(OWNER, &raw const shared);
+        // SAFETY: this thread owns the heap; blocks are freed once, and
+        // a freed block's bytes are read only to check the reset.
+        unsafe {
+            let size = 48 << 10;
+            let blocks: Vec<*mut u8> = (0..40).map(|_| heap.malloc_generic(size, false)).collect();
+            for &p in &blocks {
+                p.write_bytes(0xAB, size);
+            }
+            // Every other block freed: every page keeps live blocks.
+            for &p in blocks.iter().step_by(2) {
+                free_block(p, OWNER);
+            }
+            heap.collect(true);
+            for (i, &p) in blocks.iter().enumerate() {
+                let second_os_page = p.add(OS_PAGE_SIZE);
+                if i % 2 == 0 {
+                    assert_eq!(
+                        second_os_page.read(),
+                        0,
+                        "free block {i}'s interior was reset"
+                    );
+                } else {
+                    assert!(
+                        (0..size).all(|k| p.add(k).read() == 0xAB),
+                        "live block {i} intact"
+                    );
+                }
+            }
+            // The free lists survived: the freed blocks come back, usable.
+            let again: Vec<*mut u8> = (0..20).map(|_| heap.malloc_generic(size, false)).collect();
+            for &p in &again {
+                assert!(!p.is_null());
+                p.write_bytes(0xCD, size);
+            }
+            for p in again
+                .into_iter()
+                .chain(blocks.into_iter().skip(1).step_by(2))
+            {
+                free_block(p, OWNER);
+            }
+            heap.collect(true);
+            assert_eq!(heap.segment_count(), 0, "everything went back");
         }
     }
 
