@@ -35,9 +35,9 @@ fn destroy_races_remote_free_of_sibling_heap() {
         let (h0, h1) = (first_class.alloc(MIB), first_class.alloc(64));
         let _h2 = first_class.alloc(64);
         let early = SendPtr(h0);
-        // SAFETY: a live block, handed to a thread that frees it.
         thread::spawn(move || {
             let early = early;
+            // SAFETY: a live block, handed to this thread, which frees it.
             unsafe { model::free(early.0, REMOTE_A) }
         })
         .join()
