@@ -104,6 +104,21 @@ MUTANTS = {
         "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segments.remove(segment, SegmentLinks::All);",
         "destroy", "destroy_races_remote_free_of_sibling_heap",
     ),
+    # The reaper hands a page's remote-free chain back without Release.
+    "remote-chain-relaxed": (
+        "src/page.rs",
+        "                desired,\n                Ordering::Release,\n                Ordering::Relaxed,\n            ) {\n                Ok(_) => return,",
+        "                desired,\n                Ordering::Relaxed,\n                Ordering::Relaxed,\n            ) {\n                Ok(_) => return,",
+        "reaper", "reaper_hands_back_remote_frees_while_owner_collects",
+    ),
+    # The reaper hands the chain back with only its own length, dropping
+    # the count of frees pushed meanwhile.
+    "remote-chain-drops-count": (
+        "src/page.rs",
+        "let desired = pack(head, count_of(word) + count, DelayedMode::of(word));",
+        "let desired = pack(head, count, DelayedMode::of(word));",
+        "reaper", "reaper_hands_back_remote_frees_while_owner_collects",
+    ),
 }
 
 PATTERNS = ("Causality", "assertion", "SIGSEGV", "signal", "panicked")

@@ -356,6 +356,7 @@ impl Heap {
     /// this address until it releases the slot (`abandon`).
     pub(crate) unsafe fn register(&self, slot: &Slot) {
         self.slot.set(ptr::from_ref(slot));
+        slot.set_active(usize::try_from(os::now_ms()).unwrap_or(usize::MAX));
         slot.publish(self.as_ptr());
     }
 
@@ -624,6 +625,9 @@ impl Heap {
             unsafe { self.reset_expired(false) };
         }
         if calls.is_multiple_of(REAP_CHECK_INTERVAL) {
+            if let Some(slot) = self.slot() {
+                slot.set_active(usize::try_from(os::now_ms()).unwrap_or(usize::MAX));
+            }
             if calls.is_multiple_of(COLLECT_INTERVAL) {
                 // SAFETY: owner thread (caller).
                 unsafe { self.collect(false) };
@@ -1266,7 +1270,11 @@ impl Heap {
                 continue;
             }
             let due = slot.reset_due();
-            if due == NOTHING_DUE || (!force && due.saturating_add(delay) > now) {
+            let resets_due = due != NOTHING_DUE && (force || due.saturating_add(delay) <= now);
+            // An owner idle for a while: the memory inside the blocks other
+            // threads freed into its pages goes back too.
+            let idle = force || slot.active().saturating_add(IDLE_FACTOR * delay.max(1)) <= now;
+            if !(resets_due || idle) {
                 continue;
             }
             if !slot.try_lock() {
@@ -1275,8 +1283,16 @@ impl Heap {
             let heap = slot.heap();
             // SAFETY: we hold the heap's lock, so its reset queue, segments
             // and page slots are ours until we unlock; the fast paths of its
-            // owner never touch unused slots.
-            unsafe { (*heap).reset_expired(force) };
+            // owner never touch unused slots. Remote chains are taken and
+            // handed back atomically (`reset_remote_frees`).
+            unsafe {
+                if resets_due {
+                    (*heap).reset_expired(force);
+                }
+                if idle {
+                    (*heap).reset_remote_frees();
+                }
+            }
             slot.unlock();
         }
     }
@@ -1475,6 +1491,27 @@ impl Heap {
             match list.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
                 Ok(_) => return,
                 Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Pushes a chain of blocks (`head` … `tail`, linked) onto the heap's
+    /// delayed list (a reaper handing back what it took).
+    ///
+    /// # Safety
+    /// As for [`Heap::push_delayed`], for every block of the chain.
+    unsafe fn push_delayed_chain(heap: *mut Heap, head: *mut Block, tail: *mut Block) {
+        // SAFETY: the delayed list is atomic; the heap is live (caller).
+        let list = unsafe { &(*heap).thread_delayed_free };
+        // Relaxed: starting guess for the CAS loop.
+        let mut current = list.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the chain is ours until the CAS publishes it.
+            unsafe { Block::set_next(tail, current) };
+            // Release pairs with the Acquire take in `process_delayed`.
+            match list.compare_exchange_weak(current, head, Ordering::Release, Ordering::Relaxed) {
+                Ok(_) => return,
+                Err(now) => current = now,
             }
         }
     }
@@ -1684,17 +1721,77 @@ impl Heap {
                 (*page).collect();
                 for mut block in [(*page).free.get(), (*page).local_free.get()] {
                     while !block.is_null() {
-                        let start = block.cast::<u8>();
-                        let first = (start.addr() + OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1);
-                        let end = (start.addr() + size) & !(OS_PAGE_SIZE - 1);
-                        if end > first {
-                            os::reset(start.with_addr(first), end - first);
-                        }
+                        reset_block_interior(block, size);
                         block = Block::next(block);
                     }
                 }
                 (*page).free_is_zero.set(false);
             });
+        }
+    }
+
+    /// The reaper's work on an idle heap's remote frees: the blocks other
+    /// threads freed into its pages (each page's `thread_free` list, and the
+    /// heap's delayed list) are taken for a moment, the OS pages inside
+    /// those of 8 KiB and more are given back, and the lists are handed
+    /// back, the owner's counts untouched. So a producer that sleeps while
+    /// consumers free what it made does not keep that memory resident.
+    ///
+    /// # Safety
+    /// The caller holds the heap's lock (another thread, the reaper).
+    pub(crate) unsafe fn reset_remote_frees(&self) {
+        // SAFETY: we hold the lock: the segment list and the slots' `in_use`
+        // and `block_size` stay as they are; the chains we take are ours
+        // until we hand them back; a block's page stays live while the
+        // block is on a list (its owner still counts it as used).
+        unsafe {
+            // The delayed list: blocks of full pages.
+            // AcqRel/Acquire as in `process_delayed`: the pushes' links are
+            // visible to us.
+            let head = self
+                .thread_delayed_free
+                .swap(ptr::null_mut(), Ordering::AcqRel);
+            if !head.is_null() {
+                let mut tail = head;
+                let mut block = head;
+                while !block.is_null() {
+                    let segment = Segment::of(block.cast());
+                    let size = (*Segment::page_of(segment, block.cast())).block_size.get();
+                    // (A huge block's body went back when it was freed.)
+                    if size >= INTERIOR_RESET_MIN && (*segment).kind != PageKind::Huge {
+                        reset_block_interior(block, size);
+                    }
+                    tail = block;
+                    block = Block::next(block);
+                }
+                Heap::push_delayed_chain(self.as_ptr(), head, tail);
+            }
+            // Each page's `thread_free` list.
+            let mut segment = self.segments.first.get();
+            while !segment.is_null() {
+                if (*segment).kind != PageKind::Huge {
+                    for index in 0..(*segment).page_count {
+                        let page = Segment::page(segment, index);
+                        let size = (*page).block_size.get();
+                        if !(*page).in_use.get() || size < INTERIOR_RESET_MIN {
+                            continue;
+                        }
+                        let (head, count) = (*page).take_remote_chain();
+                        if head.is_null() {
+                            continue;
+                        }
+                        let mut tail = head;
+                        let mut block = head;
+                        while !block.is_null() {
+                            reset_block_interior(block, size);
+                            tail = block;
+                            block = Block::next(block);
+                        }
+                        (*page).return_remote_chain(head, tail, count);
+                    }
+                }
+                segment = (*segment).all.next.get();
+            }
         }
     }
 
@@ -2121,6 +2218,43 @@ unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segment) {
             }
         }
         Segment::release(segment);
+    }
+}
+
+/// A heap whose owner has not passed a slow path for this many reset delays
+/// counts as idle: reapers give back the memory inside blocks other threads
+/// freed into its pages.
+const IDLE_FACTOR: usize = 10;
+
+/// A free block's second word (past the link; past the link's tracked cell
+/// under loom) holds this, mixed with the block's address, once the OS
+/// pages inside the block were given back: a later reaper pass skips it.
+const INTERIOR_RESET_MARK: usize = 0x5EED_F4EE_B10C_0000;
+
+/// Where a free block keeps `INTERIOR_RESET_MARK`.
+const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_of::<usize>());
+
+/// Gives back the OS pages inside a free block of `size` bytes, all but its
+/// first (which holds its link and the mark), unless the mark says it was
+/// done already.
+///
+/// # Safety
+/// The caller owns the free block (on no list anyone else can take it
+/// from), of `size ≥ INTERIOR_RESET_MIN` bytes.
+unsafe fn reset_block_interior(block: *mut Block, size: usize) {
+    let start = block.cast::<u8>();
+    let first = (start.addr() + OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1);
+    let end = (start.addr() + size) & !(OS_PAGE_SIZE - 1);
+    // SAFETY: the mark's word lies in the block's first OS page, inside the
+    // block (size ≥ two OS pages), which the caller owns.
+    unsafe {
+        let mark = start.add(MARK_OFFSET).cast::<usize>();
+        let expected = INTERIOR_RESET_MARK ^ start.addr();
+        if mark.read() == expected || end <= first {
+            return;
+        }
+        os::reset(start.with_addr(first), end - first);
+        mark.write(expected);
     }
 }
 

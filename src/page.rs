@@ -539,6 +539,65 @@ impl Page {
         }
     }
 
+    /// Takes the `thread_free` list for a while, without touching `used`
+    /// (a reaper, holding the heap's lock, about to give back the memory
+    /// inside the blocks): returns its head and length. The blocks are the
+    /// caller's until it hands them back with [`Page::return_remote_chain`];
+    /// meanwhile the owner simply sees fewer remote frees.
+    pub(crate) fn take_remote_chain(&self) -> (*mut Block, u32) {
+        // Relaxed: a cheap emptiness test; the CAS below acquires.
+        let mut word = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            if list_of(word).is_null() {
+                return (ptr::null_mut(), 0);
+            }
+            // AcqRel, as in `take_thread_free`: Acquire pairs with the
+            // Release pushes of `free_remote` (the links are visible); the
+            // Release half keeps the word's release sequence unbroken.
+            match self.thread_free.compare_exchange_weak(
+                word,
+                empty_list(DelayedMode::of(word)),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return (list_of(word), count_of(word)),
+                Err(current) => word = current,
+            }
+        }
+    }
+
+    /// Puts a chain taken by [`Page::take_remote_chain`] back in front of
+    /// whatever was pushed since, in whatever mode the page is now.
+    ///
+    /// # Safety
+    /// `head`…`tail` is a chain of `count` blocks taken from this page's
+    /// `thread_free` and still owned by the caller.
+    pub(crate) unsafe fn return_remote_chain(
+        &self,
+        head: *mut Block,
+        tail: *mut Block,
+        count: u32,
+    ) {
+        // Relaxed: only the starting guess for the CAS loop.
+        let mut word = self.thread_free.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: the chain is ours until the CAS publishes it.
+            unsafe { Block::set_next(tail, list_of(word)) };
+            let desired = pack(head, count_of(word) + count, DelayedMode::of(word));
+            // Release pairs with the AcqRel take of the owner (the links we
+            // wrote must be visible to it), as a remote free's push does.
+            match self.thread_free.compare_exchange_weak(
+                word,
+                desired,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(current) => word = current,
+            }
+        }
+    }
+
     /// Takes the whole `thread_free` list onto `local_free` and lowers `used`
     /// by its length.
     ///

@@ -60,6 +60,9 @@ pub(crate) struct Slot {
     /// `os::now_ms` milliseconds; [`NOTHING_DUE`] if none waits. A hint,
     /// written by whoever holds the lock.
     reset_due_ms: AtomicUsize,
+    /// When the owner last passed through a slow path (`os::now_ms`, coarse:
+    /// written every so many slow paths). A hint for reapers.
+    active_ms: AtomicUsize,
 }
 
 impl Slot {
@@ -69,6 +72,7 @@ impl Slot {
             state: AtomicUsize::new(FREE),
             heap: AtomicPtr::new(ptr::null_mut()),
             reset_due_ms: AtomicUsize::new(NOTHING_DUE),
+            active_ms: AtomicUsize::new(0),
         }
     }
 
@@ -78,6 +82,7 @@ impl Slot {
             state: AtomicUsize::new(FREE),
             heap: AtomicPtr::new(ptr::null_mut()),
             reset_due_ms: AtomicUsize::new(NOTHING_DUE),
+            active_ms: AtomicUsize::new(0),
         }
     }
 
@@ -162,6 +167,19 @@ impl Slot {
     pub(crate) fn set_reset_due(&self, due_ms: usize) {
         // Relaxed: a hint; the reaper re-checks under the lock.
         self.reset_due_ms.store(due_ms, Ordering::Relaxed);
+    }
+
+    /// Records that the owner is active at `now_ms` (the owner, on its slow
+    /// paths; no lock needed).
+    pub(crate) fn set_active(&self, now_ms: usize) {
+        // Relaxed: a hint; nothing is published through it.
+        self.active_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// See `set_active`.
+    pub(crate) fn active(&self) -> usize {
+        // Relaxed: a hint (see `set_active`).
+        self.active_ms.load(Ordering::Relaxed)
     }
 
     /// See `set_reset_due`.

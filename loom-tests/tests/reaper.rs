@@ -6,7 +6,7 @@
 use loom::sync::Arc;
 use loom::thread;
 use shardalloc::__loom::{self as model, ModelHeap, World};
-use shardalloc_loom_tests::{OWNER, REMOTE_A, builder};
+use shardalloc_loom_tests::{OWNER, REMOTE_A, REMOTE_B, SendPtr, builder};
 
 /// A large block has a page (and a segment) to itself: few allocations
 /// reach the slot reuse.
@@ -72,6 +72,68 @@ fn reaper_races_owner_reuse() {
             unsafe { owner.free(ptr) };
         }
         owner.collect(true);
+        owner.abandon();
+        drop(owner);
+        drop(world);
+        assert_eq!(
+            model::live_mappings(),
+            baseline,
+            "every segment released exactly once"
+        );
+    });
+}
+
+/// The reaper's work on an idle owner's remote frees (`reset_remote_frees`):
+/// it takes a page's `thread_free` chain, gives back the memory inside the
+/// blocks and hands the chain back, while a remote thread pushes more frees
+/// onto the same list and the owner collects it. No block may be lost or
+/// counted twice (the page must empty and every segment go back exactly
+/// once), and every link the owner follows must be ordered after its write
+/// (the links are loom-tracked cells).
+#[test]
+fn reaper_hands_back_remote_frees_while_owner_collects() {
+    /// Blocks with whole OS pages inside (the reaper leaves smaller ones).
+    const BLOCK: usize = 16 << 10;
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let owner = ModelHeap::new_registered(&world, OWNER);
+        let blocks: Vec<*mut u8> = (0..3).map(|_| owner.alloc(BLOCK)).collect();
+        // SAFETY: live blocks of one page (their addresses are compared).
+        assert!(
+            blocks
+                .iter()
+                .all(|&b| unsafe { model::page_address(b) == model::page_address(blocks[0]) })
+        );
+        // One remote free before the race, so the reaper has a chain.
+        // SAFETY: a live block, given up.
+        unsafe { model::free(blocks[0], REMOTE_B) };
+        let late = SendPtr(blocks[1]);
+        let remote = thread::spawn(move || {
+            let late = late;
+            // SAFETY: this thread holds the block alone.
+            unsafe { model::free(late.0, REMOTE_B) }
+        });
+        let reaper_world = Arc::clone(&world);
+        let reaper = thread::spawn(move || {
+            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
+            reaper.reap_others(true);
+            reaper.abandon();
+        });
+        // Two collects with a yield between, so loom also explores the
+        // schedules where the reaper hands the chain back first (without
+        // the yield it lets the spawned threads run late).
+        // SAFETY: blocks[2] is ours and live: its page is ours.
+        unsafe { owner.collect_page_of(blocks[2]) };
+        thread::yield_now();
+        // SAFETY: as above.
+        unsafe { owner.collect_page_of(blocks[2]) };
+        remote.join().unwrap();
+        reaper.join().unwrap();
+        // SAFETY: our own live block.
+        unsafe { owner.free(blocks[2]) };
+        owner.collect(true);
+        assert_eq!(owner.segments(), 0, "the page emptied: no block lost");
         owner.abandon();
         drop(owner);
         drop(world);
