@@ -119,6 +119,22 @@ MUTANTS = {
         "let desired = pack(head, count, DelayedMode::of(word));",
         "reaper", "reaper_hands_back_remote_frees_while_owner_collects",
     ),
+    # The owner moves an exhausted page to the full queue without the lock
+    # (a reaper may be freeing another full page there).
+    "full-queue-unlocked": (
+        "src/heap.rs",
+        "                let _guard = self.lock();\n                self.queue_remove(bin, page);\n",
+        "                self.queue_remove(bin, page);\n",
+        "reaper", "reaper_frees_a_wholly_freed_full_page_while_owner_allocates",
+    ),
+    # The reaper frees a full page without checking that it holds every
+    # block in use.
+    "reaper-frees-busy-page": (
+        "src/heap.rs",
+        "if (*page).is_in_full() && (*page).used.get_acquire() == held {",
+        "if (*page).is_in_full() {",
+        "reaper", "reaper_leaves_a_full_page_with_live_blocks",
+    ),
 }
 
 PATTERNS = ("Causality", "assertion", "SIGSEGV", "signal", "panicked")

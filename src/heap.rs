@@ -25,18 +25,40 @@ use crate::sync::{AtomicPtr, Ordering, OwnerCell, yield_thread};
 use core::cell::Cell;
 use core::ptr;
 
-/// A doubly linked list of pages (owner only).
+/// A doubly linked list of pages (the owner's, or a lock holder's for the
+/// full queue and the reset queue).
 pub(crate) struct PageQueue {
-    first: Cell<*mut Page>,
-    last: Cell<*mut Page>,
+    first: OwnerCell<*mut Page>,
+    last: OwnerCell<*mut Page>,
 }
 
 impl PageQueue {
+    #[cfg(not(loom))]
     const fn new() -> PageQueue {
         PageQueue {
-            first: Cell::new(ptr::null_mut()),
-            last: Cell::new(ptr::null_mut()),
+            first: OwnerCell::new(ptr::null_mut()),
+            last: OwnerCell::new(ptr::null_mut()),
         }
+    }
+
+    #[cfg(loom)]
+    fn new() -> PageQueue {
+        PageQueue {
+            first: OwnerCell::new(ptr::null_mut()),
+            last: OwnerCell::new(ptr::null_mut()),
+        }
+    }
+
+    /// A heap's queues, all empty.
+    #[cfg(not(loom))]
+    const fn array() -> [PageQueue; QUEUE_COUNT] {
+        [const { PageQueue::new() }; QUEUE_COUNT]
+    }
+
+    /// A heap's queues, all empty.
+    #[cfg(loom)]
+    fn array() -> [PageQueue; QUEUE_COUNT] {
+        core::array::from_fn(|_| PageQueue::new())
     }
 
     /// Links `page` at the front.
@@ -260,7 +282,7 @@ macro_rules! heap_value {
     ($thread_id:expr, $shared:expr) => {
         Heap {
             direct: [const { Cell::new(empty_page()) }; DIRECT_SLOTS],
-            queues: [const { PageQueue::new() }; QUEUE_COUNT],
+            queues: PageQueue::array(),
             thread_delayed_free: AtomicPtr::new(ptr::null_mut()),
             thread_id: Cell::new($thread_id),
             shared: Cell::new($shared),
@@ -692,6 +714,9 @@ impl Heap {
                     }
                     return page;
                 }
+                // The full queue is shared with reapers (which free wholly
+                // freed full pages of idle heaps): change it under the lock.
+                let _guard = self.lock();
                 self.queue_remove(bin, page);
                 (*page).flags.set((*page).flags.get() | IN_FULL);
                 self.queue_push_back(BIN_FULL, page);
@@ -780,27 +805,31 @@ impl Heap {
     // === freeing ===
 
     /// After a local free left `page` empty or took it out of the full
-    /// state: retire or unfull it.
+    /// state: retire or unfull it. `flags` are the page's flags as read
+    /// before the free (after it, a full page may already belong to a
+    /// reaper, see `reset_remote_frees`).
     ///
     /// # Safety
     /// `page` is a page of a heap owned by the calling thread.
     #[cold]
     #[inline(never)]
-    pub(crate) unsafe fn after_local_free(page: *mut Page) {
-        // SAFETY: the page is ours (caller), so is its heap, set by us.
+    pub(crate) unsafe fn after_local_free(page: *mut Page, flags: u8) {
+        // SAFETY: the page is ours (caller), so is its heap, set by us; a
+        // page that is not full is touched by nobody else.
         unsafe {
             // Emptied again while still retired (an alloc/free loop on the
             // only page of its class): it stays retired; hand the freed
             // blocks straight back to allocation, so the loop's next
             // allocation takes the fast path instead of collecting.
-            if (*page).retire_expire.get() != 0 && (*page).flags.get() == 0 {
+            if flags == 0 && (*page).retire_expire.get() != 0 {
                 (*page).reuse_local_free();
                 return;
             }
-            // Relaxed: we wrote it on this thread.
+            // Relaxed: set by us; only a reaper that freed this (full) page
+            // for us stores null, and then there is nothing left to do.
             let heap = (*page).heap.load(Ordering::Relaxed);
             if heap.is_null() {
-                crate::fatal::fatal("local free into a page without a heap");
+                return;
             }
             (*heap).page_after_free(page);
         }
@@ -809,8 +838,16 @@ impl Heap {
     /// # Safety
     /// Owner thread; `page` is ours.
     unsafe fn page_after_free(&self, page: *mut Page) {
-        // SAFETY: owner thread (caller).
+        let _guard = self.lock();
+        // SAFETY: owner thread (caller), holding the lock.
         unsafe {
+            // A reaper may have freed the page for us between the free that
+            // brought us here and the lock (`reset_remote_frees`): then it is
+            // no longer ours, and there is nothing left to do.
+            // Relaxed: we hold the lock, which ordered the reaper's store.
+            if !(*page).in_use.get() || (*page).heap.load(Ordering::Relaxed) != self.as_ptr() {
+                return;
+            }
             if (*page).used.get() == 0 {
                 self.page_retire(page);
             } else if (*page).is_in_full() {
@@ -826,8 +863,11 @@ impl Heap {
     unsafe fn free_block_local(&self, page: *mut Page, block: *mut Block) {
         // SAFETY: owner thread (caller).
         unsafe {
+            // Flags first, as in `free_block`: once `used` is stored, a
+            // reaper may free a full page.
+            let full = (*page).is_in_full();
             let used = (*page).push_local(block);
-            if used == 0 || (*page).is_in_full() {
+            if used == 0 || full {
                 self.page_after_free(page);
             }
         }
@@ -919,8 +959,21 @@ impl Heap {
     /// Owner thread; `page` is ours, on one of our queues, with no live block.
     unsafe fn page_free(&self, page: *mut Page) {
         let _guard = self.lock();
-        // SAFETY: owner thread (caller); no block of the page is live, so no
-        // remote thread can reach the page.
+        // SAFETY: forwarded; we hold the lock.
+        unsafe { self.page_free_locked(page, false) };
+    }
+
+    /// `page_free` by whoever holds the lock (the owner, or a reaper).
+    /// With `defer`, the slot only joins the reset queue (no reset, and so
+    /// no segment freed, now): a reaper walking the segments calls
+    /// `enforce_pending_limit` and `reset_expired` when it is done.
+    ///
+    /// # Safety
+    /// The caller holds the heap's lock; `page` is ours, on one of our
+    /// queues, with no live block; with `defer`, not huge.
+    unsafe fn page_free_locked(&self, page: *mut Page, defer: bool) {
+        // SAFETY: lock held (caller); no block of the page is live, so no
+        // other thread can reach the page.
         unsafe {
             self.queue_remove(Self::queue_index_of(page), page);
             // Relaxed: no other thread can read it (no live block).
@@ -942,7 +995,11 @@ impl Heap {
             // The slot (and, if it was the last, the segment) stays ours
             // until its memory goes back: reused before then, it costs no
             // system call.
-            self.schedule_reset(page);
+            if defer {
+                self.enqueue_reset(page, options::reset_delay_ms());
+            } else {
+                self.schedule_reset(page);
+            }
         }
     }
 
@@ -1590,7 +1647,8 @@ impl Heap {
             //    The queue is detached first: pages whose free is already
             //    under way go back onto it, and must not be seen again here.
             let huge = self.queue(BIN_HUGE);
-            let mut page = huge.first.replace(ptr::null_mut());
+            let mut page = huge.first.get();
+            huge.first.set(ptr::null_mut());
             huge.last.set(ptr::null_mut());
             while !page.is_null() {
                 let next = (*page).next.get();
@@ -1730,67 +1788,129 @@ impl Heap {
         }
     }
 
-    /// The reaper's work on an idle heap's remote frees: the blocks other
-    /// threads freed into its pages (each page's `thread_free` list, and the
-    /// heap's delayed list) are taken for a moment, the OS pages inside
-    /// those of 8 KiB and more are given back, and the lists are handed
-    /// back, the owner's counts untouched. So a producer that sleeps while
-    /// consumers free what it made does not keep that memory resident.
+    /// The reaper's work on an idle heap's remote frees. The blocks other
+    /// threads freed into its pages (each page's `thread_free` list, and
+    /// the heap's delayed list) are taken for a moment and filed by page.
+    /// A full page whose every block in use is among them is freed on the
+    /// owner's behalf (its slot then waits for the reset delay like any
+    /// empty page); for the other pages the OS pages inside the blocks of
+    /// 8 KiB and more go back, and the blocks are handed back where they
+    /// came from, the owner's counts untouched. So a producer that sleeps
+    /// while consumers free what it made does not keep that memory.
+    ///
+    /// Why freeing a full page is safe: every change to the full queue and
+    /// every page-free decision of the owner is made under the lock we
+    /// hold; the owner allocates only from pages that are not full; and
+    /// `used` equal to the blocks we hold (read with Acquire, pairing with
+    /// the owner's Release store of `used`) means no block of the page is
+    /// live anywhere, so no thread can free into it — an owner whose last
+    /// local free of it raced us finds it gone when it takes the lock
+    /// (`page_after_free`).
     ///
     /// # Safety
     /// The caller holds the heap's lock (another thread, the reaper).
     pub(crate) unsafe fn reset_remote_frees(&self) {
-        // SAFETY: we hold the lock: the segment list and the slots' `in_use`
-        // and `block_size` stay as they are; the chains we take are ours
-        // until we hand them back; a block's page stays live while the
-        // block is on a list (its owner still counts it as used).
+        // SAFETY: we hold the lock: the segment list, the full queue and the
+        // slots' `in_use`, `block_size` and `flags` stay as they are; the
+        // chains we take are ours until we hand them back; a block's page
+        // stays live while the block is on a list (its owner still counts
+        // it as used).
         unsafe {
-            // The delayed list: blocks of full pages.
-            // AcqRel/Acquire as in `process_delayed`: the pushes' links are
-            // visible to us.
-            let head = self
+            // 1. The delayed list (blocks of full pages), filed by page;
+            //    huge blocks (their body went back when freed) are kept
+            //    aside and handed back as they are.
+            // AcqRel as in `process_delayed`: the pushes' links are visible.
+            let mut block = self
                 .thread_delayed_free
                 .swap(ptr::null_mut(), Ordering::AcqRel);
-            if !head.is_null() {
+            let (mut huge_head, mut huge_tail) =
+                (ptr::null_mut::<Block>(), ptr::null_mut::<Block>());
+            while !block.is_null() {
+                let next = Block::next(block);
+                let segment = Segment::of(block.cast());
+                if (*segment).kind == PageKind::Huge {
+                    Block::set_next(block, huge_head);
+                    if huge_head.is_null() {
+                        huge_tail = block;
+                    }
+                    huge_head = block;
+                } else {
+                    let page = Segment::page_of(segment, block.cast());
+                    Block::set_next(block, (*page).reaped_delayed.get());
+                    (*page).reaped_delayed.set(block);
+                    (*page)
+                        .reaped_delayed_count
+                        .set((*page).reaped_delayed_count.get() + 1);
+                }
+                block = next;
+            }
+            if !huge_head.is_null() {
+                Heap::push_delayed_chain(self.as_ptr(), huge_head, huge_tail);
+            }
+            // 2. Each page's `thread_free` list, then the decision per page.
+            let mut segment = self.segments.first.get();
+            while !segment.is_null() {
+                let next_segment = (*segment).all.next.get();
+                if (*segment).kind != PageKind::Huge {
+                    for index in 0..(*segment).page_count {
+                        let page = Segment::page(segment, index);
+                        if (*page).in_use.get() {
+                            self.reap_page_remote_frees(page);
+                        }
+                    }
+                }
+                segment = next_segment;
+            }
+            // 3. Pages freed above wait for their reset like any empty page
+            //    (now that no segment is being walked, one may go).
+            self.enforce_pending_limit();
+            self.reset_expired(false);
+        }
+    }
+
+    /// Step 2 of `reset_remote_frees` for one page in use.
+    ///
+    /// # Safety
+    /// As for `reset_remote_frees`; `page` is a page in use of ours, whose
+    /// delayed blocks (if any) are filed in its scratch.
+    unsafe fn reap_page_remote_frees(&self, page: *mut Page) {
+        // SAFETY: as in `reset_remote_frees`.
+        unsafe {
+            let (remote, remote_count) = (*page).take_remote_chain();
+            let delayed = (*page).reaped_delayed.replace(ptr::null_mut());
+            let delayed_count = (*page).reaped_delayed_count.replace(0);
+            let held = remote_count + delayed_count;
+            if held == 0 {
+                return;
+            }
+            if (*page).is_in_full() && (*page).used.get_acquire() == held {
+                // Wholly freed: the blocks die with the page. (Its reset is
+                // deferred: the caller is walking this page's segment.)
+                self.page_free_locked(page, true);
+                return;
+            }
+            let size = (*page).block_size.get();
+            for (head, count, to_delayed) in [
+                (remote, remote_count, false),
+                (delayed, delayed_count, true),
+            ] {
+                if head.is_null() {
+                    continue;
+                }
                 let mut tail = head;
                 let mut block = head;
                 while !block.is_null() {
-                    let segment = Segment::of(block.cast());
-                    let size = (*Segment::page_of(segment, block.cast())).block_size.get();
-                    // (A huge block's body went back when it was freed.)
-                    if size >= INTERIOR_RESET_MIN && (*segment).kind != PageKind::Huge {
+                    if size >= INTERIOR_RESET_MIN {
                         reset_block_interior(block, size);
                     }
                     tail = block;
                     block = Block::next(block);
                 }
-                Heap::push_delayed_chain(self.as_ptr(), head, tail);
-            }
-            // Each page's `thread_free` list.
-            let mut segment = self.segments.first.get();
-            while !segment.is_null() {
-                if (*segment).kind != PageKind::Huge {
-                    for index in 0..(*segment).page_count {
-                        let page = Segment::page(segment, index);
-                        let size = (*page).block_size.get();
-                        if !(*page).in_use.get() || size < INTERIOR_RESET_MIN {
-                            continue;
-                        }
-                        let (head, count) = (*page).take_remote_chain();
-                        if head.is_null() {
-                            continue;
-                        }
-                        let mut tail = head;
-                        let mut block = head;
-                        while !block.is_null() {
-                            reset_block_interior(block, size);
-                            tail = block;
-                            block = Block::next(block);
-                        }
-                        (*page).return_remote_chain(head, tail, count);
-                    }
+                if to_delayed {
+                    Heap::push_delayed_chain(self.as_ptr(), head, tail);
+                } else {
+                    (*page).return_remote_chain(head, tail, count);
                 }
-                segment = (*segment).all.next.get();
             }
         }
     }
@@ -1920,6 +2040,7 @@ impl Heap {
     /// # Safety
     /// Owner thread.
     pub(crate) unsafe fn block_counts(&self) -> (usize, usize, usize) {
+        let _guard = self.lock();
         // SAFETY: owner thread (caller).
         unsafe { self.process_delayed(false) };
         let (mut pages, mut blocks, mut bytes) = (0, 0, 0);
@@ -1951,6 +2072,7 @@ impl Heap {
     /// # Safety
     /// Owner thread.
     pub(crate) unsafe fn contains(&self, addr: usize) -> bool {
+        let _guard = self.lock();
         let mut segment = self.segments.first.get();
         // SAFETY: owner thread: segments on our list are live. The address
         // is only compared with theirs until it is known to lie in one, and
@@ -1981,6 +2103,7 @@ impl Heap {
     /// # Safety
     /// Owner thread; `f` neither allocates from nor frees into this heap.
     pub(crate) unsafe fn visit_blocks(&self, mut f: impl FnMut(*mut u8, usize)) {
+        let _guard = self.lock();
         // SAFETY: owner thread (caller).
         unsafe { self.process_delayed(false) };
         // SAFETY: owner thread: our pages in use; their free lists hold only
@@ -2354,9 +2477,12 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
         // Relaxed: only equality with our own id matters, and only this
         // thread ever stores its own id into a segment.
         if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
+            // Flags first: once `used` is stored, a full page may be freed
+            // by a reaper (its Acquire read of `used` orders this read).
+            let flags = (*page).flags.get();
             let used = (*page).push_local(block);
-            if used == 0 || (*page).flags.get() != 0 {
-                Heap::after_local_free(page);
+            if used == 0 || flags != 0 {
+                Heap::after_local_free(page, flags);
             }
         } else {
             free_remote(segment, page, block);

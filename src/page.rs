@@ -23,7 +23,7 @@
 
 use crate::fatal::fatal;
 use crate::heap::Heap;
-use crate::sync::{AtomicPtr, Ordering, UnsafeCell, spin_hint, yield_thread};
+use crate::sync::{AtomicPtr, Ordering, OwnerCell, UnsafeCell, spin_hint, yield_thread};
 use core::cell::Cell;
 use core::ptr;
 
@@ -220,8 +220,8 @@ pub(crate) struct Page {
     /// Address of the first block.
     pub(crate) page_start: Cell<*mut u8>,
     /// Queue links (owner only).
-    pub(crate) next: Cell<*mut Page>,
-    pub(crate) prev: Cell<*mut Page>,
+    pub(crate) next: OwnerCell<*mut Page>,
+    pub(crate) prev: OwnerCell<*mut Page>,
     // --- cache line 2: written by other threads ---
     /// Blocks freed by other threads, tagged with the [`DelayedMode`].
     pub(crate) thread_free: AtomicPtr<Block>,
@@ -237,6 +237,11 @@ pub(crate) struct Page {
     reset_pending: UnsafeCell<bool>,
     /// When a pending slot's memory goes back to the OS (`os::now_ms`).
     pub(crate) reset_at: Cell<u64>,
+    /// Scratch of a reaper holding the heap's lock (`reset_remote_frees`):
+    /// the blocks of this page it took from the heap's delayed list for the
+    /// moment. Empty otherwise.
+    pub(crate) reaped_delayed: Cell<*mut Block>,
+    pub(crate) reaped_delayed_count: Cell<u32>,
 }
 
 #[cfg(not(loom))]
@@ -269,16 +274,26 @@ impl OwnerCount {
     /// The count.
     #[inline(always)]
     pub(crate) fn get(&self) -> u32 {
-        // Relaxed: pairs with nothing; the owner's own stores are in program
-        // order, and a statistics reader only needs an untorn value.
+        // Relaxed: the owner's own stores are in program order, and a
+        // statistics reader only needs an untorn value.
         self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The count, with everything the owner did to the page before storing
+    /// it (a reaper deciding the page is wholly free).
+    #[inline]
+    pub(crate) fn get_acquire(&self) -> u32 {
+        // Acquire pairs with the Release of `set`.
+        self.0.load(core::sync::atomic::Ordering::Acquire)
     }
 
     /// Sets the count (owner only).
     #[inline(always)]
     pub(crate) fn set(&self, value: u32) {
-        // Relaxed: see `get`.
-        self.0.store(value, core::sync::atomic::Ordering::Relaxed);
+        // Release pairs with `get_acquire`: a reaper that reads the count
+        // sees the owner's list writes made before it (a plain store on
+        // x86-64 and a `stlr` on aarch64: the fast paths pay nothing more).
+        self.0.store(value, core::sync::atomic::Ordering::Release);
     }
 }
 
@@ -320,12 +335,14 @@ impl Page {
             page_start: Cell::new(ptr::null_mut()),
             thread_free: AtomicPtr::new(empty_list(DelayedMode::NoDelayed)),
             heap: AtomicPtr::new(ptr::null_mut()),
-            next: Cell::new(ptr::null_mut()),
-            prev: Cell::new(ptr::null_mut()),
+            next: OwnerCell::new(ptr::null_mut()),
+            prev: OwnerCell::new(ptr::null_mut()),
             in_use: Cell::new(false),
             memory_is_zero: Cell::new(true),
             reset_pending: UnsafeCell::new(false),
             reset_at: Cell::new(0),
+            reaped_delayed: Cell::new(ptr::null_mut()),
+            reaped_delayed_count: Cell::new(0),
         }
     }
 

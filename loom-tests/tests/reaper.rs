@@ -144,3 +144,127 @@ fn reaper_hands_back_remote_frees_while_owner_collects() {
         );
     });
 }
+
+/// The reaper frees a wholly freed full page of an idle owner: the owner's
+/// one block of a full page was freed by another thread (the delayed route,
+/// onto the heap's list), and the reaper takes the list, sees the page's
+/// every block in its hands, and frees the page for the owner — while the
+/// owner allocates again (processing its delayed list, moving a page to the
+/// full queue, taking a fresh page, maybe the very slot). Afterwards the
+/// owner's new block is intact, every queue link was touched in an order
+/// loom accepts (page-queue links are tracked cells), and every segment is
+/// released exactly once.
+#[test]
+fn reaper_frees_a_wholly_freed_full_page_while_owner_allocates() {
+    const SIZE: usize = 512 << 10;
+    const LINK: usize = 64;
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let owner = ModelHeap::new_registered(&world, OWNER);
+        // a's page goes to the full queue when b needs a fresh page.
+        let (a, b) = (owner.alloc(SIZE), owner.alloc(SIZE));
+        let handed = SendPtr(a);
+        thread::spawn(move || {
+            let handed = handed;
+            // SAFETY: the block was handed to this thread, which frees it.
+            unsafe { model::free(handed.0, REMOTE_B) }
+        })
+        .join()
+        .unwrap();
+        let reaper_world = Arc::clone(&world);
+        let reaper = thread::spawn(move || {
+            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
+            reaper.reap_others(true);
+            reaper.abandon();
+        });
+        let c = owner.alloc(SIZE);
+        // SAFETY: our own live block (its first bytes hold the link's
+        // tracked cell under loom).
+        unsafe { c.add(LINK).write_bytes(0xA5, SIZE - LINK) };
+        reaper.join().unwrap();
+        // SAFETY: as above; the reaper has finished.
+        let intact = unsafe { core::slice::from_raw_parts(c.add(LINK), SIZE - LINK) }
+            .iter()
+            .all(|&byte| byte == 0xA5);
+        assert!(intact, "a block in use was reset");
+        for block in [b, c] {
+            // SAFETY: our own live blocks.
+            unsafe { owner.free(block) };
+        }
+        owner.collect(true);
+        assert_eq!(owner.segments(), 0, "every page emptied and went back");
+        owner.abandon();
+        drop(owner);
+        drop(world);
+        assert_eq!(
+            model::live_mappings(),
+            baseline,
+            "every segment released exactly once"
+        );
+    });
+}
+
+/// The other side of the same decision: a full page with live blocks, one
+/// of which another thread freed. The reaper holds that one block, sees
+/// the page still in use, and must hand the block back rather than free the
+/// page, while the owner allocates (and processes its delayed list).
+#[test]
+fn reaper_leaves_a_full_page_with_live_blocks() {
+    const SIZE: usize = 64 << 10;
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let owner = ModelHeap::new_registered(&world, OWNER);
+        // Fill the first page; the allocation that lands on a second page
+        // moves the first to the full queue.
+        let first = owner.alloc(SIZE);
+        // SAFETY: live blocks of live segments (addresses only).
+        let first_page = unsafe { model::page_address(first) };
+        let mut full = vec![first];
+        let next = loop {
+            let block = owner.alloc(SIZE);
+            // SAFETY: as above.
+            if unsafe { model::page_address(block) } != first_page {
+                break block;
+            }
+            full.push(block);
+        };
+        assert!(full.len() >= 2, "the full page holds several blocks");
+        let handed = SendPtr(full[0]);
+        thread::spawn(move || {
+            let handed = handed;
+            // SAFETY: the block was handed to this thread, which frees it.
+            unsafe { model::free(handed.0, REMOTE_B) }
+        })
+        .join()
+        .unwrap();
+        let reaper_world = Arc::clone(&world);
+        let reaper = thread::spawn(move || {
+            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
+            reaper.reap_others(true);
+            reaper.abandon();
+        });
+        let extra = owner.alloc(SIZE);
+        reaper.join().unwrap();
+        assert_eq!(
+            owner.pending_reset(),
+            0,
+            "no page with live blocks was freed (nothing of the owner waits for a reset)"
+        );
+        for block in full.into_iter().skip(1).chain([next, extra]) {
+            // SAFETY: our own live blocks.
+            unsafe { owner.free(block) };
+        }
+        owner.collect(true);
+        assert_eq!(owner.segments(), 0, "every page emptied and went back");
+        owner.abandon();
+        drop(owner);
+        drop(world);
+        assert_eq!(
+            model::live_mappings(),
+            baseline,
+            "every segment released exactly once"
+        );
+    });
+}
