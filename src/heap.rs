@@ -805,23 +805,31 @@ impl Heap {
     // === freeing ===
 
     /// After a local free left `page` empty or took it out of the full
-    /// state: retire or unfull it. `flags` are the page's flags as read
-    /// before the free (after it, a full page may already belong to a
-    /// reaper, see `reset_remote_frees`).
+    /// state: retire or unfull it.
+    ///
+    /// A full page with blocks still in use may, once our free stored its
+    /// `used`, be freed by a reaper holding every other one of its blocks
+    /// (`reset_remote_frees`); then its flags read 0 or its heap null, or
+    /// `page_after_free` finds it gone under the lock. A page our free left
+    /// empty (`used` 0) or that is not full is touched by nobody else.
     ///
     /// # Safety
     /// `page` is a page of a heap owned by the calling thread.
     #[cold]
     #[inline(never)]
-    pub(crate) unsafe fn after_local_free(page: *mut Page, flags: u8) {
-        // SAFETY: the page is ours (caller), so is its heap, set by us; a
-        // page that is not full is touched by nobody else.
+    pub(crate) unsafe fn after_local_free(page: *mut Page) {
+        // SAFETY: the page is ours (caller), so is its heap, set by us (see
+        // above for a full page a reaper took).
         unsafe {
             // Emptied again while still retired (an alloc/free loop on the
             // only page of its class): it stays retired; hand the freed
             // blocks straight back to allocation, so the loop's next
             // allocation takes the fast path instead of collecting.
-            if flags == 0 && (*page).retire_expire.get() != 0 {
+            // (`used` is atomic and only the owner writes it.)
+            if (*page).used.get() == 0
+                && (*page).flags.get() == 0
+                && (*page).retire_expire.get() != 0
+            {
                 (*page).reuse_local_free();
                 return;
             }
@@ -863,11 +871,8 @@ impl Heap {
     unsafe fn free_block_local(&self, page: *mut Page, block: *mut Block) {
         // SAFETY: owner thread (caller).
         unsafe {
-            // Flags first, as in `free_block`: once `used` is stored, a
-            // reaper may free a full page.
-            let full = (*page).is_in_full();
             let used = (*page).push_local(block);
-            if used == 0 || full {
+            if used == 0 || (*page).is_in_full() {
                 self.page_after_free(page);
             }
         }
@@ -2477,12 +2482,9 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
         // Relaxed: only equality with our own id matters, and only this
         // thread ever stores its own id into a segment.
         if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
-            // Flags first: once `used` is stored, a full page may be freed
-            // by a reaper (its Acquire read of `used` orders this read).
-            let flags = (*page).flags.get();
             let used = (*page).push_local(block);
-            if used == 0 || flags != 0 {
-                Heap::after_local_free(page, flags);
+            if used == 0 || (*page).flags.get() != 0 {
+                Heap::after_local_free(page);
             }
         } else {
             free_remote(segment, page, block);

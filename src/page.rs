@@ -210,7 +210,7 @@ pub(crate) struct Page {
     /// Heap queue index (a size-class bin, `BIN_HUGE`; `BIN_FULL` is a flag).
     pub(crate) bin: Cell<u8>,
     /// [`IN_FULL`]; tested on the local free fast path.
-    pub(crate) flags: Cell<u8>,
+    pub(crate) flags: OwnerFlags,
     /// Every block on `free` is zero except its link word.
     pub(crate) free_is_zero: Cell<bool>,
     /// Countdown of a retired (empty, kept) page; 0 when not retired.
@@ -297,6 +297,35 @@ impl OwnerCount {
     }
 }
 
+/// The page's flags: written by the owner, or by a reaper holding the heap's
+/// lock that frees a wholly freed full page; read by the owner's local free
+/// right after its `used` store, which may be just when such a reaper
+/// clears them. Relaxed atomic loads and stores (plain moves): the owner
+/// acts on a stale value safely (`Heap::after_local_free` re-checks under
+/// the lock).
+pub(crate) struct OwnerFlags(core::sync::atomic::AtomicU8);
+
+impl OwnerFlags {
+    /// Flags `value`.
+    pub(crate) const fn new(value: u8) -> OwnerFlags {
+        OwnerFlags(core::sync::atomic::AtomicU8::new(value))
+    }
+
+    /// The flags.
+    #[inline(always)]
+    pub(crate) fn get(&self) -> u8 {
+        // Relaxed: a hint re-checked under the lock (type documentation).
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets the flags.
+    #[inline(always)]
+    pub(crate) fn set(&self, value: u8) {
+        // Relaxed: see `get`.
+        self.0.store(value, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The stand-in page of every direct-table slot whose size class has no
 /// page: its `free` list is empty, so a pop misses and takes the slow path.
 /// Only `free` (the first field of `Page`) is ever read through it.
@@ -328,7 +357,7 @@ impl Page {
             capacity: Cell::new(0),
             reserved: Cell::new(0),
             bin: Cell::new(0),
-            flags: Cell::new(0),
+            flags: OwnerFlags::new(0),
             free_is_zero: Cell::new(false),
             retire_expire: Cell::new(0),
             block_size: Cell::new(0),
