@@ -28,8 +28,8 @@ MUTANTS = {
     # Remote push onto the heap's delayed list without Release.
     "delayed-push-relaxed": (
         "src/heap.rs",
-        "match list.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {",
-        "match list.compare_exchange_weak(head, block, Ordering::Relaxed, Ordering::Relaxed) {",
+        "match list.compare_exchange_weak(current, head, Ordering::Release, Ordering::Relaxed) {",
+        "match list.compare_exchange_weak(current, head, Ordering::Relaxed, Ordering::Relaxed) {",
         "thread_free", "delayed_free_of_full_page_races_owner",
     ),
     # The owner stops waiting out a remote thread in `Freeing`.

@@ -1540,25 +1540,15 @@ impl Heap {
     /// # Safety
     /// `heap` is live (the caller holds a page of it in `Freeing`, or owns
     /// it); the caller owns `block` and gives it up.
+    #[inline]
     pub(crate) unsafe fn push_delayed(heap: *mut Heap, block: *mut Block) {
-        // SAFETY: the delayed list is the one field remote threads may touch;
-        // the heap is live (caller).
-        let list = unsafe { &(*heap).thread_delayed_free };
-        // Relaxed: starting guess for the CAS loop.
-        let mut head = list.load(Ordering::Relaxed);
-        loop {
-            // SAFETY: the block is ours until the CAS publishes it.
-            unsafe { Block::set_next(block, head) };
-            // Release pairs with the Acquire take in `process_delayed`.
-            match list.compare_exchange_weak(head, block, Ordering::Release, Ordering::Relaxed) {
-                Ok(_) => return,
-                Err(current) => head = current,
-            }
-        }
+        // SAFETY: a chain of one block (caller's contract).
+        unsafe { Heap::push_delayed_chain(heap, block, block) }
     }
 
     /// Pushes a chain of blocks (`head` … `tail`, linked) onto the heap's
-    /// delayed list (a reaper handing back what it took).
+    /// delayed list: one remotely freed block (`push_delayed`), or the
+    /// blocks a reaper took and hands back.
     ///
     /// # Safety
     /// As for [`Heap::push_delayed`], for every block of the chain.

@@ -33,3 +33,14 @@ pub fn builder() -> loom::model::Builder {
     }
     builder
 }
+
+/// Asserts that every mapping a model made since `baseline` (a reading of
+/// `shardalloc::__loom::live_mappings` at its start) was released exactly
+/// once.
+pub fn assert_all_released(baseline: usize) {
+    assert_eq!(
+        shardalloc::__loom::live_mappings(),
+        baseline,
+        "every segment released exactly once"
+    );
+}

@@ -5,7 +5,7 @@
 
 use loom::thread;
 use shardalloc::__loom::{self as model, ModelHeap, World};
-use shardalloc_loom_tests::{OWNER, REMOTE_A, SendPtr, builder};
+use shardalloc_loom_tests::{OWNER, REMOTE_A, SendPtr, assert_all_released, builder};
 
 const MIB: usize = 1 << 20;
 
@@ -62,11 +62,7 @@ fn destroy_races_remote_free_of_sibling_heap() {
         drop(first_class);
         drop(default);
         drop(world);
-        assert_eq!(
-            model::live_mappings(),
-            baseline,
-            "every segment released exactly once"
-        );
+        assert_all_released(baseline);
     });
 }
 
@@ -113,10 +109,6 @@ fn reused_segment_of_destroyed_heap_races_reaper() {
         default.abandon();
         drop(default);
         drop(world);
-        assert_eq!(
-            model::live_mappings(),
-            baseline,
-            "every segment released exactly once"
-        );
+        assert_all_released(baseline);
     });
 }

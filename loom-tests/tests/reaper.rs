@@ -6,7 +6,7 @@
 use loom::sync::Arc;
 use loom::thread;
 use shardalloc::__loom::{self as model, ModelHeap, World};
-use shardalloc_loom_tests::{OWNER, REMOTE_A, REMOTE_B, SendPtr, builder};
+use shardalloc_loom_tests::{OWNER, REMOTE_A, REMOTE_B, SendPtr, assert_all_released, builder};
 
 /// A large block has a page (and a segment) to itself: few allocations
 /// reach the slot reuse.
@@ -75,11 +75,7 @@ fn reaper_races_owner_reuse() {
         owner.abandon();
         drop(owner);
         drop(world);
-        assert_eq!(
-            model::live_mappings(),
-            baseline,
-            "every segment released exactly once"
-        );
+        assert_all_released(baseline);
     });
 }
 
@@ -137,11 +133,7 @@ fn reaper_hands_back_remote_frees_while_owner_collects() {
         owner.abandon();
         drop(owner);
         drop(world);
-        assert_eq!(
-            model::live_mappings(),
-            baseline,
-            "every segment released exactly once"
-        );
+        assert_all_released(baseline);
     });
 }
 
@@ -197,11 +189,7 @@ fn reaper_frees_a_wholly_freed_full_page_while_owner_allocates() {
         owner.abandon();
         drop(owner);
         drop(world);
-        assert_eq!(
-            model::live_mappings(),
-            baseline,
-            "every segment released exactly once"
-        );
+        assert_all_released(baseline);
     });
 }
 
@@ -261,10 +249,6 @@ fn reaper_leaves_a_full_page_with_live_blocks() {
         owner.abandon();
         drop(owner);
         drop(world);
-        assert_eq!(
-            model::live_mappings(),
-            baseline,
-            "every segment released exactly once"
-        );
+        assert_all_released(baseline);
     });
 }

@@ -4,7 +4,7 @@
 
 use loom::thread;
 use shardalloc::__loom::{self as model, SegmentCacheModel};
-use shardalloc_loom_tests::builder;
+use shardalloc_loom_tests::{assert_all_released, builder};
 use std::sync::Arc;
 
 /// Two threads offer segments to a one-slot cache while a third takes:
@@ -33,10 +33,6 @@ fn segment_cache_put_races_take() {
         let mut expected = cached;
         expected.sort_unstable();
         assert_eq!(taken, expected, "each cached segment taken exactly once");
-        assert_eq!(
-            model::live_mappings(),
-            baseline,
-            "every segment released exactly once"
-        );
+        assert_all_released(baseline);
     });
 }

@@ -4,7 +4,7 @@
 
 use loom::thread;
 use shardalloc::__loom::{self as model, ModelHeap, World};
-use shardalloc_loom_tests::{OWNER, REMOTE_A, SendPtr, builder};
+use shardalloc_loom_tests::{OWNER, REMOTE_A, SendPtr, assert_all_released, builder};
 
 const MIB: usize = 1 << 20;
 
@@ -49,11 +49,7 @@ fn heap_teardown_races_remote_free() {
         drop(heir);
         drop(heap);
         drop(world);
-        assert_eq!(
-            model::live_mappings(),
-            baseline,
-            "every segment released exactly once"
-        );
+        assert_all_released(baseline);
     });
 }
 
