@@ -1322,8 +1322,9 @@ impl Heap {
             options::segment_cache(),
         );
         // Abandoned segments: the emptied ones go to the cache, and the
-        // empty slots of the others give their memory back.
-        if !force {
+        // empty slots of the others give their memory back. A walk over all
+        // of them, so only every ten reset delays.
+        if !force && registry.reclaim_is_due(now, IDLE_FACTOR * delay.max(1)) {
             // SAFETY: owner thread (caller).
             let _ = unsafe { self.reclaim(None) };
         }

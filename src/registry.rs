@@ -196,6 +196,9 @@ pub(crate) struct HeapRegistry {
     high_water: AtomicUsize,
     /// `os::now_ms` before which no slow path starts another reaping pass.
     next_reap_ms: AtomicUsize,
+    /// `os::now_ms` before which no reaping pass looks through the
+    /// abandoned segments again (a walk over all of them).
+    next_reclaim_ms: AtomicUsize,
 }
 
 impl HeapRegistry {
@@ -206,6 +209,7 @@ impl HeapRegistry {
             slots: [const { Slot::new() }; CAPACITY],
             high_water: AtomicUsize::new(0),
             next_reap_ms: AtomicUsize::new(0),
+            next_reclaim_ms: AtomicUsize::new(0),
         }
     }
 
@@ -216,6 +220,7 @@ impl HeapRegistry {
             slots: core::array::from_fn(|_| Slot::new()),
             high_water: AtomicUsize::new(0),
             next_reap_ms: AtomicUsize::new(0),
+            next_reclaim_ms: AtomicUsize::new(0),
         }
     }
 
@@ -247,17 +252,28 @@ impl HeapRegistry {
     /// Whether a reaping pass should start now (at most one per `period_ms`
     /// across the process).
     pub(crate) fn reap_is_due(&self, now_ms: usize, period_ms: usize) -> bool {
-        // Relaxed: a rate limit, not a protocol; losing a race skips a pass.
-        let next = self.next_reap_ms.load(Ordering::Relaxed);
-        now_ms >= next
-            && self
-                .next_reap_ms
-                .compare_exchange(
-                    next,
-                    now_ms.saturating_add(period_ms),
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+        due_once(&self.next_reap_ms, now_ms, period_ms)
     }
+
+    /// Whether a reaping pass should also look through the abandoned
+    /// segments now (at most one per `period_ms` across the process).
+    pub(crate) fn reclaim_is_due(&self, now_ms: usize, period_ms: usize) -> bool {
+        due_once(&self.next_reclaim_ms, now_ms, period_ms)
+    }
+}
+
+/// Whether `now_ms` has reached the time in `next`, which then moves
+/// `period_ms` on: true for one caller per period.
+fn due_once(next: &AtomicUsize, now_ms: usize, period_ms: usize) -> bool {
+    // Relaxed: a rate limit, not a protocol; losing a race skips a pass.
+    let at = next.load(Ordering::Relaxed);
+    now_ms >= at
+        && next
+            .compare_exchange(
+                at,
+                now_ms.saturating_add(period_ms),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
 }
