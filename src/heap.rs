@@ -270,12 +270,15 @@ pub(crate) struct Heap {
     limit: Cell<usize>,
 }
 
-// SAFETY: every `Cell` field is touched only by the owning thread (the heap
-// is reached through that thread's thread-local pointer, or through pages of
-// segments stamped with its id, which other threads treat as remote). The
-// one field other threads write, `thread_delayed_free`, is atomic. The
-// static empty heap is never written (every write path first replaces it
-// with a real heap).
+// SAFETY: the `Cell` fields are touched by the owning thread (the heap is
+// reached through that thread's thread-local pointer, or through pages of
+// segments stamped with its id, which other threads treat as remote), and by
+// another thread only while it holds the heap's registry lock (a reaper or
+// `stats()`), which the owner also holds around every section touching that
+// state (`registry`, design §4.5); `lock_depth` and `locked_for_fork` are
+// the owner's alone. Other threads otherwise write only the atomic
+// `thread_delayed_free`. The static empty heap is never written (every
+// write path first replaces it with a real heap).
 unsafe impl Sync for Heap {}
 
 macro_rules! heap_value {
@@ -1734,17 +1737,7 @@ impl Heap {
                 (*shared).abandoned.push(segment);
                 segment = next;
             }
-            self.segments.first.set(ptr::null_mut());
-            self.small_slots.first.set(ptr::null_mut());
-            self.medium_slots.first.set(ptr::null_mut());
-            self.large_slots.first.set(ptr::null_mut());
-            for index in 0..QUEUE_COUNT {
-                self.queue(index).first.set(ptr::null_mut());
-                self.queue(index).last.set(ptr::null_mut());
-            }
-            for slot in &self.direct {
-                slot.set(empty_page());
-            }
+            self.forget_everything();
         }
         // 5. Leave the registry: from here on no reaper reaches the heap.
         core::mem::forget(guard);
@@ -1998,7 +1991,8 @@ impl Heap {
         }
     }
 
-    /// Empties every list of the heap (its pages and segments are gone).
+    /// Empties every list of the heap (its pages and segments are gone, or
+    /// handed on by `abandon`).
     fn forget_everything(&self) {
         self.segments.first.set(ptr::null_mut());
         self.small_slots.first.set(ptr::null_mut());

@@ -251,12 +251,16 @@ const _: () = assert!(
 );
 
 // SAFETY: a `Page` is shared between the owner thread and remote freeing
-// threads. The remote side only touches the two atomics and reads
+// threads. The remote side only touches the atomics and reads
 // `block_size`/`page_start`, which the owner never writes while any block
 // of the page is live (a live block keeps `used > 0`, and the fields change
-// only in `init`, on an unused page). All `Cell` fields are owner-only: the
-// owner is the thread whose id is stored in the segment, checked on every
-// free before a `Cell` is touched.
+// only in `init`, on an unused page). The `Cell` fields are the owner's (the
+// thread whose id is stored in the segment, checked on every free before a
+// `Cell` is touched), except that a reaper holding the heap's lock touches
+// an unused slot's fields, and a full page's once it holds every block in
+// use of it (`Heap::reset_remote_frees`: the owner's `used` stores are
+// Release, its read Acquire); `used` and `flags`, which the owner reads and
+// writes without the lock, are atomics.
 unsafe impl Sync for Page {}
 
 /// A count only the page's owner writes, which `stats()` may read from

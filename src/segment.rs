@@ -253,8 +253,9 @@ impl Segment {
     /// of `kind`.
     ///
     /// # Safety
-    /// The caller exclusively owns `segment`, an empty non-huge segment whose
-    /// pages were reset by [`Segment::reset_pages`].
+    /// The caller exclusively owns `segment`, an empty non-huge segment taken
+    /// from the cache: reset by [`Segment::reset_pages`], or still holding
+    /// its memory ([`Segment::cache_dirty`]).
     ///
     /// [`SegmentCache`]: crate::segment_cache::SegmentCache
     pub(crate) unsafe fn reuse(
@@ -268,8 +269,9 @@ impl Segment {
         unsafe {
             let zero = (*segment).pages_zero.get();
             if !zero {
-                // The reset before caching failed: the old layout's dirty
-                // slots stop counting, the new layout's all count (below).
+                // Cached with its memory (or its reset failed): the old
+                // layout's dirty slots stop counting, the new layout's all
+                // count (below).
                 Segment::forget_committed(segment);
             }
             Segment::init_header(
