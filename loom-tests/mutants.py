@@ -16,6 +16,14 @@ import tempfile
 
 # name: (file, exact text to replace, replacement, test file, model)
 MUTANTS = {
+    # The start-up work published without Release: a racing caller may
+    # return before the work's effects are visible.
+    "run-once-relaxed": (
+        "src/once.rs",
+        "                    self.state.store(DONE, Ordering::Release);",
+        "                    self.state.store(DONE, Ordering::Relaxed);",
+        "once", "run_once_races",
+    ),
     # Remote push onto the page's thread-free list without Release.
     "push-relaxed": (
         "src/page.rs",

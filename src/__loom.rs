@@ -9,7 +9,7 @@
 
 use crate::abandon::{AbandonedSegments, Shared};
 use crate::heap::{Heap, free_block};
-use crate::once::Once;
+use crate::once::{Once, RunOnce};
 use crate::page::{Block, DelayedMode, Page};
 use crate::segment::Segment;
 use crate::segment_cache::SegmentCache;
@@ -324,6 +324,32 @@ impl PublishOnce {
 impl Default for PublishOnce {
     fn default() -> PublishOnce {
         PublishOnce::new()
+    }
+}
+
+/// The run-once gate behind the process start-up work (options, fork
+/// handlers).
+pub struct RunOnceGate {
+    once: RunOnce,
+}
+
+impl RunOnceGate {
+    /// Work not run yet.
+    pub fn new() -> RunOnceGate {
+        RunOnceGate {
+            once: RunOnce::new(),
+        }
+    }
+
+    /// `RunOnce::call`.
+    pub fn call(&self, thread_id: usize, work: impl FnOnce()) {
+        self.once.call(thread_id, work);
+    }
+}
+
+impl Default for RunOnceGate {
+    fn default() -> RunOnceGate {
+        RunOnceGate::new()
     }
 }
 

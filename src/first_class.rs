@@ -33,19 +33,57 @@ use core::ptr::{self, NonNull};
 /// # Threads
 ///
 /// A `Heap` belongs to the thread that created it: it is neither `Send` nor
-/// `Sync`, so allocation, realloc and the statistics run on that thread
-/// without locks, and a collection allocating from it (which holds a
-/// `&Heap`) cannot leave the thread either:
+/// `Sync`, so its fast paths run on that thread with no atomic operation
+/// (its slow paths take the heap's own lock, which another thread holds
+/// only for a short pass giving idle memory back), and a collection
+/// allocating from it (which holds a `&Heap`) cannot leave the thread
+/// either. Each form below compiles with a type that is `Send` and `Sync`
+/// (the last example), so it can fail only on the bound it names (error
+/// E0277, an unsatisfied trait bound; stable rustdoc does not check the
+/// code, the compiling twin is what pins the reason):
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
+/// // `Heap` is not `Send`: it cannot move to another thread.
 /// let heap = shardalloc::Heap::new();
-/// std::thread::spawn(move || drop(heap)); // `Heap` is not `Send`
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(heap));
+/// });
 /// ```
 ///
-/// ```compile_fail
+/// ```compile_fail,E0277
+/// // `Heap` is not `Sync`: another thread cannot use it through a borrow
+/// // (scoped, so the borrow outlives the thread and only `Sync` is missing).
+/// let heap = shardalloc::Heap::new();
+/// std::thread::scope(|s| {
+///     s.spawn(|| drop(&heap));
+/// });
+/// ```
+///
+/// ```compile_fail,E0277
+/// // So a collection in the heap (which holds a `&Heap`) stays on the
+/// // thread too.
 /// let heap = shardalloc::Heap::new();
 /// let v = allocator_api2::vec::Vec::<u8, _>::new_in(&heap);
-/// std::thread::spawn(move || drop(v)); // nor is `&Heap`
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(v));
+/// });
+/// ```
+///
+/// The same three forms with a `Send + Sync` stand-in compile:
+///
+/// ```
+/// let heap = allocator_api2::alloc::Global;
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(heap));
+/// });
+/// let heap = allocator_api2::alloc::Global;
+/// std::thread::scope(|s| {
+///     s.spawn(|| drop(&heap));
+/// });
+/// let v = allocator_api2::vec::Vec::<u8, _>::new_in(&heap);
+/// std::thread::scope(|s| {
+///     s.spawn(move || drop(v));
+/// });
 /// ```
 ///
 /// A *raw* block of a heap may be freed from any thread with
@@ -172,7 +210,9 @@ impl Heap {
         }
     }
 
-    /// Like [`Heap::alloc`], with the block zeroed.
+    /// Like [`Heap::alloc`], with the first `layout.size()` bytes zeroed
+    /// (the rest of the block, up to [`usable_size`](crate::usable_size),
+    /// may hold a former block's bytes).
     #[inline]
     pub fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: our heap, on its owner thread.
@@ -186,11 +226,12 @@ impl Heap {
         }
     }
 
-    /// Frees a block. (Any thread may free a block of any heap with
-    /// [`shardalloc::free`](crate::free); this is the same call.)
+    /// Frees a block; null is accepted and ignored. (Any thread may free a
+    /// block of any heap with [`shardalloc::free`](crate::free); this is the
+    /// same call.)
     ///
     /// # Safety
-    /// `ptr` is a live block from this allocator.
+    /// `ptr` is null or a live block from this allocator.
     #[inline]
     pub unsafe fn dealloc(&self, ptr: *mut u8) {
         // SAFETY: forwarded from the caller.
@@ -252,7 +293,14 @@ impl Heap {
     /// Takes `&mut self`: nothing can allocate from or free into the heap
     /// while the visit runs (a collection allocating from it holds a
     /// `&Heap`, so it must be gone, or the visit must happen where no such
-    /// borrow is alive). `f` may read the blocks.
+    /// borrow is alive). `f` may read the blocks, and may call
+    /// [`shardalloc::stats`](crate::stats) (which counts this heap too).
+    ///
+    /// Frees by *other* threads are not held off: a block whose free by
+    /// another thread is under way while the visit runs may still be
+    /// reported (it is live until its free lands on the page's list), and
+    /// reading it then races with that free as any read of a block being
+    /// freed does. Order such frees before the visit to see an exact set.
     pub fn visit_blocks(&mut self, mut f: impl FnMut(NonNull<u8>, usize)) {
         // SAFETY: our heap, on its owner thread; `&mut self` keeps every
         // allocation and local free of the heap out until we return.
@@ -358,7 +406,13 @@ mod allocator_api {
                 return Ok(NonNull::slice_from_raw_parts(dangling(layout), 0));
             }
             // SAFETY: our heap, on its owner thread.
-            block(unsafe { allocate_in(self.raw.as_ptr(), layout.size(), layout.align(), true) })
+            let ptr =
+                unsafe { allocate_in(self.raw.as_ptr(), layout.size(), layout.align(), true) };
+            // Only the requested bytes are zeroed (the rest of the block may
+            // hold a former block's bytes), so only they are reported: the
+            // trait promises that the whole returned slice reads as zero.
+            let ptr = NonNull::new(ptr).ok_or(AllocError)?;
+            Ok(NonNull::slice_from_raw_parts(ptr, layout.size()))
         }
 
         #[inline]
@@ -393,17 +447,18 @@ mod allocator_api {
             new: Layout,
         ) -> Result<NonNull<[u8]>, AllocError> {
             // SAFETY: forwarded (the trait's contract).
-            let grown = unsafe { self.grow(ptr, old, new) }?;
+            let grown = unsafe { self.grow(ptr, old, new) }?.cast::<u8>();
             // SAFETY: the block is at least new.size() long; the bytes past
             // old.size() are ours to zero.
             unsafe {
                 grown
-                    .cast::<u8>()
                     .as_ptr()
                     .add(old.size())
                     .write_bytes(0, new.size() - old.size());
             }
-            Ok(grown)
+            // As in `allocate_zeroed`: the slice reported is the part known
+            // to be zero past `old.size()`, not the whole usable block.
+            Ok(NonNull::slice_from_raw_parts(grown, new.size()))
         }
 
         unsafe fn shrink(

@@ -19,9 +19,15 @@ use core::ptr;
 /// static GLOBAL: shardalloc::ShardAlloc = shardalloc::ShardAlloc;
 /// ```
 ///
-/// Every method is lock-free; `alloc` returns null (never panics or aborts)
-/// when memory runs out or the request is absurd. `dealloc` ignores the
-/// layout's size: the block's page knows it.
+/// The fast paths (an allocation served from the page the heap allocates
+/// from, a free by the block's owner thread) and every free by another
+/// thread are lock-free. A slow path (a fresh page, a page that empties)
+/// takes the thread's own heap lock, which another thread holds only for a
+/// bounded pass giving an idle heap's memory back (`docs/design.md` §4.5):
+/// the owner then waits, spinning briefly and then yielding. `alloc`
+/// returns null (never panics or aborts) when memory runs out or the
+/// request is absurd. `dealloc` ignores the layout's size: the block's page
+/// knows it.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ShardAlloc;
 
@@ -45,8 +51,10 @@ unsafe impl GlobalAlloc for ShardAlloc {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
-        // SAFETY: the caller passes a live block of ours.
-        unsafe { free(ptr) }
+        // SAFETY: the caller passes a live block of ours (never null, by
+        // `GlobalAlloc`'s contract, so no test for it); the id is the
+        // calling thread's.
+        unsafe { free_block(ptr, thread::current_thread_id()) }
     }
 
     #[inline]
@@ -140,13 +148,17 @@ fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut
 }
 
 /// Frees a block of any heap (a first-class [`Heap`](crate::Heap) or a
-/// thread's default heap), from any thread.
+/// thread's default heap), from any thread. Null is accepted and ignored,
+/// as C's `free` does.
 ///
 /// # Safety
-/// `ptr` is a live block returned by this allocator (by [`ShardAlloc`] or
-/// a [`Heap`](crate::Heap) that still exists).
+/// `ptr` is null or a live block returned by this allocator (by
+/// [`ShardAlloc`] or a [`Heap`](crate::Heap) that still exists).
 #[inline(always)]
 pub unsafe fn free(ptr: *mut u8) {
+    if ptr.is_null() {
+        return;
+    }
     // SAFETY: forwarded from the caller; the id is the calling thread's.
     unsafe { free_block(ptr, thread::current_thread_id()) }
 }

@@ -386,7 +386,7 @@ impl Heap {
     }
 
     /// The heap's registry slot, if it has one.
-    fn slot(&self) -> Option<&Slot> {
+    pub(crate) fn slot(&self) -> Option<&Slot> {
         // SAFETY: a registered heap's slot is static (or outlives the heap,
         // under loom).
         unsafe { self.slot.get().as_ref() }
@@ -414,12 +414,18 @@ impl Heap {
 
     /// Before `fork`, on the forking thread: holds the heap's lock so that
     /// no reaper is half-way through the heap when the child is made.
+    /// Balanced by construction: the lock is taken only if the heap does not
+    /// hold it for a fork already, and `unlock_after_fork` lets go of it
+    /// only if it was taken here, so any number of calls of either leaves
+    /// the lock as it was before the first.
     ///
     /// # Safety
     /// Owner thread, outside any heap operation.
     pub(crate) unsafe fn lock_for_fork(&self) {
-        core::mem::forget(self.lock());
-        self.locked_for_fork.set(true);
+        if !self.locked_for_fork.get() {
+            core::mem::forget(self.lock());
+            self.locked_for_fork.set(true);
+        }
     }
 
     /// After `fork`, in the parent and in the child: ends `lock_for_fork`.
@@ -429,6 +435,28 @@ impl Heap {
     pub(crate) unsafe fn unlock_after_fork(&self) {
         if self.locked_for_fork.replace(false) {
             drop(HeapGuard { heap: self });
+        }
+    }
+
+    /// In a forked child: tears down the heap of a parent thread that does
+    /// not exist in the child, as that thread's exit would have (its live
+    /// blocks stay valid, abandoned; its empty pages go back; its registry
+    /// slot is released for the child's threads).
+    ///
+    /// # Safety
+    /// Only in a forked child, on its only thread, holding the heap's lock
+    /// (taken by `HeapRegistry::lock_all_for_fork` before the fork, so no
+    /// slow path of the vanished owner was under way).
+    pub(crate) unsafe fn abandon_after_fork(&self) {
+        // The lock the child holds becomes the owner's: `abandon` takes it
+        // re-entrantly and releases the slot at its end.
+        self.lock_depth.set(1);
+        self.locked_for_fork.set(false);
+        // SAFETY: the only thread (caller) now acts as the owner; the heap's
+        // state is consistent, since no slow path of it was under way.
+        unsafe {
+            self.forget_parent_threads();
+            self.abandon();
         }
     }
 
@@ -1384,6 +1412,17 @@ impl Heap {
             }
         }
         live
+    }
+
+    /// [`Heap::live_bytes`] for the owner thread, which takes its own lock
+    /// (re-entrantly: the owner may hold it already, in `visit_blocks`).
+    ///
+    /// # Safety
+    /// Owner thread.
+    pub(crate) unsafe fn live_bytes_as_owner(&self) -> usize {
+        let _guard = self.lock();
+        // SAFETY: we hold the lock.
+        unsafe { self.live_bytes() }
     }
 
     /// Takes a slot off the reset queue (it is being reused, or its segment

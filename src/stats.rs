@@ -54,6 +54,10 @@ pub(crate) static HUGE_LIVE: Counter = Counter::new();
 /// (thread exit, or a reclaim pass that kept them abandoned).
 pub(crate) static ABANDONED_LIVE: Counter = Counter::new();
 
+/// Threads that allocate without a thread-exit hook (the process ran out of
+/// pthread keys): their heaps are never torn down at exit.
+pub(crate) static THREADS_WITHOUT_EXIT_HOOK: Counter = Counter::new();
+
 /// A snapshot of the allocator's process-wide figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -84,6 +88,14 @@ pub struct Stats {
     pub madvise_calls: usize,
     /// Resident memory of the whole process (`/proc/self/statm`), if readable.
     pub resident: Option<usize>,
+    /// Threads that got a heap without a thread-exit hook, because the
+    /// process had no pthread key left: they allocate normally, but their
+    /// heaps are not torn down when they exit (their memory is leaked).
+    pub threads_without_exit_hook: usize,
+    /// Heaps in the registry now: the default heaps of live threads that
+    /// have allocated, and live first-class heaps (up to the registry's
+    /// capacity).
+    pub heaps: usize,
 }
 
 /// How many times `stats` yields to a heap's owner busy in a slow path.
@@ -98,9 +110,19 @@ pub fn stats() -> Stats {
     let shared = &crate::thread::SHARED;
     let mut live = HUGE_LIVE.get().wrapping_add(ABANDONED_LIVE.get());
     for slot in shared.heaps.slots() {
-        // Bounded: a slot left locked by a thread that vanished in `fork`
-        // is skipped rather than waited for.
-        if slot.lock_bounded(LOCK_ROUNDS) {
+        if slot.try_lock() {
+            // SAFETY: we hold the heap's lock (see `registry`).
+            live = live.wrapping_add(unsafe { (*slot.heap()).live_bytes() });
+            slot.unlock();
+        } else if let Some(heap) = crate::thread::own_heap_of(slot) {
+            // One of the calling thread's heaps, whose lock this thread
+            // holds (`stats()` called from a `visit_blocks` callback):
+            // re-entrant for the owner.
+            // SAFETY: the calling thread's own heap.
+            live = live.wrapping_add(unsafe { (*heap).live_bytes_as_owner() });
+        } else if slot.lock_bounded(LOCK_ROUNDS) {
+            // Bounded: a slot left locked by a thread that vanished in
+            // `fork` is skipped rather than waited for.
             // SAFETY: we hold the heap's lock (see `registry`).
             live = live.wrapping_add(unsafe { (*slot.heap()).live_bytes() });
             slot.unlock();
@@ -120,6 +142,8 @@ pub fn stats() -> Stats {
         resident: crate::os::resident_bytes(),
         #[cfg(miri)]
         resident: None,
+        threads_without_exit_hook: THREADS_WITHOUT_EXIT_HOOK.get(),
+        heaps: shared.heaps.heap_count(),
     }
 }
 

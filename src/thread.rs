@@ -21,8 +21,9 @@
 
 use crate::abandon::Shared;
 use crate::heap::Heap;
-use crate::once::Once;
+use crate::once::{Once, RunOnce};
 use crate::os::{self, OS_PAGE_SIZE};
+use crate::stats;
 use crate::sync::{AtomicUsize, Ordering};
 use core::cell::Cell;
 use core::ffi::c_void;
@@ -102,38 +103,68 @@ fn exit_key() -> Option<libc::pthread_key_t> {
     libc::pthread_key_t::try_from(key).ok()
 }
 
-/// Whether the process-wide start-up work is done.
-static PROCESS_INIT: Once = Once::new();
+/// The process-wide start-up work (see [`init_process`]).
+static PROCESS_INIT: RunOnce = RunOnce::new();
 
 /// Once per process, at the first heap: reads the `SHARDALLOC_*` options
-/// from the environment and registers [`after_fork_in_child`] with
-/// `pthread_atfork`. (Two threads racing here may both do it: reading the
-/// options twice is harmless and the fork handler is idempotent.)
-fn init_process() {
-    let _ = PROCESS_INIT.get_or_publish(
-        || {
-            crate::options::read_environment();
-            // SAFETY: the handler has the C ABI signature pthread expects and
-            // stays valid for the life of the process.
-            let registered = unsafe {
-                libc::pthread_atfork(
-                    Some(before_fork),
-                    Some(after_fork_in_parent),
-                    Some(after_fork_in_child),
-                )
-            };
-            (registered == 0).then_some(1)
-        },
-        |_| {},
-    );
+/// from the environment and registers the fork handlers with
+/// `pthread_atfork`. Exactly once: a thread racing the first one waits
+/// until it is done (a second registration would run the handlers twice
+/// per fork). `thread_id` is the caller's id; a call re-entered from
+/// inside the work on the same thread (libc's `pthread_atfork` may call
+/// `malloc`, which may be ours) returns at once.
+fn init_process(thread_id: usize) {
+    PROCESS_INIT.call(thread_id, || {
+        crate::options::read_environment();
+        // SAFETY: the handlers have the C ABI signature pthread expects and
+        // stay valid for the life of the process. On failure the process
+        // still works; only fork safety is lost (nothing to do about it).
+        let _ = unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork_in_parent),
+                Some(after_fork_in_child),
+            )
+        };
+    });
 }
 
-/// Runs in a forked child, on its only thread. The allocator takes no locks,
-/// so nothing needs re-initialising; but a parent thread that was in the
-/// middle of a delayed free into one of our pages left it in `Freeing`, and
-/// nobody would ever end that. Blocks of the parent's other threads stay
-/// where they are (their segments' owner ids match no thread of the child,
-/// so frees of them are remote frees).
+/// Runs before `fork` on the forking thread: holds the lock of every
+/// registered heap — its own default and first-class heaps (re-entrantly),
+/// then every other thread's, waiting a bounded time for each (see
+/// `HeapRegistry::lock_all_for_fork`) — so the child never inherits a heap
+/// half-way through a slow path or a reaping pass.
+extern "C" fn before_fork() {
+    SHARED.heaps.lock_all_for_fork(|mark_own| {
+        for_each_own_heap(|heap| {
+            // SAFETY: our own heaps, outside any heap operation (fork is not
+            // called from inside the allocator).
+            unsafe { (*heap).lock_for_fork() };
+            // SAFETY: as above.
+            if let Some(slot) = unsafe { (*heap).slot() } {
+                mark_own(slot);
+            }
+        });
+    });
+}
+
+/// Runs after `fork` in the parent: ends [`before_fork`].
+extern "C" fn after_fork_in_parent() {
+    // SAFETY: our own heaps.
+    for_each_own_heap(|heap| unsafe { (*heap).unlock_after_fork() });
+    SHARED.heaps.unlock_all_after_fork();
+}
+
+/// Runs in a forked child, on its only thread.
+///
+/// * The forking thread's heaps: their locks go, and every `Freeing` that a
+///   parent thread (gone in the child) left on their pages ends, so the
+///   owner never waits for it.
+/// * The heaps of the parent's other threads (locked by [`before_fork`]):
+///   torn down as their threads' exits would have, so their empty pages go
+///   back, their live blocks stay valid in abandoned segments that the
+///   child's threads adopt, and their registry slots are free again. A heap
+///   whose lock `before_fork` could not get is left as it is (leaked).
 extern "C" fn after_fork_in_child() {
     for_each_own_heap(|heap| {
         // SAFETY: our own heap, and no other thread exists.
@@ -142,23 +173,11 @@ extern "C" fn after_fork_in_child() {
             (*heap).forget_parent_threads();
         }
     });
-}
-
-/// Runs before `fork` on the forking thread: holds the locks of its heaps
-/// (its default heap and its first-class heaps), so the child never
-/// inherits one half-way through another thread's reaping pass (see
-/// `registry`). Heaps of the parent's other threads may be left locked in
-/// the child; nobody there uses them.
-extern "C" fn before_fork() {
-    // SAFETY: our own heaps, outside any heap operation (fork is not called
-    // from inside the allocator).
-    for_each_own_heap(|heap| unsafe { (*heap).lock_for_fork() });
-}
-
-/// Runs after `fork` in the parent: ends [`before_fork`].
-extern "C" fn after_fork_in_parent() {
-    // SAFETY: our own heaps.
-    for_each_own_heap(|heap| unsafe { (*heap).unlock_after_fork() });
+    SHARED.heaps.take_heaps_after_fork(|heap| {
+        // SAFETY: the only thread; we hold the heap's lock, taken before the
+        // fork, and its thread does not exist here.
+        unsafe { (*heap).abandon_after_fork() };
+    });
 }
 
 /// Thread ids handed out so far (0 means "abandoned", 1 the empty heap).
@@ -183,18 +202,23 @@ pub(crate) fn init_current() -> *mut Heap {
     if current != empty_heap() {
         return current;
     }
-    let Some(key) = exit_key() else {
-        return ptr::null_mut();
-    };
-    init_process();
-    let heap = new_heap(assign_thread_id());
+    let thread_id = assign_thread_id();
+    init_process(thread_id);
+    let heap = new_heap(thread_id);
     if heap.is_null() {
         return heap;
     }
     THREAD_HEAP.with(|cell| cell.set(heap));
-    // SAFETY: the key exists; a failure here only means the heap is never
-    // torn down at exit (its memory stays valid: a leak, not a fault).
-    unsafe { libc::pthread_setspecific(key, heap.cast::<c_void>().cast_const()) };
+    // SAFETY: the key exists; the heap stays valid until the destructor.
+    let hooked = exit_key()
+        .is_some_and(|key| unsafe { libc::pthread_setspecific(key, heap.cast::<c_void>()) } == 0);
+    if !hooked {
+        // No key left in the process (or no memory for its value): the
+        // thread allocates all the same, but its heap is never torn down at
+        // exit — its segments are not abandoned for other threads, a leak
+        // rather than a fault. Counted, so it is visible.
+        stats::THREADS_WITHOUT_EXIT_HOOK.add(1);
+    }
     heap
 }
 
@@ -228,8 +252,9 @@ fn new_heap(thread_id: usize) -> *mut Heap {
 /// A first-class heap for the calling thread (see `shardalloc::Heap`);
 /// null if the OS refuses memory.
 pub(crate) fn new_first_class_heap() -> *mut Heap {
-    init_process();
-    let heap = new_heap(assign_thread_id());
+    let thread_id = assign_thread_id();
+    init_process(thread_id);
+    let heap = new_heap(thread_id);
     if heap.is_null() {
         return heap;
     }
@@ -297,6 +322,18 @@ fn for_each_own_heap(mut f: impl FnMut(*mut Heap)) {
         // SAFETY: the list holds live heaps of this thread.
         heap = unsafe { (*heap).next_first_class.get() };
     }
+}
+
+/// The calling thread's heap registered in `slot`, if one of its heaps is.
+pub(crate) fn own_heap_of(slot: &crate::registry::Slot) -> Option<*mut Heap> {
+    let mut found = None;
+    for_each_own_heap(|heap| {
+        // SAFETY: our own live heap.
+        if unsafe { (*heap).slot() }.is_some_and(|own| ptr::eq(own, slot)) {
+            found = Some(heap);
+        }
+    });
+    found
 }
 
 /// Gives a torn-down heap's memory back: to its registry slot (which keeps

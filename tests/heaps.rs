@@ -1890,3 +1890,29 @@ fn heaps_in_thread_locals_are_dropped_or_destroyed_at_thread_exit() {
     }
     shardalloc::collect(true);
 }
+
+/// Review defect 8: `shardalloc::stats()` called from inside a `visit_blocks` callback (which
+/// holds the visited heap's lock) counts that heap too, instead of waiting on its own lock and
+/// leaving the heap out.
+#[test]
+fn stats_inside_visit_blocks_counts_the_visited_heap() {
+    const BLOCK: usize = 64 * 1024;
+    const COUNT: usize = 512; // 32 MiB live in the visited heap
+    let mut heap = Heap::new();
+    let layout = Layout::from_size_align(BLOCK, 8).unwrap();
+    let blocks: Vec<*mut u8> = (0..COUNT).map(|_| heap.alloc(layout)).collect();
+    assert!(blocks.iter().all(|b| !b.is_null()));
+    let mut inside = None;
+    heap.visit_blocks(|_, _| {
+        if inside.is_none() {
+            inside = Some(shardalloc::stats().live);
+        }
+    });
+    let inside = inside.expect("the heap has blocks to visit");
+    assert!(
+        inside >= COUNT * BLOCK,
+        "stats() inside visit_blocks left the visited heap out: live {inside} < {}",
+        COUNT * BLOCK
+    );
+    heap.destroy();
+}

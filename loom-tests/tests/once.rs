@@ -44,3 +44,45 @@ fn publish_once_races() {
         );
     });
 }
+
+/// Two threads race to run the start-up work (`once::RunOnce`): it runs
+/// exactly once, and both callers return only after its effects are
+/// visible to them (the work's write is a plain, loom-tracked one, so a
+/// caller that returned before the work was published fails the model). A
+/// call from inside the work returns at once.
+#[test]
+fn run_once_races() {
+    use loom::cell::UnsafeCell;
+    use shardalloc::__loom::RunOnceGate;
+    use shardalloc_loom_tests::{OWNER, REMOTE_A};
+
+    builder().check(|| {
+        let gate = Arc::new(RunOnceGate::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let effect = Arc::new(UnsafeCell::new(0usize));
+        let racers: Vec<_> = [OWNER, REMOTE_A]
+            .into_iter()
+            .map(|id| {
+                let (gate, runs, effect) =
+                    (Arc::clone(&gate), Arc::clone(&runs), Arc::clone(&effect));
+                thread::spawn(move || {
+                    let inner = Arc::clone(&gate);
+                    gate.call(id, || {
+                        runs.fetch_add(1, Ordering::Relaxed);
+                        // SAFETY: only the thread running the work writes.
+                        effect.with_mut(|value| unsafe { *value = 42 });
+                        // Re-entered from inside the work: returns at once.
+                        inner.call(id, || panic!("the work ran twice"));
+                    });
+                    // SAFETY: a read after the work is done; loom checks the
+                    // ordering.
+                    effect.with(|value| unsafe { *value })
+                })
+            })
+            .collect();
+        for racer in racers {
+            assert_eq!(racer.join().unwrap(), 42, "the work's effect is visible");
+        }
+        assert_eq!(runs.load(Ordering::Relaxed), 1, "the work ran exactly once");
+    });
+}
