@@ -71,7 +71,6 @@
 
 #![cfg_attr(loom, allow(dead_code, unreachable_pub))]
 
-mod abandon;
 mod fatal;
 #[cfg(not(loom))]
 mod first_class;

@@ -19,8 +19,8 @@
 //!   addresses) but never its id. Blocks of threads that do not exist any
 //!   more are therefore always freed as remote frees.
 
-use crate::abandon::Shared;
 use crate::heap::Heap;
+use crate::heap::Shared;
 use crate::once::{Once, RunOnce};
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::stats;

@@ -1,0 +1,536 @@
+//! Segments of exited threads, and their reclaim by live threads.
+//!
+//! When a thread exits with live blocks, its heap *abandons* the segments
+//! that hold them: every page is switched to `DelayedMode::Never` (remote
+//! frees go onto the page lists only, never near the dead heap), the owner
+//! id is set to 0, and the segment is pushed onto the process-wide
+//! [`AbandonedSegments`] list. Frees into an abandoned segment keep working
+//! (they are "remote" for every thread).
+//!
+//! A live thread that needs a fresh page *reclaims*: it takes the whole
+//! list at once (one atomic swap, so it owns every segment on it
+//! exclusively), collects each segment's pages, returns the segments that
+//! became empty to the OS, adopts one segment of the kind it needs, and
+//! pushes the rest back.
+//!
+//! Taking the whole list (instead of popping one segment) is what makes the
+//! list safe without tags or epochs: a segment is only ever read by the
+//! thread that took it, so it cannot be unmapped under a reader and no ABA
+//! can occur. The loom model `abandoned_list` checks it.
+
+use super::Heap;
+use super::segments::SegmentLinks;
+use super::segments::cache_or_release;
+use crate::page::DelayedMode;
+use crate::registry::HeapRegistry;
+use crate::segment::Segment;
+use crate::segment_cache::SegmentCache;
+use crate::size_class::{BIN_HUGE, PageKind};
+use crate::stats;
+use crate::sync::{AtomicPtr, AtomicUsize, Ordering};
+use core::ptr;
+
+/// A lock-free list of abandoned segments: many pushers, take-all readers.
+pub(crate) struct AbandonedSegments {
+    head: AtomicPtr<Segment>,
+    count: AtomicUsize,
+}
+
+impl AbandonedSegments {
+    /// An empty list.
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> AbandonedSegments {
+        AbandonedSegments {
+            head: AtomicPtr::new(ptr::null_mut()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// An empty list.
+    #[cfg(loom)]
+    pub(crate) fn new() -> AbandonedSegments {
+        AbandonedSegments {
+            head: AtomicPtr::new(ptr::null_mut()),
+            count: AtomicUsize::new(0),
+        }
+    }
+
+    /// Publishes the chain `first ..= last` (linked through
+    /// `abandoned_next`, `count` segments long).
+    ///
+    /// # Safety
+    /// The caller owns every segment of the chain and gives them up; `last`
+    /// is reachable from `first`.
+    pub(crate) unsafe fn push_chain(&self, first: *mut Segment, last: *mut Segment, count: usize) {
+        // Relaxed: counts are statistics, read for reporting only.
+        self.count.fetch_add(count, Ordering::Relaxed);
+        // Relaxed: starting guess for the CAS loop.
+        let mut head = self.head.load(Ordering::Relaxed);
+        loop {
+            // SAFETY: we still own `last` until the CAS publishes it.
+            unsafe { Segment::set_abandoned_next(last, head) };
+            // Release pairs with the Acquire swap in `take_all`: the taker
+            // sees every write we made to these segments and their pages.
+            match self
+                .head
+                .compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(current) => head = current,
+            }
+        }
+    }
+
+    /// Publishes one segment.
+    ///
+    /// # Safety
+    /// As [`AbandonedSegments::push_chain`].
+    pub(crate) unsafe fn push(&self, segment: *mut Segment) {
+        // SAFETY: forwarded.
+        unsafe { self.push_chain(segment, segment, 1) }
+    }
+
+    /// Takes every segment on the list; the caller owns them exclusively and
+    /// must push back (or release, or adopt) each one.
+    pub(crate) fn take_all(&self) -> *mut Segment {
+        // Relaxed: avoid the RMW (and its cache-line write) when empty.
+        if self.head.load(Ordering::Relaxed).is_null() {
+            return ptr::null_mut();
+        }
+        // Acquire pairs with the Release CAS in `push_chain`.
+        self.head.swap(ptr::null_mut(), Ordering::Acquire)
+    }
+
+    /// Records that `count` taken segments were not pushed back.
+    pub(crate) fn note_removed(&self, count: usize) {
+        // Relaxed: statistics only.
+        self.count.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    /// Segments currently on the list (approximate while threads race).
+    #[cfg_attr(not(any(test, loom)), allow(dead_code))]
+    pub(crate) fn len(&self) -> usize {
+        // Relaxed: statistics only.
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+/// Process-wide state shared by all heaps. Normal builds have one static
+/// instance; loom models build their own, so the type holds no statics.
+pub(crate) struct Shared {
+    /// Segments of exited threads.
+    pub(crate) abandoned: AbandonedSegments,
+    /// Empty segments kept for reuse.
+    pub(crate) segment_cache: SegmentCache,
+    /// Every live heap, for reapers and statistics.
+    pub(crate) heaps: HeapRegistry,
+}
+
+impl Shared {
+    /// Fresh shared state.
+    #[cfg(not(loom))]
+    pub(crate) const fn new() -> Shared {
+        Shared {
+            abandoned: AbandonedSegments::new(),
+            segment_cache: SegmentCache::new(),
+            heaps: HeapRegistry::new(),
+        }
+    }
+
+    /// Fresh shared state.
+    #[cfg(loom)]
+    pub(crate) fn new() -> Shared {
+        Shared {
+            abandoned: AbandonedSegments::new(),
+            segment_cache: SegmentCache::new(),
+            heaps: HeapRegistry::new(),
+        }
+    }
+}
+
+impl Heap {
+    /// Tears the heap down at thread exit: frees what is free and abandons
+    /// every segment that still holds live blocks. Afterwards no other thread
+    /// can reach the heap, and the caller may unmap it.
+    ///
+    /// # Safety
+    /// Owner thread; nothing allocates from the heap afterwards.
+    pub(crate) unsafe fn abandon(&self) {
+        let guard = self.lock();
+        // SAFETY: owner thread (caller) throughout.
+        unsafe {
+            // 0. Huge blocks still out: hand each segment to whichever thread
+            //    frees the block (it will unmap it), so dead threads leave no
+            //    huge segment behind.
+            //    The queue is detached first: pages whose free is already
+            //    under way go back onto it, and must not be seen again here.
+            let huge = self.queue(BIN_HUGE);
+            let mut page = huge.first.get();
+            huge.first.set(ptr::null_mut());
+            huge.last.set(ptr::null_mut());
+            while !page.is_null() {
+                let next = (*page).next.get();
+                (*page).next.set(ptr::null_mut());
+                (*page).prev.set(ptr::null_mut());
+                let segment = Segment::of(page.cast());
+                self.segments.remove(segment, SegmentLinks::All);
+                (*segment).heap.set(ptr::null_mut());
+                // Relaxed: as in step 4 below.
+                (*segment).thread_id.store(0, Ordering::Relaxed);
+                if !(*page).try_orphan() {
+                    // Its free is under way: keep it; steps 1–3 release it.
+                    (*segment)
+                        .thread_id
+                        .store(self.thread_id(), Ordering::Relaxed);
+                    (*segment).heap.set(self.as_ptr());
+                    self.segments.push(segment, SegmentLinks::All);
+                    self.queue_push_back(BIN_HUGE, page);
+                }
+                page = next;
+            }
+            // 1. From here on no remote free uses this heap (waits out any
+            //    remote thread in `Freeing`).
+            self.for_each_page(|page| (*page).set_delayed_mode(DelayedMode::Never, false));
+            // 2. Blocks parked before that: free them all.
+            self.process_delayed(true);
+            // 3. Give back every page that is now empty (including retired ones).
+            self.for_each_page(|page| {
+                (*page).collect_thread_free();
+                if (*page).used.get() == 0 {
+                    self.page_free(page);
+                }
+            });
+            // Nobody will pass through this heap's slow path again. Empty
+            // segments go to the segment cache as they are (their memory
+            // goes back after the reset delay unless another thread reuses
+            // them first); the empty slots of the others go back now.
+            // The others are about to be abandoned: their empty slots keep
+            // their memory too, for the thread that adopts the segment (it
+            // queues them for the reset delay) — or a reclaim pass gives it
+            // back if the segment stays abandoned. Only huge spares remain
+            // on the queue; they go now.
+            let mut segment = self.segments.first.get();
+            while !segment.is_null() {
+                let next = (*segment).all.next.get();
+                if (*segment).kind != PageKind::Huge {
+                    if (*segment).used_pages.get() == 0 {
+                        self.segment_free(segment);
+                    } else {
+                        for index in 0..(*segment).page_count {
+                            self.unschedule_reset(Segment::page(segment, index));
+                        }
+                    }
+                }
+                segment = next;
+            }
+            self.reset_expired(true);
+            // 4. Abandon the segments that still hold live blocks.
+            let shared = self.shared.get();
+            let mut segment = self.segments.first.get();
+            while !segment.is_null() {
+                let next = (*segment).all.next.get();
+                for index in 0..(*segment).page_count {
+                    let page = Segment::page(segment, index);
+                    if (*page).in_use.get() {
+                        // Relaxed: every remote free now sees `Never` and
+                        // ignores this field; the reclaimer acquires it
+                        // through the abandoned list.
+                        (*page).heap.store(ptr::null_mut(), Ordering::Relaxed);
+                        (*page).next.set(ptr::null_mut());
+                        (*page).prev.set(ptr::null_mut());
+                        (*page).flags.set(0);
+                        (*page).retire_expire.set(0);
+                    }
+                }
+                (*segment).heap.set(ptr::null_mut());
+                (*segment).in_free_slot_list.set(false);
+                (*segment).all.next.set(ptr::null_mut());
+                (*segment).all.prev.set(ptr::null_mut());
+                (*segment).with_free_slot.next.set(ptr::null_mut());
+                (*segment).with_free_slot.prev.set(ptr::null_mut());
+                // Relaxed: frees only compare it with their own (nonzero) id;
+                // the hand-off to a reclaiming thread is ordered by the
+                // list's Release push.
+                (*segment).thread_id.store(0, Ordering::Relaxed);
+                note_abandoned_live(segment);
+                (*shared).abandoned.push(segment);
+                segment = next;
+            }
+            self.forget_everything();
+        }
+        // 5. Leave the registry: from here on no reaper reaches the heap.
+        core::mem::forget(guard);
+        self.lock_depth.set(0);
+        if let Some(slot) = self.slot() {
+            self.slot.set(ptr::null());
+            slot.release();
+        }
+    }
+
+    /// In a forked child: tears down the heap of a parent thread that does
+    /// not exist in the child, as that thread's exit would have (its live
+    /// blocks stay valid, abandoned; its empty pages go back; its registry
+    /// slot is released for the child's threads).
+    ///
+    /// # Safety
+    /// Only in a forked child, on its only thread, holding the heap's lock
+    /// (taken by `HeapRegistry::lock_all_for_fork` before the fork, so no
+    /// slow path of the vanished owner was under way).
+    pub(crate) unsafe fn abandon_after_fork(&self) {
+        // The lock the child holds becomes the owner's: `abandon` takes it
+        // re-entrantly and releases the slot at its end.
+        self.lock_depth.set(1);
+        self.locked_for_fork.set(false);
+        // SAFETY: the only thread (caller) now acts as the owner; the heap's
+        // state is consistent, since no slow path of it was under way.
+        unsafe {
+            self.forget_parent_threads();
+            self.abandon();
+        }
+    }
+
+    /// Looks through the abandoned segments: returns the empty ones to the
+    /// OS and adopts one of `kind` (never a huge one: a huge page must stay
+    /// in `UseDelayed`, so it is left abandoned until its block is freed).
+    /// Returns whether one was adopted.
+    ///
+    /// # Safety
+    /// Owner thread.
+    pub(super) unsafe fn reclaim(&self, kind: Option<PageKind>) -> bool {
+        let _guard = self.lock();
+        let kind = kind.filter(|&kind| kind != PageKind::Huge);
+        // SAFETY: `shared` outlives every heap.
+        let abandoned = unsafe { &(*self.shared.get()).abandoned };
+        let mut segment = abandoned.take_all();
+        if segment.is_null() {
+            return false;
+        }
+        let mut adopted = false;
+        let (mut keep_first, mut keep_last, mut kept, mut taken) =
+            (ptr::null_mut::<Segment>(), ptr::null_mut::<Segment>(), 0, 0);
+        // SAFETY: `take_all` gave us exclusive ownership of every segment on
+        // the chain; remote frees into them only push onto page lists.
+        unsafe {
+            while !segment.is_null() {
+                taken += 1;
+                let next = Segment::abandoned_next(segment);
+                Segment::set_abandoned_next(segment, ptr::null_mut());
+                stats::ABANDONED_LIVE.sub((*segment).abandoned_live.replace(0));
+                collect_abandoned(segment);
+                if (*segment).used_pages.get() == 0 {
+                    cache_or_release(self.shared.get(), segment);
+                } else if !adopted && Some((*segment).kind) == kind {
+                    self.adopt(segment);
+                    adopted = true;
+                } else {
+                    // Nobody owns its emptied slots: their memory goes now.
+                    reset_unused_slots(segment);
+                    note_abandoned_live(segment);
+                    if keep_first.is_null() {
+                        keep_first = segment;
+                    } else {
+                        Segment::set_abandoned_next(keep_last, segment);
+                    }
+                    keep_last = segment;
+                    kept += 1;
+                }
+                segment = next;
+            }
+            abandoned.note_removed(taken);
+            if !keep_first.is_null() {
+                abandoned.push_chain(keep_first, keep_last, kept);
+            }
+        }
+        adopted
+    }
+
+    /// Makes an abandoned segment (already collected) ours.
+    ///
+    /// # Safety
+    /// Owner thread; we took `segment` off the abandoned list.
+    unsafe fn adopt(&self, segment: *mut Segment) {
+        // SAFETY: exclusive ownership (caller).
+        unsafe {
+            // Relaxed: from now on frees on this thread are local; other
+            // threads only compare it with their own ids.
+            (*segment)
+                .thread_id
+                .store(self.thread_id(), Ordering::Relaxed);
+            (*segment).heap.set(self.as_ptr());
+            self.segments.push(segment, SegmentLinks::All);
+            self.list_free_slot(segment);
+            for index in 0..(*segment).page_count {
+                let page = Segment::page(segment, index);
+                if !(*page).in_use.get() {
+                    // Emptied by the collect before adoption: its memory
+                    // waits for the reset delay, on our queue now.
+                    if !(*page).memory_is_zero.get() {
+                        self.schedule_reset(page);
+                    }
+                    continue;
+                }
+                // Release pairs with the Acquire load of `heap` in the
+                // delayed route of `free_remote`.
+                (*page).heap.store(self.as_ptr(), Ordering::Release);
+                // Leave `Never` only after the heap is published; no remote
+                // thread can be `Freeing` on a `Never` page.
+                (*page).set_delayed_mode(DelayedMode::NoDelayed, true);
+                (*page).collect();
+                self.queue_push_back(usize::from((*page).bin.get()), page);
+                self.note_page_bytes(segment, page, true);
+            }
+        }
+    }
+}
+
+/// Counts the live blocks of a segment about to sit on the abandoned list
+/// in `stats::ABANDONED_LIVE` (huge blocks are counted on their own).
+///
+/// # Safety
+/// The caller exclusively owns the segment.
+pub(super) unsafe fn note_abandoned_live(segment: *mut Segment) {
+    // SAFETY: exclusive ownership (caller).
+    unsafe {
+        if (*segment).kind != PageKind::Huge {
+            let live = Segment::live_bytes(segment);
+            (*segment).abandoned_live.set(live);
+            stats::ABANDONED_LIVE.add(live);
+        }
+    }
+}
+
+/// Collects every page of an abandoned segment and gives back the slots of
+/// pages that became empty.
+///
+/// # Safety
+/// The caller exclusively owns the abandoned segment.
+pub(super) unsafe fn collect_abandoned(segment: *mut Segment) {
+    // SAFETY: exclusive ownership (caller); remote frees only push onto the
+    // page lists, which `collect_thread_free` takes atomically.
+    unsafe {
+        for index in 0..(*segment).page_count {
+            let page = Segment::page(segment, index);
+            if (*page).in_use.get() {
+                (*page).collect_thread_free();
+                if (*page).used.get() == 0 {
+                    // Its memory stays for now: the caller adopts the
+                    // segment (the slot then waits on the adopter's reset
+                    // queue), caches it, or resets the slot.
+                    Segment::release_slot(segment, page);
+                }
+            }
+        }
+    }
+}
+
+/// Gives back the memory of every unused slot of a segment that stays
+/// abandoned.
+///
+/// # Safety
+/// The caller exclusively owns the abandoned segment.
+pub(super) unsafe fn reset_unused_slots(segment: *mut Segment) {
+    // SAFETY: exclusive ownership (caller); unused slots hold no block.
+    unsafe {
+        for index in 0..(*segment).page_count {
+            let page = Segment::page(segment, index);
+            if !(*page).in_use.get() {
+                Segment::reset_page(segment, page);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::PageKind;
+
+    fn segment() -> *mut Segment {
+        Segment::create(PageKind::Small, 9, ptr::null_mut())
+            .expect("segment")
+            .as_ptr()
+    }
+
+    #[test]
+    fn take_all_returns_every_pushed_segment_once() {
+        let list = AbandonedSegments::new();
+        assert!(list.take_all().is_null());
+        let segments: Vec<*mut Segment> = (0..5).map(|_| segment()).collect();
+        // SAFETY: the segments are ours and handed to the list.
+        unsafe {
+            list.push(segments[0]);
+            Segment::set_abandoned_next(segments[1], segments[2]);
+            list.push_chain(segments[1], segments[2], 2);
+            list.push(segments[3]);
+            list.push(segments[4]);
+        }
+        assert_eq!(list.len(), 5);
+        let mut taken = Vec::new();
+        let mut s = list.take_all();
+        while !s.is_null() {
+            taken.push(s);
+            // SAFETY: taken segments are ours.
+            s = unsafe { Segment::abandoned_next(s) };
+        }
+        list.note_removed(taken.len());
+        assert!(
+            list.take_all().is_null(),
+            "the list is empty after take_all"
+        );
+        let mut sorted = taken.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 5);
+        assert_eq!(list.len(), 0);
+        for s in taken {
+            // SAFETY: ours, empty, on no list.
+            unsafe { Segment::release(s) };
+        }
+    }
+
+    #[test]
+    fn concurrent_pushes_and_takes_lose_nothing() {
+        let list = AbandonedSegments::new();
+        let per_thread = 50;
+        let taken = std::sync::Mutex::new(Vec::new());
+        std::thread::scope(|scope| {
+            for _ in 0..2 {
+                scope.spawn(|| {
+                    for _ in 0..per_thread {
+                        // SAFETY: a fresh segment handed to the list.
+                        unsafe { list.push(segment()) };
+                    }
+                });
+            }
+            scope.spawn(|| {
+                for _ in 0..200 {
+                    let mut s = list.take_all();
+                    let mut chain = Vec::new();
+                    while !s.is_null() {
+                        chain.push(s.expose_provenance());
+                        // SAFETY: taken segments are ours.
+                        s = unsafe { Segment::abandoned_next(s) };
+                    }
+                    taken.lock().unwrap().extend(chain);
+                    std::thread::yield_now();
+                }
+            });
+        });
+        let mut all = taken.into_inner().unwrap();
+        let mut s = list.take_all();
+        while !s.is_null() {
+            all.push(s.expose_provenance());
+            // SAFETY: taken segments are ours.
+            s = unsafe { Segment::abandoned_next(s) };
+        }
+        let count = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), count, "no segment taken twice");
+        assert_eq!(count, 2 * per_thread, "no segment lost");
+        for addr in all {
+            // SAFETY: every segment was taken exactly once and is ours.
+            unsafe { Segment::release(ptr::with_exposed_provenance_mut(addr)) };
+        }
+    }
+}

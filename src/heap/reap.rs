@@ -1,0 +1,251 @@
+//! The reaper: another thread's slow path gives back the memory an idle
+//! heap keeps waiting — its overdue page slots, and the memory inside the
+//! blocks other threads freed into its pages — holding that heap's registry
+//! lock (see `registry` and `docs/design.md` §4.5).
+
+use super::Heap;
+use super::reset::INTERIOR_RESET_MIN;
+use super::reset::reset_block_interior;
+use crate::options;
+use crate::os;
+use crate::page::{Block, Page};
+use crate::registry::NOTHING_DUE;
+use crate::segment::Segment;
+use crate::size_class::PageKind;
+use crate::sync::Ordering;
+use core::ptr;
+
+/// A heap whose owner has not passed a slow path for this many reset delays
+/// counts as idle: reapers give back the memory inside blocks other threads
+/// freed into its pages.
+pub(super) const IDLE_FACTOR: usize = 10;
+
+impl Heap {
+    /// The reaper: gives back, for heaps of other threads, the memory of
+    /// empty page slots whose reset is overdue by a whole reset delay (their
+    /// owner has not passed through a slow path since), or of every waiting
+    /// slot with `force`. At most one pass per reset delay across the
+    /// process unless `force`; heaps whose lock is busy are skipped. A
+    /// pass also looks through the abandoned segments (`reclaim`, adopting
+    /// nothing).
+    ///
+    /// # Safety
+    /// Owner thread.
+    pub(crate) unsafe fn reap_idle_heaps(&self, force: bool) {
+        let shared = self.shared.get();
+        if shared.is_null() {
+            return;
+        }
+        let delay = usize::try_from(options::reset_delay_ms()).unwrap_or(usize::MAX);
+        let now = usize::try_from(os::now_ms()).unwrap_or(usize::MAX);
+        // SAFETY: `shared` outlives every heap.
+        let registry = unsafe { &(*shared).heaps };
+        if !force && !registry.reap_is_due(now, delay.max(1)) {
+            return;
+        }
+        // SAFETY: as above.
+        let cache = unsafe { &(*shared).segment_cache };
+        cache.sweep(
+            if force { u64::MAX } else { os::now_ms() },
+            options::segment_cache(),
+        );
+        // Abandoned segments: the emptied ones go to the cache, and the
+        // empty slots of the others give their memory back. A walk over all
+        // of them, so only every ten reset delays.
+        if !force && registry.reclaim_is_due(now, IDLE_FACTOR * delay.max(1)) {
+            // SAFETY: owner thread (caller).
+            let _ = unsafe { self.reclaim(None) };
+        }
+        for slot in registry.slots() {
+            if ptr::eq(slot, self.slot.get()) {
+                continue;
+            }
+            let due = slot.reset_due();
+            let resets_due = due != NOTHING_DUE && (force || due.saturating_add(delay) <= now);
+            // An owner idle for a while: the memory inside the blocks other
+            // threads freed into its pages goes back too.
+            let idle = force || slot.active().saturating_add(IDLE_FACTOR * delay.max(1)) <= now;
+            if !(resets_due || idle) {
+                continue;
+            }
+            if !slot.try_lock() {
+                continue;
+            }
+            let heap = slot.heap();
+            // SAFETY: we hold the heap's lock, so its reset queue, segments
+            // and page slots are ours until we unlock; the fast paths of its
+            // owner never touch unused slots. Remote chains are taken and
+            // handed back atomically (`reset_remote_frees`).
+            unsafe {
+                if resets_due {
+                    (*heap).reset_expired(force);
+                }
+                if idle {
+                    (*heap).reset_remote_frees();
+                }
+            }
+            slot.unlock();
+        }
+    }
+
+    /// Bytes in live blocks of the heap's size-classed pages (huge blocks
+    /// are counted process-wide, see `stats`). Blocks other threads freed
+    /// and the owner has not collected yet still count.
+    ///
+    /// # Safety
+    /// The caller holds the heap's lock.
+    pub(crate) unsafe fn live_bytes(&self) -> usize {
+        let mut live = 0;
+        let mut segment = self.segments.first.get();
+        // SAFETY: segments on the heap's list and their slots stay as they
+        // are while we hold the lock; `used` may move under us (the owner's
+        // fast paths), and is read atomically.
+        unsafe {
+            while !segment.is_null() {
+                if (*segment).kind != PageKind::Huge {
+                    live += Segment::live_bytes(segment);
+                }
+                segment = (*segment).all.next.get();
+            }
+        }
+        live
+    }
+
+    /// [`Heap::live_bytes`] for the owner thread, which takes its own lock
+    /// (re-entrantly: the owner may hold it already, in `visit_blocks`).
+    ///
+    /// # Safety
+    /// Owner thread.
+    pub(crate) unsafe fn live_bytes_as_owner(&self) -> usize {
+        let _guard = self.lock();
+        // SAFETY: we hold the lock.
+        unsafe { self.live_bytes() }
+    }
+
+    /// The reaper's work on an idle heap's remote frees. The blocks other
+    /// threads freed into its pages (each page's `thread_free` list, and
+    /// the heap's delayed list) are taken for a moment and filed by page.
+    /// A full page whose every block in use is among them is freed on the
+    /// owner's behalf (its slot then waits for the reset delay like any
+    /// empty page); for the other pages the OS pages inside the blocks of
+    /// 8 KiB and more go back, and the blocks are handed back where they
+    /// came from, the owner's counts untouched. So a producer that sleeps
+    /// while consumers free what it made does not keep that memory.
+    ///
+    /// Why freeing a full page is safe: every change to the full queue and
+    /// every page-free decision of the owner is made under the lock we
+    /// hold; the owner allocates only from pages that are not full; and
+    /// `used` equal to the blocks we hold (read with Acquire, pairing with
+    /// the owner's Release store of `used`) means no block of the page is
+    /// live anywhere, so no thread can free into it — an owner whose last
+    /// local free of it raced us finds it gone when it takes the lock
+    /// (`page_after_free`).
+    ///
+    /// # Safety
+    /// The caller holds the heap's lock (another thread, the reaper).
+    pub(crate) unsafe fn reset_remote_frees(&self) {
+        // SAFETY: we hold the lock: the segment list, the full queue and the
+        // slots' `in_use`, `block_size` and `flags` stay as they are; the
+        // chains we take are ours until we hand them back; a block's page
+        // stays live while the block is on a list (its owner still counts
+        // it as used).
+        unsafe {
+            // 1. The delayed list (blocks of full pages), filed by page;
+            //    huge blocks (their body went back when freed) are kept
+            //    aside and handed back as they are.
+            // AcqRel as in `process_delayed`: the pushes' links are visible.
+            let mut block = self
+                .thread_delayed_free
+                .swap(ptr::null_mut(), Ordering::AcqRel);
+            let (mut huge_head, mut huge_tail) =
+                (ptr::null_mut::<Block>(), ptr::null_mut::<Block>());
+            while !block.is_null() {
+                let next = Block::next(block);
+                let segment = Segment::of(block.cast());
+                if (*segment).kind == PageKind::Huge {
+                    Block::set_next(block, huge_head);
+                    if huge_head.is_null() {
+                        huge_tail = block;
+                    }
+                    huge_head = block;
+                } else {
+                    let page = Segment::page_of(segment, block.cast());
+                    Block::set_next(block, (*page).reaped_delayed.get());
+                    (*page).reaped_delayed.set(block);
+                    (*page)
+                        .reaped_delayed_count
+                        .set((*page).reaped_delayed_count.get() + 1);
+                }
+                block = next;
+            }
+            if !huge_head.is_null() {
+                Heap::push_delayed_chain(self.as_ptr(), huge_head, huge_tail);
+            }
+            // 2. Each page's `thread_free` list, then the decision per page.
+            let mut segment = self.segments.first.get();
+            while !segment.is_null() {
+                let next_segment = (*segment).all.next.get();
+                if (*segment).kind != PageKind::Huge {
+                    for index in 0..(*segment).page_count {
+                        let page = Segment::page(segment, index);
+                        if (*page).in_use.get() {
+                            self.reap_page_remote_frees(page);
+                        }
+                    }
+                }
+                segment = next_segment;
+            }
+            // 3. Pages freed above wait for their reset like any empty page
+            //    (now that no segment is being walked, one may go).
+            self.enforce_pending_limit();
+            self.reset_expired(false);
+        }
+    }
+
+    /// Step 2 of `reset_remote_frees` for one page in use.
+    ///
+    /// # Safety
+    /// As for `reset_remote_frees`; `page` is a page in use of ours, whose
+    /// delayed blocks (if any) are filed in its scratch.
+    unsafe fn reap_page_remote_frees(&self, page: *mut Page) {
+        // SAFETY: as in `reset_remote_frees`.
+        unsafe {
+            let (remote, remote_count) = (*page).take_remote_chain();
+            let delayed = (*page).reaped_delayed.replace(ptr::null_mut());
+            let delayed_count = (*page).reaped_delayed_count.replace(0);
+            let held = remote_count + delayed_count;
+            if held == 0 {
+                return;
+            }
+            if (*page).is_in_full() && (*page).used.get_acquire() == held {
+                // Wholly freed: the blocks die with the page. (Its reset is
+                // deferred: the caller is walking this page's segment.)
+                self.page_free_locked(page, true);
+                return;
+            }
+            let size = (*page).block_size.get();
+            for (head, count, to_delayed) in [
+                (remote, remote_count, false),
+                (delayed, delayed_count, true),
+            ] {
+                if head.is_null() {
+                    continue;
+                }
+                let mut tail = head;
+                let mut block = head;
+                while !block.is_null() {
+                    if size >= INTERIOR_RESET_MIN {
+                        reset_block_interior(block, size);
+                    }
+                    tail = block;
+                    block = Block::next(block);
+                }
+                if to_delayed {
+                    Heap::push_delayed_chain(self.as_ptr(), head, tail);
+                } else {
+                    (*page).return_remote_chain(head, tail, count);
+                }
+            }
+        }
+    }
+}
