@@ -35,7 +35,7 @@ MUTANTS = {
     ),
     # Remote push onto the heap's delayed list without Release.
     "delayed-push-relaxed": (
-        "src/heap.rs",
+        "src/heap/delayed.rs",
         "match list.compare_exchange_weak(current, head, Ordering::Release, Ordering::Relaxed) {",
         "match list.compare_exchange_weak(current, head, Ordering::Relaxed, Ordering::Relaxed) {",
         "thread_free", "delayed_free_of_full_page_races_owner",
@@ -57,14 +57,14 @@ MUTANTS = {
     ),
     # Publishing an abandoned segment without Release.
     "abandon-push-relaxed": (
-        "src/abandon.rs",
+        "src/heap/abandon.rs",
         ".compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed)",
         ".compare_exchange_weak(head, first, Ordering::Relaxed, Ordering::Relaxed)",
         "abandon", "abandoned_list_push_races_take_all",
     ),
     # Reclaim without collecting the abandoned pages' remote frees first.
     "reclaim-skips-collect": (
-        "src/heap.rs",
+        "src/heap/abandon.rs",
         "                collect_abandoned(segment);\n",
         "",
         "abandon", "abandon_and_reclaim_race_remote_frees",
@@ -85,7 +85,7 @@ MUTANTS = {
     ),
     # The reaper resets a heap's waiting slots without taking its lock.
     "reaper-skips-lock": (
-        "src/heap.rs",
+        "src/heap/reap.rs",
         "            if !slot.try_lock() {\n                continue;\n            }\n            let heap = slot.heap();\n",
         "            let heap = slot.heap();\n",
         "reaper", "reaper_races_owner_reuse",
@@ -100,14 +100,14 @@ MUTANTS = {
     # A first-class heap takes an empty segment from the default heap
     # without the default heap's lock.
     "give-empty-skips-lock": (
-        "src/heap.rs",
+        "src/heap/segments.rs",
         "        let _guard = self.lock();\n        let mut segment = list.first.get();\n",
         "        let mut segment = list.first.get();\n",
         "destroy", "reused_segment_of_destroyed_heap_races_reaper",
     ),
     # Destroy forgets the huge segment (leaks it) instead of unmapping it.
     "destroy-skips-segment": (
-        "src/heap.rs",
+        "src/heap/mod.rs",
         "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segment_free(segment);",
         "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segments.remove(segment, SegmentLinks::All);",
         "destroy", "destroy_races_remote_free_of_sibling_heap",
@@ -130,7 +130,7 @@ MUTANTS = {
     # The owner moves an exhausted page to the full queue without the lock
     # (a reaper may be freeing another full page there).
     "full-queue-unlocked": (
-        "src/heap.rs",
+        "src/heap/alloc.rs",
         "                let _guard = self.lock();\n                self.queue_remove(bin, page);\n",
         "                self.queue_remove(bin, page);\n",
         "reaper", "reaper_frees_a_wholly_freed_full_page_while_owner_allocates",
@@ -138,7 +138,7 @@ MUTANTS = {
     # The reaper frees a full page without checking that it holds every
     # block in use.
     "reaper-frees-busy-page": (
-        "src/heap.rs",
+        "src/heap/reap.rs",
         "if (*page).is_in_full() && (*page).used.get_acquire() == held {",
         "if (*page).is_in_full() {",
         "reaper", "reaper_leaves_a_full_page_with_live_blocks",

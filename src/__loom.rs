@@ -7,8 +7,9 @@
 //! Blocks handed out here are at least 64 bytes: under loom a free block's
 //! link is a `loom::cell::UnsafeCell`, larger than a pointer.
 
+use crate::free::free_block;
+use crate::heap::Heap;
 use crate::heap::{AbandonedSegments, Shared};
-use crate::heap::{Heap, free_block};
 use crate::once::{Once, RunOnce};
 use crate::page::{Block, DelayedMode, Page};
 use crate::segment::Segment;

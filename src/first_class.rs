@@ -7,7 +7,8 @@
 //! the thread heaps (so its idle memory is reaped and `stats()` counts it),
 //! and torn down on request. See `docs/design.md` §8.
 
-use crate::global::{allocate_in, free, reallocate_in};
+use crate::free::free;
+use crate::global::{allocate_in, reallocate_in};
 use crate::heap;
 use crate::thread;
 use core::alloc::Layout;
@@ -345,7 +346,8 @@ fn dangling(layout: Layout) -> NonNull<u8> {
 #[cfg(feature = "allocator-api2")]
 mod allocator_api {
     use super::{Heap, dangling};
-    use crate::global::{allocate_in, free, reallocate_in, usable_size};
+    use crate::free::{free, usable_size};
+    use crate::global::{allocate_in, reallocate_in};
     use allocator_api2::alloc::{AllocError, Allocator};
     use core::alloc::Layout;
     use core::ptr::{self, NonNull};

@@ -3,7 +3,8 @@
 //! slow path or a huge segment; a pointer's segment picks the local or the
 //! remote free.
 
-use crate::heap::{Heap, free_block, zero_block};
+use crate::free::{free, free_block, usable_size};
+use crate::heap::{Heap, zero_block};
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::Block;
 use crate::segment::Segment;
@@ -147,22 +148,6 @@ fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut
     }
 }
 
-/// Frees a block of any heap (a first-class [`Heap`](crate::Heap) or a
-/// thread's default heap), from any thread. Null is accepted and ignored,
-/// as C's `free` does.
-///
-/// # Safety
-/// `ptr` is null or a live block returned by this allocator (by
-/// [`ShardAlloc`] or a [`Heap`](crate::Heap) that still exists).
-#[inline(always)]
-pub unsafe fn free(ptr: *mut u8) {
-    if ptr.is_null() {
-        return;
-    }
-    // SAFETY: forwarded from the caller; the id is the calling thread's.
-    unsafe { free_block(ptr, thread::current_thread_id()) }
-}
-
 /// # Safety
 /// `ptr` is a live block allocated with `layout`; `new_size > 0`.
 unsafe fn reallocate(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -218,25 +203,6 @@ pub(crate) unsafe fn reallocate_in(
         }
     }
     new
-}
-
-/// The usable size of a block: at least the size it was allocated with (the
-/// rest of its size class, or of its huge segment). 0 for null.
-///
-/// # Safety
-/// `ptr` is null or a live block returned by [`ShardAlloc`] (not a pointer
-/// into the middle of one).
-pub unsafe fn usable_size(ptr: *const u8) -> usize {
-    if ptr.is_null() {
-        return 0;
-    }
-    // SAFETY: a live block (caller): its segment and page are live, and the
-    // block size never changes while a block of the page is live.
-    unsafe {
-        let segment = Segment::of(ptr);
-        let page = Segment::page_of(segment, ptr);
-        (*page).block_size.get()
-    }
 }
 
 /// Returns to the OS what can be given back now.

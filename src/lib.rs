@@ -74,6 +74,7 @@
 mod fatal;
 #[cfg(not(loom))]
 mod first_class;
+mod free;
 #[cfg(not(loom))]
 mod global;
 mod heap;
@@ -93,7 +94,9 @@ mod thread;
 #[cfg(not(loom))]
 pub use first_class::{Heap, HeapError, HeapStats};
 #[cfg(not(loom))]
-pub use global::{ShardAlloc, collect, free, usable_size};
+pub use free::{free, usable_size};
+#[cfg(not(loom))]
+pub use global::{ShardAlloc, collect};
 #[cfg(not(loom))]
 pub use stats::{Stats, print_stats, stats};
 

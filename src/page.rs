@@ -182,6 +182,17 @@ const MIN_EXTEND: usize = 4;
 /// but kept allocating fresh memory while freed, cache-warm blocks waited).
 const EXTEND_BYTES: usize = 4096;
 
+/// What a remote free of a block left to do (see [`Page::free_remote`]).
+#[must_use]
+pub(crate) enum RemoteFree {
+    /// The block is on the page's `thread_free` list: nothing left to do.
+    Pushed,
+    /// The page asked to be noticed: the caller holds `Freeing` for the
+    /// block, and must push it onto this heap's delayed list, then call
+    /// [`Page::end_freeing`] with `pushed = true`.
+    Delayed(*mut Heap),
+}
+
 /// One page descriptor. It lives in its segment's header, never in the page
 /// memory itself.
 ///
@@ -720,12 +731,15 @@ impl Page {
     }
 
     /// Frees `block` from a thread that does not own the page: one CAS push
-    /// onto `thread_free`, or, when the page asks for it (`UseDelayed`), a
-    /// push onto the owning heap's delayed list.
+    /// onto `thread_free`; or, when the page asks for it (`UseDelayed`), the
+    /// first step of the delayed route: the page moves to `Freeing` and the
+    /// caller gets the heap to tell ([`RemoteFree::Delayed`]).
     ///
     /// # Safety
-    /// `block` is a live block of this page that the caller owns and gives up.
-    pub(crate) unsafe fn free_remote(&self, block: *mut Block) {
+    /// `block` is a live block of this page that the caller owns and gives
+    /// up; on [`RemoteFree::Delayed`] the caller must finish the route (see
+    /// there).
+    pub(crate) unsafe fn free_remote(&self, block: *mut Block) -> RemoteFree {
         // Relaxed: only the starting guess for the CAS loop.
         let mut word = self.thread_free.load(Ordering::Relaxed);
         let delayed = loop {
@@ -753,36 +767,49 @@ impl Page {
         };
         if delayed {
             // SAFETY: we hold `Freeing` for this block (the CAS above).
-            unsafe { self.finish_delayed(block) };
+            unsafe { self.delayed_heap(block) }
+        } else {
+            RemoteFree::Pushed
         }
     }
 
-    /// The rest of the delayed route, for a caller that moved the page from
-    /// `UseDelayed` to `Freeing` on behalf of `block`: push the block onto
-    /// the owning heap's delayed list, then leave `Freeing`.
+    /// The heap a caller holding `Freeing` for `block` must push it to; with
+    /// no heap (which the protocol rules out, but a block is never lost),
+    /// the block goes onto the page list and the route ends here.
     ///
     /// # Safety
     /// The caller holds `Freeing` on this page for `block`, which it gives up.
-    unsafe fn finish_delayed(&self, block: *mut Block) {
+    unsafe fn delayed_heap(&self, block: *mut Block) -> RemoteFree {
         // We hold `Freeing`: the owner waits for us before it retargets or
-        // tears down the heap (`try_set_delayed_mode`), so the heap stays valid.
+        // tears down the heap (`try_set_delayed_mode`), so the heap stays
+        // valid until `end_freeing`.
         // Acquire pairs with the Release stores of `heap` (`init`, reclaim).
         let heap = self.heap.load(Ordering::Acquire);
-        if !heap.is_null() {
-            // SAFETY: the heap is live while we hold `Freeing` (above).
-            unsafe { Heap::push_delayed(heap, block) };
+        if heap.is_null() {
+            // SAFETY: forwarded from the caller.
+            unsafe { self.end_freeing(block, false) };
+            return RemoteFree::Pushed;
         }
+        RemoteFree::Delayed(heap)
+    }
+
+    /// The last step of the delayed route: leaves `Freeing`. `pushed` says
+    /// whether the caller pushed `block` onto the heap's delayed list; if
+    /// not, the block is linked into the page list instead.
+    ///
+    /// # Safety
+    /// The caller holds `Freeing` on this page for `block`, which it gives
+    /// up (to the heap's delayed list already, if `pushed`).
+    pub(crate) unsafe fn end_freeing(&self, block: *mut Block, pushed: bool) {
         // Relaxed: starting guess only.
         let mut word = self.thread_free.load(Ordering::Relaxed);
         loop {
-            let desired = if heap.is_null() {
-                // No heap to tell (cannot happen while the protocol holds,
-                // but never lose a block): link it into the page list.
+            let desired = if pushed {
+                with_mode(word, DelayedMode::NoDelayed)
+            } else {
                 // SAFETY: still ours until the CAS succeeds.
                 unsafe { Block::set_next(block, list_of(word)) };
                 pack(block, count_of(word) + 1, DelayedMode::NoDelayed)
-            } else {
-                with_mode(word, DelayedMode::NoDelayed)
             };
             // Release pairs with the Acquire load in `try_set_delayed_mode`:
             // an owner that sees `Freeing` gone also sees our heap push.
@@ -799,19 +826,20 @@ impl Page {
     }
 
     /// Frees the block of a huge page from a thread that does not own it.
-    /// Returns true when the page was orphaned (its owner exited, see
+    /// Returns `None` when the page was orphaned (its owner exited, see
     /// [`Page::try_orphan`]): the caller is then the segment's last user and
-    /// must release it. Otherwise the owner is told through its delayed list
-    /// and releases the segment itself.
+    /// must release it. Otherwise the owner must be told through its delayed
+    /// list, and releases the segment itself: the caller finishes the
+    /// delayed route as for [`Page::free_remote`].
     ///
     /// # Safety
     /// `block` is the live block of this huge page, given up by the caller.
-    pub(crate) unsafe fn free_huge_remote(&self, block: *mut Block) -> bool {
+    pub(crate) unsafe fn free_huge_remote(&self, block: *mut Block) -> Option<RemoteFree> {
         // Acquire pairs with the AcqRel CAS of `try_orphan`.
         let mut word = self.thread_free.load(Ordering::Acquire);
         loop {
             if DelayedMode::of(word) == DelayedMode::Never {
-                return true;
+                return None;
             }
             // A live huge page is in `UseDelayed` (its one block is still
             // out): claim the delayed route. Release pairs with the Acquire
@@ -828,8 +856,7 @@ impl Page {
             }
         }
         // SAFETY: we hold `Freeing` for the block.
-        unsafe { self.finish_delayed(block) };
-        false
+        Some(unsafe { self.delayed_heap(block) })
     }
 
     /// At thread exit, hands a huge page whose block is still out over to
@@ -1032,7 +1059,10 @@ mod tests {
                     scope.spawn(move || {
                         let page: &Page = &*ptr::with_exposed_provenance::<Page>(page_addr);
                         for &block in chunk {
-                            page.free_remote(ptr::with_exposed_provenance_mut(block));
+                            assert!(matches!(
+                                page.free_remote(ptr::with_exposed_provenance_mut(block)),
+                                RemoteFree::Pushed
+                            ));
                         }
                     });
                 }
@@ -1062,7 +1092,7 @@ mod tests {
         unsafe {
             let page = &*page;
             let block = page.pop();
-            page.free_remote(block);
+            assert!(matches!(page.free_remote(block), RemoteFree::Pushed));
             page.thread_free.store(
                 with_mode(
                     page.thread_free.load(Ordering::Relaxed),

@@ -451,7 +451,7 @@ mod tests {
         // Freeing it from here is a remote free into the abandoned segment.
         // SAFETY: a live block, given up.
         unsafe {
-            crate::heap::free_block(ptr::with_exposed_provenance_mut(block), current_thread_id())
+            crate::free::free_block(ptr::with_exposed_provenance_mut(block), current_thread_id())
         };
     }
 }

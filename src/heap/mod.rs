@@ -25,7 +25,7 @@
 
 mod abandon;
 mod alloc;
-mod free;
+mod delayed;
 mod queue;
 mod reap;
 mod reset;
@@ -45,7 +45,6 @@ pub(crate) use abandon::Shared;
 pub(crate) use alloc::zero_block;
 use core::cell::Cell;
 use core::ptr;
-pub(crate) use free::free_block;
 pub(crate) use queue::PageQueue;
 use segments::SegmentList;
 
@@ -607,6 +606,7 @@ impl Heap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::free::free_block;
     use crate::os::OS_PAGE_SIZE;
     use crate::page::DelayedMode;
     use crate::size_class::{

@@ -206,7 +206,7 @@ impl Heap {
 
     /// # Safety
     /// Owner thread; `page` is ours.
-    pub(super) unsafe fn page_after_free(&self, page: *mut Page) {
+    pub(crate) unsafe fn page_after_free(&self, page: *mut Page) {
         let _guard = self.lock();
         // SAFETY: owner thread (caller), holding the lock.
         unsafe {

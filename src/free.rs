@@ -1,0 +1,166 @@
+//! The free path: [`free`] and [`usable_size`], and the routing of a block
+//! to its page — a local free when the calling thread owns the block's
+//! segment (push onto the page's `local_free`, and, when that empties the
+//! page or takes it out of the full state, the heap's page bookkeeping), a
+//! remote free otherwise (one CAS onto the page's `thread_free`, or the
+//! delayed route to the owning heap's delayed list for a page that asked
+//! to be noticed), and huge blocks, which are given back at once.
+//!
+//! The owner's side of the delayed list (taking it, freeing each block) is
+//! the heap's (`heap/delayed.rs`), since the heap's own slow paths run it.
+
+use crate::heap::Heap;
+use crate::os::{self, OS_PAGE_SIZE};
+use crate::page::{Block, DelayedMode, Page, RemoteFree};
+use crate::segment::Segment;
+use crate::size_class::PageKind;
+use crate::sync::Ordering;
+
+/// Frees a block of any heap (a first-class [`Heap`](crate::Heap) or a
+/// thread's default heap), from any thread. Null is accepted and ignored,
+/// as C's `free` does.
+///
+/// # Safety
+/// `ptr` is null or a live block returned by this allocator (by
+/// [`ShardAlloc`] or a [`Heap`](crate::Heap) that still exists).
+#[cfg(not(loom))]
+#[inline(always)]
+pub unsafe fn free(ptr: *mut u8) {
+    if ptr.is_null() {
+        return;
+    }
+    // SAFETY: forwarded from the caller; the id is the calling thread's.
+    unsafe { free_block(ptr, crate::thread::current_thread_id()) }
+}
+
+/// The usable size of a block: at least the size it was allocated with (the
+/// rest of its size class, or of its huge segment). 0 for null.
+///
+/// # Safety
+/// `ptr` is null or a live block returned by [`ShardAlloc`] (not a pointer
+/// into the middle of one).
+#[cfg_attr(loom, allow(dead_code))]
+pub unsafe fn usable_size(ptr: *const u8) -> usize {
+    if ptr.is_null() {
+        return 0;
+    }
+    // SAFETY: a live block (caller): its segment and page are live, and the
+    // block size never changes while a block of the page is live.
+    unsafe {
+        let segment = Segment::of(ptr);
+        let page = Segment::page_of(segment, ptr);
+        (*page).block_size.get()
+    }
+}
+
+/// Frees a block on the thread whose id is `thread_id`: a local free when
+/// that thread owns the block's segment, a remote free otherwise.
+///
+/// # Safety
+/// `ptr` is a live block returned by this allocator; `thread_id` is the
+/// calling thread's id.
+#[inline(always)]
+pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
+    let segment = Segment::of(ptr);
+    // SAFETY: `ptr` is a live block (caller), so its segment and page are
+    // live. The segment's owner id equals ours only if this thread owns it,
+    // in which case the page's lists are ours to touch.
+    unsafe {
+        let page = Segment::page_of(segment, ptr);
+        let block = ptr.cast::<Block>();
+        // Relaxed: only equality with our own id matters, and only this
+        // thread ever stores its own id into a segment.
+        if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
+            let used = (*page).push_local(block);
+            if used == 0 || (*page).flags.get() != 0 {
+                after_local_free(page);
+            }
+        } else {
+            free_remote(segment, page, block);
+        }
+    }
+}
+
+/// # Safety
+/// `block` is a live block of `page` in `segment`, given up by the caller.
+#[inline(never)]
+unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if (*segment).kind != PageKind::Huge {
+            finish_remote_free(page, block, (*page).free_remote(block));
+            return;
+        }
+        // A huge block: give its memory back now (the first OS page keeps the
+        // link word), then either tell the owner or, if the owner exited,
+        // release the segment ourselves.
+        if (*page).delayed_mode() != DelayedMode::Never {
+            let usable = (*page).block_size.get();
+            if usable > OS_PAGE_SIZE {
+                os::reset(
+                    block.cast::<u8>().add(OS_PAGE_SIZE),
+                    (usable - OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1),
+                );
+            }
+        }
+        match (*page).free_huge_remote(block) {
+            Some(outcome) => finish_remote_free(page, block, outcome),
+            None => Segment::release(segment),
+        }
+    }
+}
+
+/// The rest of a remote free: on the delayed route, the push onto the
+/// owning heap's delayed list, then the page leaves `Freeing`.
+///
+/// # Safety
+/// `outcome` is what `Page::free_remote` or `Page::free_huge_remote` just
+/// returned for `block` of `page`.
+#[inline]
+unsafe fn finish_remote_free(page: *mut Page, block: *mut Block, outcome: RemoteFree) {
+    if let RemoteFree::Delayed(heap) = outcome {
+        // SAFETY: we hold `Freeing` on the page, so its heap is live until
+        // `end_freeing` (the owner waits for us before it tears down or
+        // retargets the heap); the block is ours to give up.
+        unsafe {
+            Heap::push_delayed(heap, block);
+            (*page).end_freeing(block, true);
+        }
+    }
+}
+
+/// After a local free left `page` empty or took it out of the full
+/// state: retire or unfull it.
+///
+/// A full page with blocks still in use may, once our free stored its
+/// `used`, be freed by a reaper holding every other one of its blocks
+/// (`reset_remote_frees`); then its flags read 0 or its heap null, or
+/// `page_after_free` finds it gone under the lock. A page our free left
+/// empty (`used` 0) or that is not full is touched by nobody else.
+///
+/// # Safety
+/// `page` is a page of a heap owned by the calling thread.
+#[cold]
+#[inline(never)]
+unsafe fn after_local_free(page: *mut Page) {
+    // SAFETY: the page is ours (caller), so is its heap, set by us (see
+    // above for a full page a reaper took).
+    unsafe {
+        // Emptied again while still retired (an alloc/free loop on the
+        // only page of its class): it stays retired; hand the freed
+        // blocks straight back to allocation, so the loop's next
+        // allocation takes the fast path instead of collecting.
+        // (`used` is atomic and only the owner writes it.)
+        if (*page).used.get() == 0 && (*page).flags.get() == 0 && (*page).retire_expire.get() != 0 {
+            (*page).reuse_local_free();
+            return;
+        }
+        // Relaxed: set by us; only a reaper that freed this (full) page
+        // for us stores null, and then there is nothing left to do.
+        let heap = (*page).heap.load(Ordering::Relaxed);
+        if heap.is_null() {
+            return;
+        }
+        (*heap).page_after_free(page);
+    }
+}
