@@ -9,9 +9,9 @@
 
 use crate::free::free_block;
 use crate::heap::Heap;
-use crate::heap::{AbandonedSegments, Shared};
 use crate::once::{Once, RunOnce};
 use crate::page::{Block, DelayedMode, Page};
+use crate::process::{AbandonedSegments, Shared};
 use crate::segment::Segment;
 use crate::segment_cache::SegmentCache;
 use crate::size_class::PageKind;

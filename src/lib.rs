@@ -82,7 +82,10 @@ mod once;
 pub mod options;
 mod os;
 mod page;
+mod process;
 mod registry;
+#[cfg(not(loom))]
+mod report;
 mod segment;
 mod segment_cache;
 mod size_class;
@@ -98,7 +101,7 @@ pub use free::{free, usable_size};
 #[cfg(not(loom))]
 pub use global::{ShardAlloc, collect};
 #[cfg(not(loom))]
-pub use stats::{Stats, print_stats, stats};
+pub use report::{Stats, print_stats, stats};
 
 #[cfg(not(any(loom, miri)))]
 pub use os::resident_bytes;

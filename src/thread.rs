@@ -20,17 +20,14 @@
 //!   more are therefore always freed as remote frees.
 
 use crate::heap::Heap;
-use crate::heap::Shared;
 use crate::once::{Once, RunOnce};
 use crate::os::{self, OS_PAGE_SIZE};
+use crate::process::SHARED;
 use crate::stats;
 use crate::sync::{AtomicUsize, Ordering};
 use core::cell::Cell;
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-
-/// Process-wide shared state.
-pub(crate) static SHARED: Shared = Shared::new();
 
 /// The heap of every thread that has not allocated yet. Never written.
 static EMPTY_HEAP: Heap = Heap::empty();

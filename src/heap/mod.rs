@@ -34,13 +34,11 @@ mod segments;
 use crate::options;
 use crate::os;
 use crate::page::{Block, Page, empty_page};
+use crate::process::Shared;
 use crate::registry::Slot;
 use crate::segment::Segment;
 use crate::size_class::{BIN_COUNT, DIRECT_SLOTS, PageKind, QUEUE_COUNT};
 use crate::sync::{AtomicPtr, Ordering};
-#[cfg(loom)]
-pub(crate) use abandon::AbandonedSegments;
-pub(crate) use abandon::Shared;
 #[cfg(not(loom))]
 pub(crate) use alloc::zero_block;
 use core::cell::Cell;
@@ -609,6 +607,7 @@ mod tests {
     use crate::free::free_block;
     use crate::os::OS_PAGE_SIZE;
     use crate::page::DelayedMode;
+    use crate::process::Shared;
     use crate::size_class::{
         BIN_FULL, BLOCK_SIZES, LARGE_BLOCK_MAX, SHARED_PAGE_BLOCK_MAX, bin_of,
     };
