@@ -8,7 +8,7 @@
 //! link is a `loom::cell::UnsafeCell`, larger than a pointer.
 
 use crate::free::free_block;
-use crate::heap::Heap;
+use crate::heap::RawHeap;
 use crate::once::{Once, RunOnce};
 use crate::page::{Block, DelayedMode, Page};
 use crate::process::{AbandonedSegments, Shared};
@@ -59,7 +59,7 @@ impl Drop for World {
 
 /// A heap owned by the model thread that created it.
 pub struct ModelHeap {
-    heap: Box<Heap>,
+    heap: Box<RawHeap>,
 }
 
 impl ModelHeap {
@@ -67,7 +67,7 @@ impl ModelHeap {
     /// distinct per model thread).
     pub fn new(world: &World, thread_id: usize) -> ModelHeap {
         ModelHeap {
-            heap: Box::new(Heap::new(thread_id, &raw const world.shared)),
+            heap: Box::new(RawHeap::new(thread_id, &raw const world.shared)),
         }
     }
 
@@ -111,7 +111,7 @@ impl ModelHeap {
         heap
     }
 
-    /// `Heap::destroy`: releases every page and segment of the heap (the
+    /// `RawHeap::destroy`: releases every page and segment of the heap (the
     /// model may then drop it).
     pub fn destroy(&self) {
         // SAFETY: owner thread; the model uses none of the heap's blocks
@@ -159,7 +159,7 @@ impl ModelHeap {
         unsafe { (*page_of(ptr)).collect() }
     }
 
-    /// `Heap::collect`.
+    /// `RawHeap::collect`.
     pub fn collect(&self, force: bool) {
         // SAFETY: owner thread.
         unsafe { self.heap.collect(force) }

@@ -124,7 +124,7 @@ use core::ptr::{self, NonNull};
 /// the one already specified by the loom models, and adoption does the
 /// rest; until then the owner's frees of such blocks take the remote path.)
 pub struct Heap {
-    raw: NonNull<heap::Heap>,
+    raw: NonNull<heap::RawHeap>,
     /// Not `Send`, not `Sync`: see the type documentation.
     _owner_thread: PhantomData<*mut ()>,
 }
@@ -170,7 +170,7 @@ impl Heap {
     pub fn new() -> Heap {
         match Heap::try_new() {
             Ok(heap) => heap,
-            Err(HeapError) => std::alloc::handle_alloc_error(Layout::new::<heap::Heap>()),
+            Err(HeapError) => std::alloc::handle_alloc_error(Layout::new::<heap::RawHeap>()),
         }
     }
 

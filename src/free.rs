@@ -9,7 +9,7 @@
 //! The owner's side of the delayed list (taking it, freeing each block) is
 //! the heap's (`heap/delayed.rs`), since the heap's own slow paths run it.
 
-use crate::heap::Heap;
+use crate::heap::RawHeap;
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::{Block, DelayedMode, Page, RemoteFree};
 use crate::segment::Segment;
@@ -22,7 +22,7 @@ use crate::sync::Ordering;
 ///
 /// # Safety
 /// `ptr` is null or a live block returned by this allocator (by
-/// [`ShardAlloc`] or a [`Heap`](crate::Heap) that still exists).
+/// [`ShardAlloc`](crate::ShardAlloc) or a [`Heap`](crate::Heap) that still exists).
 #[cfg(not(loom))]
 #[inline(always)]
 pub unsafe fn free(ptr: *mut u8) {
@@ -37,7 +37,7 @@ pub unsafe fn free(ptr: *mut u8) {
 /// rest of its size class, or of its huge segment). 0 for null.
 ///
 /// # Safety
-/// `ptr` is null or a live block returned by [`ShardAlloc`] (not a pointer
+/// `ptr` is null or a live block returned by [`ShardAlloc`](crate::ShardAlloc) (not a pointer
 /// into the middle of one).
 #[cfg_attr(loom, allow(dead_code))]
 pub unsafe fn usable_size(ptr: *const u8) -> usize {
@@ -123,7 +123,7 @@ unsafe fn finish_remote_free(page: *mut Page, block: *mut Block, outcome: Remote
         // `end_freeing` (the owner waits for us before it tears down or
         // retargets the heap); the block is ours to give up.
         unsafe {
-            Heap::push_delayed(heap, block);
+            RawHeap::push_delayed(heap, block);
             (*page).end_freeing(block, true);
         }
     }

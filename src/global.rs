@@ -4,7 +4,7 @@
 //! remote free.
 
 use crate::free::{free, free_block, usable_size};
-use crate::heap::{Heap, zero_block};
+use crate::heap::{RawHeap, zero_block};
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::Block;
 use crate::segment::Segment;
@@ -81,7 +81,7 @@ fn allocate(size: usize, align: usize, zero: bool) -> *mut u8 {
 /// stands for the thread's default heap, made on the slow path).
 #[inline(always)]
 pub(crate) unsafe fn allocate_in(
-    heap: *mut Heap,
+    heap: *mut RawHeap,
     size: usize,
     align: usize,
     zero: bool,
@@ -111,7 +111,7 @@ pub(crate) unsafe fn allocate_in(
 
 #[cold]
 #[inline(never)]
-fn allocate_slow(heap: *mut Heap, size: usize, align: usize, zero: bool) -> *mut u8 {
+fn allocate_slow(heap: *mut RawHeap, size: usize, align: usize, zero: bool) -> *mut u8 {
     let heap = if heap == thread::empty_heap() {
         thread::init_current()
     } else {
@@ -161,7 +161,7 @@ unsafe fn reallocate(ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
 /// `ptr` is a live block allocated with `layout`; `new_size > 0`; `heap` as
 /// for [`allocate_in`].
 pub(crate) unsafe fn reallocate_in(
-    heap: *mut Heap,
+    heap: *mut RawHeap,
     ptr: *mut u8,
     layout: Layout,
     new_size: usize,

@@ -22,7 +22,7 @@
 //! `loom-tests/`).
 
 use crate::fatal::fatal;
-use crate::heap::Heap;
+use crate::heap::RawHeap;
 use crate::sync::{AtomicPtr, Ordering, OwnerCell, UnsafeCell, spin_hint, yield_thread};
 use core::cell::Cell;
 use core::ptr;
@@ -190,7 +190,7 @@ pub(crate) enum RemoteFree {
     /// The page asked to be noticed: the caller holds `Freeing` for the
     /// block, and must push it onto this heap's delayed list, then call
     /// [`Page::end_freeing`] with `pushed = true`.
-    Delayed(*mut Heap),
+    Delayed(*mut RawHeap),
 }
 
 /// One page descriptor. It lives in its segment's header, never in the page
@@ -218,7 +218,7 @@ pub(crate) struct Page {
     pub(crate) capacity: Cell<u32>,
     /// Blocks that fit in the page.
     pub(crate) reserved: Cell<u32>,
-    /// Heap queue index (a size-class bin, `BIN_HUGE`; `BIN_FULL` is a flag).
+    /// RawHeap queue index (a size-class bin, `BIN_HUGE`; `BIN_FULL` is a flag).
     pub(crate) bin: Cell<u8>,
     /// [`IN_FULL`]; tested on the local free fast path.
     pub(crate) flags: OwnerFlags,
@@ -237,7 +237,7 @@ pub(crate) struct Page {
     /// Blocks freed by other threads, tagged with the [`DelayedMode`].
     pub(crate) thread_free: AtomicPtr<Block>,
     /// The owning heap; null while the page is abandoned or unused.
-    pub(crate) heap: AtomicPtr<Heap>,
+    pub(crate) heap: AtomicPtr<RawHeap>,
     /// The page slot holds a page in use (segment bookkeeping).
     pub(crate) in_use: Cell<bool>,
     /// The page's memory is known to be zero (fresh from the OS or reset).
@@ -269,7 +269,7 @@ const _: () = assert!(
 // thread whose id is stored in the segment, checked on every free before a
 // `Cell` is touched), except that a reaper holding the heap's lock touches
 // an unused slot's fields, and a full page's once it holds every block in
-// use of it (`Heap::reset_remote_frees`: the owner's `used` stores are
+// use of it (`RawHeap::reset_remote_frees`: the owner's `used` stores are
 // Release, its read Acquire); `used` and `flags`, which the owner reads and
 // writes without the lock, are atomics.
 unsafe impl Sync for Page {}
@@ -316,7 +316,7 @@ impl OwnerCount {
 /// lock that frees a wholly freed full page; read by the owner's local free
 /// right after its `used` store, which may be just when such a reaper
 /// clears them. Relaxed atomic loads and stores (plain moves): the owner
-/// acts on a stale value safely (`Heap::after_local_free` re-checks under
+/// acts on a stale value safely (`free::after_local_free` re-checks under
 /// the lock).
 pub(crate) struct OwnerFlags(core::sync::atomic::AtomicU8);
 
@@ -419,7 +419,7 @@ impl Page {
     /// the area is writable memory of its segment. `block_size ≥ 8`.
     pub(crate) unsafe fn init(
         &self,
-        heap: *mut Heap,
+        heap: *mut RawHeap,
         bin: usize,
         block_size: usize,
         area: *mut u8,
@@ -468,7 +468,7 @@ impl Page {
     /// As [`Page::init`]; `block` starts `usable` writable bytes.
     pub(crate) unsafe fn init_huge(
         &self,
-        heap: *mut Heap,
+        heap: *mut RawHeap,
         bin: usize,
         block: *mut u8,
         usable: usize,

@@ -31,7 +31,7 @@
 //! The protocol is specified by the loom model `reaper_races_owner_reuse`
 //! (`loom-tests/tests/reaper.rs`).
 
-use crate::heap::Heap;
+use crate::heap::RawHeap;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering, spin_hint, yield_thread};
 use core::ptr;
 
@@ -63,7 +63,7 @@ const CAPACITY: usize = 4;
 pub(crate) struct Slot {
     state: AtomicUsize,
     /// The heap (or the memory of the last heap that used the slot).
-    heap: AtomicPtr<Heap>,
+    heap: AtomicPtr<RawHeap>,
     /// When the heap's oldest empty page slot is due for its reset, in
     /// `os::now_ms` milliseconds; [`NOTHING_DUE`] if none waits. A hint,
     /// written by whoever holds the lock.
@@ -110,7 +110,7 @@ impl Slot {
 
     /// The memory a former heap of this slot left behind (null if none).
     /// Only while the caller holds the slot from `claim`.
-    pub(crate) fn spare_memory(&self) -> *mut Heap {
+    pub(crate) fn spare_memory(&self) -> *mut RawHeap {
         // Relaxed: written by the previous holder before its Release
         // `release`, which our Acquire `claim` paired with.
         self.heap.load(Ordering::Relaxed)
@@ -118,7 +118,7 @@ impl Slot {
 
     /// Ends a `claim`: `heap` (initialised) is now reachable through the
     /// slot, unlocked.
-    pub(crate) fn publish(&self, heap: *mut Heap) {
+    pub(crate) fn publish(&self, heap: *mut RawHeap) {
         // Relaxed: made visible by the Release store below.
         self.heap.store(heap, Ordering::Relaxed);
         // Relaxed: only the lock holder writes it.
@@ -188,7 +188,7 @@ impl Slot {
     }
 
     /// The heap; meaningful only while the caller holds the lock.
-    pub(crate) fn heap(&self) -> *mut Heap {
+    pub(crate) fn heap(&self) -> *mut RawHeap {
         // Relaxed: written before the Release `publish`, which the caller's
         // Acquire lock paired with.
         self.heap.load(Ordering::Relaxed)
@@ -368,7 +368,7 @@ impl HeapRegistry {
     /// heap of every slot [`HeapRegistry::lock_all_for_fork`] locked: heaps
     /// of threads that do not exist in the child. `tear_down` holds the
     /// heap's lock and must release the slot. Then lets go of the fork lock.
-    pub(crate) fn take_heaps_after_fork(&self, mut tear_down: impl FnMut(*mut Heap)) {
+    pub(crate) fn take_heaps_after_fork(&self, mut tear_down: impl FnMut(*mut RawHeap)) {
         for slot in self.slots() {
             // Relaxed: see `lock_all_for_fork`.
             if slot.fork_hold.swap(NOT_HELD, Ordering::Relaxed) == HELD_FOR_FORK {

@@ -19,7 +19,7 @@
 //! always starts within the first `SEGMENT_SIZE` bytes (plus one), so the
 //! mask still finds the header.
 
-use crate::heap::Heap;
+use crate::heap::RawHeap;
 use crate::options;
 use crate::os::{self, OS_PAGE_SIZE, checked_align_up};
 use crate::page::{ADDRESS_LIMIT, Page};
@@ -119,7 +119,7 @@ pub(crate) struct Segment {
     /// Page slots in use.
     pub(crate) used_pages: Cell<usize>,
     /// The owning heap (null while abandoned).
-    pub(crate) heap: Cell<*mut Heap>,
+    pub(crate) heap: Cell<*mut RawHeap>,
     /// Membership in the heap's list of all its segments.
     pub(crate) all: Links,
     /// Membership in the heap's list of segments with a free page slot.
@@ -227,7 +227,7 @@ impl Segment {
     pub(crate) fn create(
         kind: PageKind,
         thread_id: usize,
-        heap: *mut Heap,
+        heap: *mut RawHeap,
     ) -> Option<NonNull<Segment>> {
         let (page_shift, page_count) = Segment::layout_of(kind)?;
         let base = map_below_limit(SEGMENT_SIZE, SEGMENT_SIZE, 0)?;
@@ -262,7 +262,7 @@ impl Segment {
         segment: *mut Segment,
         kind: PageKind,
         thread_id: usize,
-        heap: *mut Heap,
+        heap: *mut RawHeap,
     ) -> Option<NonNull<Segment>> {
         let (page_shift, page_count) = Segment::layout_of(kind)?;
         // SAFETY: exclusively ours (caller); the header is rewritten in place.
@@ -477,7 +477,7 @@ impl Segment {
         size: usize,
         align: usize,
         thread_id: usize,
-        heap: *mut Heap,
+        heap: *mut RawHeap,
         bin: usize,
     ) -> Option<(NonNull<Segment>, *mut u8)> {
         if size > HUGE_SIZE_MAX || align > HUGE_SIZE_MAX {
@@ -568,7 +568,7 @@ impl Segment {
         segment: *mut Segment,
         size: usize,
         align: usize,
-        heap: *mut Heap,
+        heap: *mut RawHeap,
         bin: usize,
     ) -> *mut u8 {
         // SAFETY: an unused page of our spare, which fits (caller).
@@ -600,7 +600,7 @@ impl Segment {
         size: usize,
         map_align: usize,
         thread_id: usize,
-        heap: *mut Heap,
+        heap: *mut RawHeap,
         memory_is_zero: bool,
     ) {
         // SAFETY: the memory is ours and writable (caller); fields are

@@ -19,7 +19,7 @@
 //!   addresses) but never its id. Blocks of threads that do not exist any
 //!   more are therefore always freed as remote frees.
 
-use crate::heap::Heap;
+use crate::heap::RawHeap;
 use crate::once::{Once, RunOnce};
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::process::SHARED;
@@ -30,28 +30,28 @@ use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 
 /// The heap of every thread that has not allocated yet. Never written.
-static EMPTY_HEAP: Heap = Heap::empty();
+static EMPTY_HEAP: RawHeap = RawHeap::empty();
 
 thread_local! {
     /// The calling thread's default heap (or [`EMPTY_HEAP`]).
-    static THREAD_HEAP: Cell<*mut Heap> = const { Cell::new(empty_heap()) };
+    static THREAD_HEAP: Cell<*mut RawHeap> = const { Cell::new(empty_heap()) };
     /// The calling thread's id; [`NO_THREAD_ID`] until its first allocation.
     static THREAD_ID: Cell<usize> = const { Cell::new(NO_THREAD_ID) };
     /// The calling thread's live first-class heaps (linked through the
     /// heaps), so `fork` handlers can hold all of the thread's heap locks.
-    static FIRST_CLASS_HEAPS: Cell<*mut Heap> = const { Cell::new(ptr::null_mut()) };
+    static FIRST_CLASS_HEAPS: Cell<*mut RawHeap> = const { Cell::new(ptr::null_mut()) };
 }
 
 /// The empty heap's address.
 #[inline(always)]
-pub(crate) const fn empty_heap() -> *mut Heap {
+pub(crate) const fn empty_heap() -> *mut RawHeap {
     ptr::from_ref(&EMPTY_HEAP).cast_mut()
 }
 
 /// The calling thread's default heap; [`empty_heap`] before its first
 /// allocation.
 #[inline(always)]
-pub(crate) fn current_heap() -> *mut Heap {
+pub(crate) fn current_heap() -> *mut RawHeap {
     THREAD_HEAP.with(Cell::get)
 }
 
@@ -185,7 +185,7 @@ const FIRST_THREAD_ID: usize = 2;
 const NO_THREAD_ID: usize = 1;
 
 /// Bytes mapped for one thread's heap.
-const HEAP_MAP_SIZE: usize = match os::checked_align_up(size_of::<Heap>(), OS_PAGE_SIZE) {
+const HEAP_MAP_SIZE: usize = match os::checked_align_up(size_of::<RawHeap>(), OS_PAGE_SIZE) {
     Some(size) => size,
     None => panic!("heap size overflows"),
 };
@@ -194,7 +194,7 @@ const HEAP_MAP_SIZE: usize = match os::checked_align_up(size_of::<Heap>(), OS_PA
 /// refuses memory (the allocation then fails with null).
 #[cold]
 #[inline(never)]
-pub(crate) fn init_current() -> *mut Heap {
+pub(crate) fn init_current() -> *mut RawHeap {
     let current = current_heap();
     if current != empty_heap() {
         return current;
@@ -222,7 +222,7 @@ pub(crate) fn init_current() -> *mut Heap {
 /// A heap for thread `thread_id`, registered (see `registry`) if the
 /// registry has room; its memory is a former heap's, kept by the registry
 /// slot, or fresh from the OS. Null if the OS refuses memory.
-fn new_heap(thread_id: usize) -> *mut Heap {
+fn new_heap(thread_id: usize) -> *mut RawHeap {
     let slot = SHARED.heaps.claim();
     let mut heap = slot.map_or(ptr::null_mut(), |slot| slot.spare_memory());
     if heap.is_null() {
@@ -232,13 +232,13 @@ fn new_heap(thread_id: usize) -> *mut Heap {
             }
             return ptr::null_mut();
         };
-        heap = memory.cast::<Heap>().as_ptr();
+        heap = memory.cast::<RawHeap>().as_ptr();
     }
-    // SAFETY: memory large enough and aligned for a `Heap`, which nobody
+    // SAFETY: memory large enough and aligned for a `RawHeap`, which nobody
     // else uses: fresh, or the spare of a slot we hold (its former heap was
     // torn down before the slot was released).
     unsafe {
-        heap.write(Heap::new(thread_id, ptr::from_ref(&SHARED)));
+        heap.write(RawHeap::new(thread_id, ptr::from_ref(&SHARED)));
         if let Some(slot) = slot {
             (*heap).register(slot);
         }
@@ -248,7 +248,7 @@ fn new_heap(thread_id: usize) -> *mut Heap {
 
 /// A first-class heap for the calling thread (see `shardalloc::Heap`);
 /// null if the OS refuses memory.
-pub(crate) fn new_first_class_heap() -> *mut Heap {
+pub(crate) fn new_first_class_heap() -> *mut RawHeap {
     let thread_id = assign_thread_id();
     init_process(thread_id);
     let heap = new_heap(thread_id);
@@ -282,7 +282,7 @@ pub(crate) fn new_first_class_heap() -> *mut Heap {
 /// # Safety
 /// `heap` came from [`new_first_class_heap`] on this thread and is not used
 /// again; with `destroy`, no block of it is used again either.
-pub(crate) unsafe fn drop_first_class_heap(heap: *mut Heap, destroy: bool) {
+pub(crate) unsafe fn drop_first_class_heap(heap: *mut RawHeap, destroy: bool) {
     // SAFETY: a live first-class heap of this thread (caller).
     unsafe {
         let (prev, next) = (
@@ -308,7 +308,7 @@ pub(crate) unsafe fn drop_first_class_heap(heap: *mut Heap, destroy: bool) {
 }
 
 /// Calls `f` on each of the calling thread's real heaps.
-fn for_each_own_heap(mut f: impl FnMut(*mut Heap)) {
+fn for_each_own_heap(mut f: impl FnMut(*mut RawHeap)) {
     let heap = current_heap();
     if heap != empty_heap() {
         f(heap);
@@ -322,7 +322,7 @@ fn for_each_own_heap(mut f: impl FnMut(*mut Heap)) {
 }
 
 /// The calling thread's heap registered in `slot`, if one of its heaps is.
-pub(crate) fn own_heap_of(slot: &crate::registry::Slot) -> Option<*mut Heap> {
+pub(crate) fn own_heap_of(slot: &crate::registry::Slot) -> Option<*mut RawHeap> {
     let mut found = None;
     for_each_own_heap(|heap| {
         // SAFETY: our own live heap.
@@ -338,7 +338,7 @@ pub(crate) fn own_heap_of(slot: &crate::registry::Slot) -> Option<*mut Heap> {
 ///
 /// # Safety
 /// `heap` came from [`new_heap`] and `abandon` has run on it.
-unsafe fn drop_heap(heap: *mut Heap, was_registered: bool) {
+unsafe fn drop_heap(heap: *mut RawHeap, was_registered: bool) {
     if !was_registered {
         // SAFETY: an unregistered heap's own mapping (caller).
         unsafe {
@@ -353,7 +353,7 @@ unsafe fn drop_heap(heap: *mut Heap, was_registered: bool) {
 
 /// The exit-key destructor: abandons the exiting thread's heap.
 unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
-    let heap = value.cast::<Heap>();
+    let heap = value.cast::<RawHeap>();
     if heap.is_null() {
         return;
     }

@@ -23,7 +23,7 @@
 //! In a forked child, the heaps of parent threads that do not exist there
 //! are abandoned the same way (`abandon_after_fork`, design §5).
 
-use super::Heap;
+use super::RawHeap;
 use super::segments::SegmentLinks;
 use super::segments::cache_or_release;
 use crate::page::DelayedMode;
@@ -33,7 +33,7 @@ use crate::stats;
 use crate::sync::Ordering;
 use core::ptr;
 
-impl Heap {
+impl RawHeap {
     /// Tears the heap down at thread exit: frees what is free and abandons
     /// every segment that still holds live blocks. Afterwards no other thread
     /// can reach the heap, and the caller may unmap it.

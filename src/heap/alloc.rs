@@ -4,7 +4,7 @@
 //! and the heartbeat (delayed frees, collect passes, reaping) that every so
 //! many slow paths run.
 
-use super::Heap;
+use super::RawHeap;
 use super::segments::SegmentLinks;
 use crate::os;
 use crate::page::{Block, DelayedMode, IN_FULL, Page};
@@ -34,7 +34,7 @@ const _: () = assert!(
     "the heartbeat looks for a collect pass only on reap checks"
 );
 
-impl Heap {
+impl RawHeap {
     /// Allocates a size-classed block of `size ≤ LARGE_BLOCK_MAX` bytes when
     /// the fast path missed. Returns null when out of memory.
     ///

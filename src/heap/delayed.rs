@@ -1,26 +1,26 @@
 //! The owner's side of the delayed-free list: remote threads freeing into
 //! a page that asked to be noticed (`DelayedMode::UseDelayed`, a full page)
 //! push the block onto its heap's `thread_delayed_free` list (`crate::free`
-//! does that through [`Heap::push_delayed`]); the owner takes the list on
+//! does that through [`RawHeap::push_delayed`]); the owner takes the list on
 //! its slow paths and frees each block locally. The protocol, and the loom
 //! models that specify it, are in `docs/design.md` §4.2.
 
-use super::Heap;
+use super::RawHeap;
 use crate::page::{Block, DelayedMode, Page};
 use crate::segment::Segment;
 use crate::sync::{Ordering, yield_thread};
 use core::ptr;
 
-impl Heap {
+impl RawHeap {
     /// Pushes a remotely freed block onto the heap's delayed list.
     ///
     /// # Safety
     /// `heap` is live (the caller holds a page of it in `Freeing`, or owns
     /// it); the caller owns `block` and gives it up.
     #[inline]
-    pub(crate) unsafe fn push_delayed(heap: *mut Heap, block: *mut Block) {
+    pub(crate) unsafe fn push_delayed(heap: *mut RawHeap, block: *mut Block) {
         // SAFETY: a chain of one block (caller's contract).
-        unsafe { Heap::push_delayed_chain(heap, block, block) }
+        unsafe { RawHeap::push_delayed_chain(heap, block, block) }
     }
 
     /// Pushes a chain of blocks (`head` … `tail`, linked) onto the heap's
@@ -28,8 +28,12 @@ impl Heap {
     /// blocks a reaper took and hands back.
     ///
     /// # Safety
-    /// As for [`Heap::push_delayed`], for every block of the chain.
-    pub(crate) unsafe fn push_delayed_chain(heap: *mut Heap, head: *mut Block, tail: *mut Block) {
+    /// As for [`RawHeap::push_delayed`], for every block of the chain.
+    pub(crate) unsafe fn push_delayed_chain(
+        heap: *mut RawHeap,
+        head: *mut Block,
+        tail: *mut Block,
+    ) {
         // SAFETY: the delayed list is atomic; the heap is live (caller).
         let list = unsafe { &(*heap).thread_delayed_free };
         // Relaxed: starting guess for the CAS loop.
@@ -88,7 +92,7 @@ impl Heap {
                         (*page).collect_thread_free();
                         self.free_block_local(page, block);
                     } else {
-                        Heap::push_delayed(self.as_ptr(), block);
+                        RawHeap::push_delayed(self.as_ptr(), block);
                         all_done = false;
                     }
                     block = next;

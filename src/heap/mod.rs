@@ -1,5 +1,8 @@
-//! A heap: page queues per size class, the direct table for small sizes,
-//! the delayed-free list, and the segments its pages live in.
+//! [`RawHeap`], the heap behind both a thread's default heap and the public
+//! first-class `shardalloc::Heap` (the unsafe core behind the safe façade,
+//! as hashbrown's `RawTable` behind `HashMap`): page queues per size class,
+//! the direct table for small sizes, the delayed-free list, and the
+//! segments its pages live in.
 //!
 //! Every thread has a default heap (see `thread`); a first-class heap is the
 //! same type. A heap belongs to one thread: only that thread allocates from
@@ -10,7 +13,7 @@
 //! Segments belong to the heap whose pages they hold, so tearing a heap down
 //! touches its pages and segments only, never its blocks.
 //!
-//! One concept per child module, all of them `impl Heap` over the private
+//! One concept per child module, all of them `impl RawHeap` over the private
 //! fields declared here:
 //!
 //! * this module — the structure, its lock, collect, destroy, introspection;
@@ -48,7 +51,7 @@ use segments::SegmentList;
 
 /// A heap. See the module documentation.
 #[repr(C)]
-pub(crate) struct Heap {
+pub(crate) struct RawHeap {
     /// For every request of up to `SMALL_SIZE_MAX` bytes, indexed by size in
     /// words: the first page of its size class, or the empty-page sentinel.
     /// First field, so the fast path indexes it straight off the heap pointer.
@@ -100,10 +103,10 @@ pub(crate) struct Heap {
     /// For a first-class heap: the thread's default heap, which takes its
     /// segments when it is destroyed and gives empty ones back (null: none,
     /// e.g. after the thread's teardown).
-    heir: Cell<*mut Heap>,
+    heir: Cell<*mut RawHeap>,
     /// The thread's list of its first-class heaps (see `thread`).
-    pub(crate) next_first_class: Cell<*mut Heap>,
-    pub(crate) prev_first_class: Cell<*mut Heap>,
+    pub(crate) next_first_class: Cell<*mut RawHeap>,
+    pub(crate) prev_first_class: Cell<*mut RawHeap>,
     /// Bytes of page memory the heap holds in pages in use (and its peak);
     /// see `Segment::committed_len`.
     page_bytes: Cell<usize>,
@@ -122,11 +125,11 @@ pub(crate) struct Heap {
 // the owner's alone. Other threads otherwise write only the atomic
 // `thread_delayed_free`. The static empty heap is never written (every
 // write path first replaces it with a real heap).
-unsafe impl Sync for Heap {}
+unsafe impl Sync for RawHeap {}
 
 macro_rules! heap_value {
     ($thread_id:expr, $shared:expr) => {
-        Heap {
+        RawHeap {
             direct: [const { Cell::new(empty_page()) }; DIRECT_SLOTS],
             queues: PageQueue::array(),
             thread_delayed_free: AtomicPtr::new(ptr::null_mut()),
@@ -159,7 +162,7 @@ macro_rules! heap_value {
 
 /// A section of the owner holding its heap's lock.
 struct HeapGuard<'a> {
-    heap: &'a Heap,
+    heap: &'a RawHeap,
 }
 
 impl Drop for HeapGuard<'_> {
@@ -178,18 +181,18 @@ impl Drop for HeapGuard<'_> {
 /// for the most blocks a page holds (a 64 KiB small page of 8-byte blocks).
 const VISIT_BITMAP_WORDS: usize = 128;
 
-impl Heap {
+impl RawHeap {
     /// The read-only heap every thread starts with: all its direct-table
     /// slots point at the empty page, so the first allocation takes the slow
     /// path, which replaces it with a real heap. Its thread id (1) matches
     /// no segment.
     #[cfg(not(loom))]
-    pub(crate) const fn empty() -> Heap {
+    pub(crate) const fn empty() -> RawHeap {
         heap_value!(1, ptr::null())
     }
 
     /// A fresh heap for thread `thread_id`.
-    pub(crate) fn new(thread_id: usize, shared: *const Shared) -> Heap {
+    pub(crate) fn new(thread_id: usize, shared: *const Shared) -> RawHeap {
         heap_value!(thread_id, shared)
     }
 
@@ -264,7 +267,7 @@ impl Heap {
         self.thread_id.get()
     }
 
-    fn as_ptr(&self) -> *mut Heap {
+    fn as_ptr(&self) -> *mut RawHeap {
         ptr::from_ref(self).cast_mut()
     }
 
@@ -308,7 +311,7 @@ impl Heap {
     /// # Safety
     /// `heir` is null or the live default heap of the owner thread, and is
     /// cleared before that heap is torn down.
-    pub(crate) unsafe fn set_heir(&self, heir: *mut Heap) {
+    pub(crate) unsafe fn set_heir(&self, heir: *mut RawHeap) {
         self.heir.set(heir);
     }
 
@@ -619,7 +622,7 @@ mod tests {
     #[test]
     fn blocks_of_every_class_round_trip_and_memory_goes_back() {
         let shared = Shared::new();
-        let heap = Heap::new(OWNER, &raw const shared);
+        let heap = RawHeap::new(OWNER, &raw const shared);
         let mut blocks = Vec::new();
         // SAFETY: this test thread plays the owner of `heap`.
         unsafe {
@@ -654,7 +657,7 @@ mod tests {
     ///
     /// # Safety
     /// Owner thread of `heap`.
-    unsafe fn fill_one_page(heap: &Heap) -> Vec<*mut u8> {
+    unsafe fn fill_one_page(heap: &RawHeap) -> Vec<*mut u8> {
         // SAFETY: owner thread (caller).
         unsafe {
             let first = heap.malloc_generic(SHARED_PAGE_BLOCK_MAX, false);
@@ -675,7 +678,7 @@ mod tests {
     #[test]
     fn exhausted_pages_move_to_the_full_queue_and_back() {
         let shared = Shared::new();
-        let heap = Heap::new(OWNER, &raw const shared);
+        let heap = RawHeap::new(OWNER, &raw const shared);
         // SAFETY: owner thread of `heap`.
         unsafe {
             let first = fill_one_page(&heap);
@@ -701,7 +704,7 @@ mod tests {
     #[test]
     fn remote_free_into_a_full_page_is_noticed_through_the_delayed_list() {
         let shared = Shared::new();
-        let heap = Heap::new(OWNER, &raw const shared);
+        let heap = RawHeap::new(OWNER, &raw const shared);
         // SAFETY: owner thread of `heap`; `OTHER` frees only blocks it was given.
         unsafe {
             let first = fill_one_page(&heap);
@@ -741,7 +744,7 @@ mod tests {
     #[test]
     fn abandoned_segments_are_reclaimed_and_their_blocks_stay_valid() {
         let shared = Shared::new();
-        let dying = Heap::new(OWNER, &raw const shared);
+        let dying = RawHeap::new(OWNER, &raw const shared);
         // SAFETY: this thread plays the owners of both heaps in turn; after
         // `abandon`, blocks of the dead heap are freed as remote frees.
         unsafe {
@@ -769,7 +772,7 @@ mod tests {
             for &p in blocks.iter().skip(1).step_by(4) {
                 free_block(p, THIRD);
             }
-            let heir = Heap::new(OTHER, &raw const shared);
+            let heir = RawHeap::new(OTHER, &raw const shared);
             let q = heir.malloc_generic(32, false);
             assert!(!q.is_null());
             assert_eq!(
@@ -795,7 +798,7 @@ mod tests {
     #[test]
     fn thread_exit_orphans_live_huge_blocks_and_keeps_freed_ones() {
         let shared = Shared::new();
-        let heap = Heap::new(OWNER, &raw const shared);
+        let heap = RawHeap::new(OWNER, &raw const shared);
         // SAFETY: this thread plays the owner; `OTHER` frees blocks it was given.
         unsafe {
             let huge: Vec<*mut u8> = (0..4)
@@ -824,13 +827,13 @@ mod tests {
     #[test]
     fn adopted_pages_of_classes_the_heir_never_uses_are_collected() {
         let shared = Shared::new();
-        let dying = Heap::new(OWNER, &raw const shared);
+        let dying = RawHeap::new(OWNER, &raw const shared);
         // SAFETY: this thread plays both owners in turn; `THIRD` frees blocks
         // it was given.
         unsafe {
             let blocks: Vec<*mut u8> = (0..100).map(|_| dying.malloc_generic(48, false)).collect();
             dying.abandon();
-            let heir = Heap::new(OTHER, &raw const shared);
+            let heir = RawHeap::new(OTHER, &raw const shared);
             let own = heir.malloc_generic(4096, false);
             assert_eq!(
                 Segment::of(own),
@@ -861,7 +864,7 @@ mod tests {
     #[test]
     fn empty_abandoned_segments_go_back_to_the_os_on_collect() {
         let shared = Shared::new();
-        let dying = Heap::new(OWNER, &raw const shared);
+        let dying = RawHeap::new(OWNER, &raw const shared);
         // SAFETY: as above.
         unsafe {
             let blocks: Vec<*mut u8> = (0..100)
@@ -872,7 +875,7 @@ mod tests {
             for p in blocks {
                 free_block(p, THIRD);
             }
-            let other = Heap::new(OTHER, &raw const shared);
+            let other = RawHeap::new(OTHER, &raw const shared);
             let _ = other.malloc_generic(16, false);
             other.collect(true);
             assert_eq!(
@@ -886,7 +889,7 @@ mod tests {
     #[test]
     fn collect_true_gives_back_the_interiors_of_free_blocks_in_pages_in_use() {
         let shared = Shared::new();
-        let heap = Heap::new(OWNER, &raw const shared);
+        let heap = RawHeap::new(OWNER, &raw const shared);
         // SAFETY: this thread owns the heap; blocks are freed once, and
         // a freed block's bytes are read only to check the reset.
         unsafe {
@@ -935,14 +938,14 @@ mod tests {
     #[test]
     fn first_class_heaps_never_adopt_abandoned_segments_and_destroy_releases_all() {
         let shared = Shared::new();
-        let dying = Heap::new(OWNER, &raw const shared);
+        let dying = RawHeap::new(OWNER, &raw const shared);
         // SAFETY: this thread plays both owners in turn, as above.
         unsafe {
             let survivor = dying.malloc_generic(5000, false);
             survivor.write_bytes(0x5A, 5000);
             dying.abandon();
             assert_eq!(shared.abandoned.len(), 1);
-            let first_class = Heap::new(OTHER, &raw const shared);
+            let first_class = RawHeap::new(OTHER, &raw const shared);
             first_class.set_first_class();
             // Enough blocks of the survivor's kind to need fresh pages: a
             // default heap would adopt the abandoned segment here.

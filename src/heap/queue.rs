@@ -3,7 +3,7 @@
 //! queues, and the moves of a page between them as it fills, empties, is
 //! retired for reuse or given back to its segment.
 
-use super::Heap;
+use super::RawHeap;
 use crate::options;
 use crate::page::{DelayedMode, IN_FULL, Page, empty_page};
 use crate::segment::Segment;
@@ -122,7 +122,7 @@ pub(super) const RETIRE_CYCLES_SMALL: u8 = 16;
 
 pub(super) const RETIRE_CYCLES_LARGE: u8 = 4;
 
-impl Heap {
+impl RawHeap {
     /// The page to pop a block of `size ≤ SMALL_SIZE_MAX` bytes from (maybe
     /// the empty-page sentinel, whose `free` is null).
     #[inline(always)]

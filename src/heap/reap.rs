@@ -3,7 +3,7 @@
 //! blocks other threads freed into its pages — holding that heap's registry
 //! lock (see `registry` and `docs/design.md` §4.5).
 
-use super::Heap;
+use super::RawHeap;
 use super::reset::INTERIOR_RESET_MIN;
 use super::reset::reset_block_interior;
 use crate::options;
@@ -20,7 +20,7 @@ use core::ptr;
 /// freed into its pages.
 pub(super) const IDLE_FACTOR: usize = 10;
 
-impl Heap {
+impl RawHeap {
     /// The reaper: gives back, for heaps of other threads, the memory of
     /// empty page slots whose reset is overdue by a whole reset delay (their
     /// owner has not passed through a slow path since), or of every waiting
@@ -111,7 +111,7 @@ impl Heap {
         live
     }
 
-    /// [`Heap::live_bytes`] for the owner thread, which takes its own lock
+    /// [`RawHeap::live_bytes`] for the owner thread, which takes its own lock
     /// (re-entrantly: the owner may hold it already, in `visit_blocks`).
     ///
     /// # Safety
@@ -179,7 +179,7 @@ impl Heap {
                 block = next;
             }
             if !huge_head.is_null() {
-                Heap::push_delayed_chain(self.as_ptr(), huge_head, huge_tail);
+                RawHeap::push_delayed_chain(self.as_ptr(), huge_head, huge_tail);
             }
             // 2. Each page's `thread_free` list, then the decision per page.
             let mut segment = self.segments.first.get();
@@ -241,7 +241,7 @@ impl Heap {
                     block = Block::next(block);
                 }
                 if to_delayed {
-                    Heap::push_delayed_chain(self.as_ptr(), head, tail);
+                    RawHeap::push_delayed_chain(self.as_ptr(), head, tail);
                 } else {
                     (*page).return_remote_chain(head, tail, count);
                 }

@@ -3,7 +3,7 @@
 //! pending limit), freed huge segments wait as spares for reuse, and
 //! `collect(true)` gives back the OS pages inside large free blocks.
 
-use super::Heap;
+use super::RawHeap;
 use crate::options;
 use crate::os;
 use crate::os::OS_PAGE_SIZE;
@@ -13,7 +13,7 @@ use crate::segment::{SEGMENT_SIZE, Segment};
 use crate::size_class::{BIN_COUNT, BIN_HUGE, PageKind};
 use core::ptr;
 
-impl Heap {
+impl RawHeap {
     /// An unused page slot's memory goes back to the OS after the reset
     /// delay (at once with a delay of 0, or when this heap already has more
     /// than the pending limit waiting).

@@ -3,7 +3,7 @@
 //! emptying and giving back segments (through the segment cache, to the
 //! thread's default heap, or to the OS).
 
-use super::Heap;
+use super::RawHeap;
 use crate::heap::Shared;
 use crate::options;
 use crate::os;
@@ -90,7 +90,7 @@ impl SegmentList {
     }
 }
 
-impl Heap {
+impl RawHeap {
     /// The list of our segments of `kind` with an unused page slot.
     pub(super) fn slot_list(&self, kind: PageKind) -> Option<&SegmentList> {
         match kind {
