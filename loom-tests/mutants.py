@@ -57,7 +57,7 @@ MUTANTS = {
     ),
     # Publishing an abandoned segment without Release.
     "abandon-push-relaxed": (
-        "src/heap/abandon.rs",
+        "src/process.rs",
         ".compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed)",
         ".compare_exchange_weak(head, first, Ordering::Relaxed, Ordering::Relaxed)",
         "abandon", "abandoned_list_push_races_take_all",
@@ -86,8 +86,8 @@ MUTANTS = {
     # The reaper resets a heap's waiting slots without taking its lock.
     "reaper-skips-lock": (
         "src/heap/reap.rs",
-        "            if !slot.try_lock() {\n                continue;\n            }\n            let heap = slot.heap();\n",
-        "            let heap = slot.heap();\n",
+        "            if !entry.try_lock() {\n                continue;\n            }\n            let heap = entry.heap();\n",
+        "            let heap = entry.heap();\n",
         "reaper", "reaper_races_owner_reuse",
     ),
     # Taking a heap's lock without Acquire.

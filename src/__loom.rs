@@ -301,7 +301,7 @@ impl Default for SegmentCacheModel {
     }
 }
 
-/// The publish-once slot behind the thread-exit key.
+/// The publish-once cell behind the thread-exit key.
 pub struct PublishOnce {
     once: Once,
 }

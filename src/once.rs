@@ -13,25 +13,25 @@
 
 use crate::sync::{AtomicUsize, Ordering, spin_hint, yield_thread};
 
-/// A slot holding `value + 1`, or 0 while nothing is published.
+/// A cell holding `value + 1`, or 0 while nothing is published.
 pub(crate) struct Once {
-    slot: AtomicUsize,
+    cell: AtomicUsize,
 }
 
 impl Once {
-    /// An empty slot.
+    /// An empty cell.
     #[cfg(not(loom))]
     pub(crate) const fn new() -> Once {
         Once {
-            slot: AtomicUsize::new(0),
+            cell: AtomicUsize::new(0),
         }
     }
 
-    /// An empty slot.
+    /// An empty cell.
     #[cfg(loom)]
     pub(crate) fn new() -> Once {
         Once {
-            slot: AtomicUsize::new(0),
+            cell: AtomicUsize::new(0),
         }
     }
 
@@ -44,7 +44,7 @@ impl Once {
         discard: impl FnOnce(usize),
     ) -> Option<usize> {
         // Acquire pairs with the Release CAS below: the value is complete.
-        let published = self.slot.load(Ordering::Acquire);
+        let published = self.cell.load(Ordering::Acquire);
         if published != 0 {
             return Some(published - 1);
         }
@@ -53,7 +53,7 @@ impl Once {
         // Release pairs with the Acquire load above (and with our own
         // failure load); Acquire on failure to read the winner's value.
         match self
-            .slot
+            .cell
             .compare_exchange(0, encoded, Ordering::Release, Ordering::Acquire)
         {
             Ok(_) => Some(ours),

@@ -1,8 +1,8 @@
 //! The heap registry: where other threads find a heap whose owner has gone
 //! idle, so they can give its waiting memory back to the OS for it.
 //!
-//! A fixed array of slots, one per live heap (thread heaps and, later,
-//! first-class heaps). A slot's `state` word is at once its ownership and a
+//! A fixed array of entries, one per live heap (thread heaps and, later,
+//! first-class heaps). A entry's `state` word is at once its ownership and a
 //! small lock:
 //!
 //! ```text
@@ -20,10 +20,10 @@
 //! * Another thread (the *reaper*) takes it with `try_lock`, never waiting,
 //!   to give back the memory of page slots whose reset delay expired long
 //!   ago (`Heap::reap`), and to read the heap's live bytes for `stats()`.
-//! * A heap's memory is never unmapped while its slot exists: the slot keeps
+//! * A heap's memory is never unmapped while its entry exists: the entry keeps
 //!   it for the next heap, so a pointer read under the lock always points at
 //!   a heap, and the hint `reset_due_ms`, read before locking, lives in the
-//!   slot rather than in the heap.
+//!   entry rather than in the heap.
 //!
 //! Heaps beyond the registry's capacity work normally but are not visible to
 //! reapers or to the live-bytes statistic.
@@ -35,14 +35,14 @@ use crate::heap::RawHeap;
 use crate::sync::{AtomicPtr, AtomicUsize, Ordering, spin_hint, yield_thread};
 use core::ptr;
 
-/// No heap uses the slot (it may keep the memory of a former one).
+/// No heap uses the entry (it may keep the memory of a former one).
 const FREE: usize = 0;
-/// A heap uses the slot; nobody holds its lock.
+/// A heap uses the entry; nobody holds its lock.
 const OWNED: usize = 1;
-/// A heap uses the slot and a thread holds its lock.
+/// A heap uses the entry and a thread holds its lock.
 const LOCKED: usize = 2;
 
-/// Spins of a waiting `Slot::lock` before it starts yielding (a reaper's
+/// Spins of a waiting `Entry::lock` before it starts yielding (a reaper's
 /// pass over a heap is short; a preempted reaper is not).
 const SPINS_BEFORE_YIELD: u32 = 100;
 
@@ -60,9 +60,9 @@ const CAPACITY: usize = 1024;
 const CAPACITY: usize = 4;
 
 /// One heap's entry.
-pub(crate) struct Slot {
+pub(crate) struct Entry {
     state: AtomicUsize,
-    /// The heap (or the memory of the last heap that used the slot).
+    /// The heap (or the memory of the last heap that used the entry).
     heap: AtomicPtr<RawHeap>,
     /// When the heap's oldest empty page slot is due for its reset, in
     /// `os::now_ms` milliseconds; [`NOTHING_DUE`] if none waits. A hint,
@@ -71,24 +71,24 @@ pub(crate) struct Slot {
     /// When the owner last passed through a slow path (`os::now_ms`, coarse:
     /// written every so many slow paths). A hint for reapers.
     active_ms: AtomicUsize,
-    /// Whose lock the slot is under across a `fork` (see
+    /// Whose lock the entry is under across a `fork` (see
     /// `HeapRegistry::lock_all_for_fork`): [`NOT_HELD`], [`HELD_BY_OWNER`]
     /// or [`HELD_FOR_FORK`]. Only the thread holding the fork lock touches
     /// it.
     fork_hold: AtomicUsize,
 }
 
-/// `fork_hold`: the slot is not held across a fork.
+/// `fork_hold`: the entry is not held across a fork.
 const NOT_HELD: usize = 0;
 /// `fork_hold`: a heap of the forking thread, whose own lock it holds.
 const HELD_BY_OWNER: usize = 1;
 /// `fork_hold`: another thread's heap, locked by the forking thread.
 const HELD_FOR_FORK: usize = 2;
 
-impl Slot {
+impl Entry {
     #[cfg(not(loom))]
-    const fn new() -> Slot {
-        Slot {
+    const fn new() -> Entry {
+        Entry {
             state: AtomicUsize::new(FREE),
             heap: AtomicPtr::new(ptr::null_mut()),
             reset_due_ms: AtomicUsize::new(NOTHING_DUE),
@@ -98,8 +98,8 @@ impl Slot {
     }
 
     #[cfg(loom)]
-    fn new() -> Slot {
-        Slot {
+    fn new() -> Entry {
+        Entry {
             state: AtomicUsize::new(FREE),
             heap: AtomicPtr::new(ptr::null_mut()),
             reset_due_ms: AtomicUsize::new(NOTHING_DUE),
@@ -108,8 +108,8 @@ impl Slot {
         }
     }
 
-    /// The memory a former heap of this slot left behind (null if none).
-    /// Only while the caller holds the slot from `claim`.
+    /// The memory a former heap of this entry left behind (null if none).
+    /// Only while the caller holds the entry from `claim`.
     pub(crate) fn spare_memory(&self) -> *mut RawHeap {
         // Relaxed: written by the previous holder before its Release
         // `release`, which our Acquire `claim` paired with.
@@ -117,7 +117,7 @@ impl Slot {
     }
 
     /// Ends a `claim`: `heap` (initialised) is now reachable through the
-    /// slot, unlocked.
+    /// entry, unlocked.
     pub(crate) fn publish(&self, heap: *mut RawHeap) {
         // Relaxed: made visible by the Release store below.
         self.heap.store(heap, Ordering::Relaxed);
@@ -146,7 +146,7 @@ impl Slot {
         }
     }
 
-    /// Takes the lock if the slot holds a heap and nobody holds the lock.
+    /// Takes the lock if the entry holds a heap and nobody holds the lock.
     pub(crate) fn try_lock(&self) -> bool {
         // Acquire pairs with the Release of `unlock`/`publish`: the previous
         // holder's writes to the heap are visible to us.
@@ -156,7 +156,7 @@ impl Slot {
     }
 
     /// Like `try_lock`, but waits (yielding) up to `rounds` times for a
-    /// holder to finish. For readers that must not block forever (a slot
+    /// holder to finish. For readers that must not block forever (a entry
     /// left locked by a thread that vanished in `fork`).
     pub(crate) fn lock_bounded(&self, rounds: usize) -> bool {
         for _ in 0..rounds {
@@ -178,8 +178,8 @@ impl Slot {
         self.state.store(OWNED, Ordering::Release);
     }
 
-    /// Gives the slot up (the caller holds the lock, the heap is torn down);
-    /// the heap's memory stays with the slot for the next heap.
+    /// Gives the entry up (the caller holds the lock, the heap is torn down);
+    /// the heap's memory stays with the entry for the next heap.
     pub(crate) fn release(&self) {
         // Relaxed: only the lock holder writes it.
         self.reset_due_ms.store(NOTHING_DUE, Ordering::Relaxed);
@@ -223,8 +223,8 @@ impl Slot {
 
 /// The registry. See the module documentation.
 pub(crate) struct HeapRegistry {
-    slots: [Slot; CAPACITY],
-    /// One past the highest slot ever claimed: reapers look no further.
+    entries: [Entry; CAPACITY],
+    /// One past the highest entry ever claimed: reapers look no further.
     high_water: AtomicUsize,
     /// `os::now_ms` before which no slow path starts another reaping pass.
     next_reap_ms: AtomicUsize,
@@ -233,7 +233,7 @@ pub(crate) struct HeapRegistry {
     next_reclaim_ms: AtomicUsize,
     /// Held (1) by a thread between the prepare and the after-fork handlers
     /// of its `fork`: forks are serialised, so one thread at a time marks
-    /// slots in `fork_hold`.
+    /// entries in `fork_hold`.
     fork_lock: AtomicUsize,
 }
 
@@ -242,7 +242,7 @@ impl HeapRegistry {
     #[cfg(not(loom))]
     pub(crate) const fn new() -> HeapRegistry {
         HeapRegistry {
-            slots: [const { Slot::new() }; CAPACITY],
+            entries: [const { Entry::new() }; CAPACITY],
             high_water: AtomicUsize::new(0),
             next_reap_ms: AtomicUsize::new(0),
             next_reclaim_ms: AtomicUsize::new(0),
@@ -254,7 +254,7 @@ impl HeapRegistry {
     #[cfg(loom)]
     pub(crate) fn new() -> HeapRegistry {
         HeapRegistry {
-            slots: core::array::from_fn(|_| Slot::new()),
+            entries: core::array::from_fn(|_| Entry::new()),
             high_water: AtomicUsize::new(0),
             next_reap_ms: AtomicUsize::new(0),
             next_reclaim_ms: AtomicUsize::new(0),
@@ -262,38 +262,38 @@ impl HeapRegistry {
         }
     }
 
-    /// Claims a free slot, locked; `None` when all are taken.
-    pub(crate) fn claim(&self) -> Option<&Slot> {
-        for (index, slot) in self.slots.iter().enumerate() {
+    /// Claims a free entry, locked; `None` when all are taken.
+    pub(crate) fn claim(&self) -> Option<&Entry> {
+        for (index, entry) in self.entries.iter().enumerate() {
             // Acquire pairs with the Release of `release`: the former
             // heap's teardown is complete before we reuse its memory.
-            if slot
+            if entry
                 .state
                 .compare_exchange(FREE, LOCKED, Ordering::Acquire, Ordering::Relaxed)
                 .is_ok()
             {
-                // Relaxed: a bound for scans, which then lock each slot.
+                // Relaxed: a bound for scans, which then lock each entry.
                 self.high_water.fetch_max(index + 1, Ordering::Relaxed);
-                return Some(slot);
+                return Some(entry);
             }
         }
         None
     }
 
-    /// The slots ever claimed.
-    pub(crate) fn slots(&self) -> &[Slot] {
+    /// The entries ever claimed.
+    pub(crate) fn entries(&self) -> &[Entry] {
         // Relaxed: see `claim`.
         let high = self.high_water.load(Ordering::Relaxed).min(CAPACITY);
-        self.slots.get(..high).unwrap_or(&[])
+        self.entries.get(..high).unwrap_or(&[])
     }
 
     /// Slots holding a heap now (each read on its own: approximate while
     /// heaps come and go).
     pub(crate) fn heap_count(&self) -> usize {
-        self.slots()
+        self.entries()
             .iter()
             // Relaxed: a statistic.
-            .filter(|slot| slot.state.load(Ordering::Relaxed) != FREE)
+            .filter(|entry| entry.state.load(Ordering::Relaxed) != FREE)
             .count()
     }
 
@@ -316,14 +316,14 @@ impl HeapRegistry {
     /// half-way through a slow path or a reaper's pass, and no abandoned
     /// segment taken by a reclaim in progress. `own_slots` has already
     /// locked the forking thread's own heaps (their locks are re-entrant for
-    /// it); it calls its argument on each of their slots. A heap whose lock
+    /// it); it calls its argument on each of their entries. A heap whose lock
     /// stays busy for [`FORK_LOCK_ROUNDS`] yields (its holder is stopped,
     /// say by a signal handler waiting for the fork) is left out: the child
     /// cannot tear it down, and it stays there as it is.
     ///
     /// Every call is followed by [`HeapRegistry::unlock_all_after_fork`] in
     /// the parent and [`HeapRegistry::take_heaps_after_fork`] in the child.
-    pub(crate) fn lock_all_for_fork(&self, own_slots: impl FnOnce(&mut dyn FnMut(&Slot))) {
+    pub(crate) fn lock_all_for_fork(&self, own_slots: impl FnOnce(&mut dyn FnMut(&Entry))) {
         let mut spins = 0u32;
         // Acquire pairs with the Release store in `end_fork`: the previous
         // fork's marks are all cleared.
@@ -341,12 +341,12 @@ impl HeapRegistry {
         }
         // Relaxed (every `fork_hold` access): only the fork lock's holder
         // touches the marks.
-        own_slots(&mut |slot| slot.fork_hold.store(HELD_BY_OWNER, Ordering::Relaxed));
-        for slot in self.slots() {
-            if slot.fork_hold.load(Ordering::Relaxed) == NOT_HELD
-                && slot.lock_bounded(FORK_LOCK_ROUNDS)
+        own_slots(&mut |entry| entry.fork_hold.store(HELD_BY_OWNER, Ordering::Relaxed));
+        for entry in self.entries() {
+            if entry.fork_hold.load(Ordering::Relaxed) == NOT_HELD
+                && entry.lock_bounded(FORK_LOCK_ROUNDS)
             {
-                slot.fork_hold.store(HELD_FOR_FORK, Ordering::Relaxed);
+                entry.fork_hold.store(HELD_FOR_FORK, Ordering::Relaxed);
             }
         }
     }
@@ -355,24 +355,24 @@ impl HeapRegistry {
     /// [`HeapRegistry::lock_all_for_fork`] took (the caller lets go of its
     /// own heaps' locks) and of the fork lock.
     pub(crate) fn unlock_all_after_fork(&self) {
-        for slot in self.slots() {
+        for entry in self.entries() {
             // Relaxed: see `lock_all_for_fork`.
-            if slot.fork_hold.swap(NOT_HELD, Ordering::Relaxed) == HELD_FOR_FORK {
-                slot.unlock();
+            if entry.fork_hold.swap(NOT_HELD, Ordering::Relaxed) == HELD_FOR_FORK {
+                entry.unlock();
             }
         }
         self.end_fork();
     }
 
     /// After `fork`, in the child (one thread): calls `tear_down` on the
-    /// heap of every slot [`HeapRegistry::lock_all_for_fork`] locked: heaps
+    /// heap of every entry [`HeapRegistry::lock_all_for_fork`] locked: heaps
     /// of threads that do not exist in the child. `tear_down` holds the
-    /// heap's lock and must release the slot. Then lets go of the fork lock.
+    /// heap's lock and must release the entry. Then lets go of the fork lock.
     pub(crate) fn take_heaps_after_fork(&self, mut tear_down: impl FnMut(*mut RawHeap)) {
-        for slot in self.slots() {
+        for entry in self.entries() {
             // Relaxed: see `lock_all_for_fork`.
-            if slot.fork_hold.swap(NOT_HELD, Ordering::Relaxed) == HELD_FOR_FORK {
-                tear_down(slot.heap());
+            if entry.fork_hold.swap(NOT_HELD, Ordering::Relaxed) == HELD_FOR_FORK {
+                tear_down(entry.heap());
             }
         }
         self.end_fork();
@@ -406,15 +406,15 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize as StdAtomicUsize};
     use std::time::{Duration, Instant};
 
-    /// Yields made by `Slot::lock` waiting for a holder (all threads).
+    /// Yields made by `Entry::lock` waiting for a holder (all threads).
     pub(super) static LOCK_YIELDS: StdAtomicUsize = StdAtomicUsize::new(0);
 
-    fn owned_slot() -> &'static Slot {
+    fn owned_slot() -> &'static Entry {
         let registry: &'static HeapRegistry = Box::leak(Box::new(HeapRegistry::new()));
-        let slot = registry.claim().expect("a free slot");
+        let entry = registry.claim().expect("a free entry");
         // A stand-in heap pointer: the lock never dereferences it.
-        slot.publish(ptr::dangling_mut());
-        slot
+        entry.publish(ptr::dangling_mut());
+        entry
     }
 
     /// Review defect 5: the owner waiting for a reaper that holds its lock
@@ -424,26 +424,26 @@ mod tests {
     /// its deadline instead of hanging.
     #[test]
     fn an_owner_waiting_for_its_lock_yields_to_the_holder() {
-        let slot = owned_slot();
-        assert!(slot.try_lock(), "the reaper takes the lock");
+        let entry = owned_slot();
+        assert!(entry.try_lock(), "the reaper takes the lock");
         let acquired = AtomicBool::new(false);
         std::thread::scope(|scope| {
             let before = LOCK_YIELDS.load(Ordering::Relaxed);
             scope.spawn(|| {
-                slot.lock();
+                entry.lock();
                 acquired.store(true, Ordering::Relaxed);
-                slot.unlock();
+                entry.unlock();
             });
             let deadline = Instant::now() + Duration::from_secs(10);
             while LOCK_YIELDS.load(Ordering::Relaxed) == before {
                 if Instant::now() > deadline {
-                    slot.unlock();
+                    entry.unlock();
                     panic!("the waiting owner never yielded");
                 }
                 std::thread::yield_now();
             }
             assert!(!acquired.load(Ordering::Relaxed), "the lock was held");
-            slot.unlock();
+            entry.unlock();
         });
         assert!(acquired.load(Ordering::Relaxed));
     }
@@ -453,9 +453,9 @@ mod tests {
     #[test]
     fn fork_locks_are_balanced() {
         let registry: &'static HeapRegistry = Box::leak(Box::new(HeapRegistry::new()));
-        let own = registry.claim().expect("slot");
+        let own = registry.claim().expect("entry");
         own.publish(ptr::dangling_mut());
-        let other = registry.claim().expect("slot");
+        let other = registry.claim().expect("entry");
         other.publish(ptr::dangling_mut());
         for _ in 0..3 {
             assert!(own.try_lock(), "the forking thread's own lock");

@@ -56,23 +56,23 @@ const LOCK_ROUNDS: usize = 1000;
 pub fn stats() -> Stats {
     let shared = &crate::process::SHARED;
     let mut live = HUGE_LIVE.get().wrapping_add(ABANDONED_LIVE.get());
-    for slot in shared.heaps.slots() {
-        if slot.try_lock() {
+    for entry in shared.heaps.entries() {
+        if entry.try_lock() {
             // SAFETY: we hold the heap's lock (see `registry`).
-            live = live.wrapping_add(unsafe { (*slot.heap()).live_bytes() });
-            slot.unlock();
-        } else if let Some(heap) = crate::thread::own_heap_of(slot) {
+            live = live.wrapping_add(unsafe { (*entry.heap()).live_bytes() });
+            entry.unlock();
+        } else if let Some(heap) = crate::thread::own_heap_of(entry) {
             // One of the calling thread's heaps, whose lock this thread
             // holds (`stats()` called from a `visit_blocks` callback):
             // re-entrant for the owner.
             // SAFETY: the calling thread's own heap.
             live = live.wrapping_add(unsafe { (*heap).live_bytes_as_owner() });
-        } else if slot.lock_bounded(LOCK_ROUNDS) {
-            // Bounded: a slot left locked by a thread that vanished in
+        } else if entry.lock_bounded(LOCK_ROUNDS) {
+            // Bounded: a entry left locked by a thread that vanished in
             // `fork` is skipped rather than waited for.
             // SAFETY: we hold the heap's lock (see `registry`).
-            live = live.wrapping_add(unsafe { (*slot.heap()).live_bytes() });
-            slot.unlock();
+            live = live.wrapping_add(unsafe { (*entry.heap()).live_bytes() });
+            entry.unlock();
         }
     }
     Stats {
@@ -144,8 +144,8 @@ impl Line {
 
     fn text(&mut self, text: &str) {
         for &b in text.as_bytes() {
-            if let Some(slot) = self.buf.get_mut(self.len) {
-                *slot = b;
+            if let Some(entry) = self.buf.get_mut(self.len) {
+                *entry = b;
                 self.len += 1;
             }
         }
@@ -163,8 +163,8 @@ impl Line {
             }
         }
         for &d in &digits[i..] {
-            if let Some(slot) = self.buf.get_mut(self.len) {
-                *slot = d;
+            if let Some(entry) = self.buf.get_mut(self.len) {
+                *entry = d;
                 self.len += 1;
             }
         }

@@ -21,7 +21,7 @@ pub(crate) const WORD: usize = 8;
 pub(crate) const SMALL_SIZE_MAX: usize = 1024;
 
 /// Number of slots in the direct table: one per word count `0..=128`.
-pub(crate) const DIRECT_SLOTS: usize = SMALL_SIZE_MAX / WORD + 1;
+pub(crate) const DIRECT_ENTRIES: usize = SMALL_SIZE_MAX / WORD + 1;
 
 /// Largest block of a small page (64 KiB pages).
 pub(crate) const SMALL_BLOCK_MAX: usize = 8 * 1024;
@@ -95,9 +95,9 @@ pub(crate) static BLOCK_SIZES: [usize; BIN_COUNT] = {
     sizes
 };
 
-/// The range of direct-table slots (word counts) whose requests map to `bin`,
+/// The range of direct-table entries (word counts) whose requests map to `bin`,
 /// for bins whose blocks are at most [`SMALL_SIZE_MAX`]: `first..=last`.
-pub(crate) const fn direct_slots_of(bin: usize) -> (usize, usize) {
+pub(crate) const fn direct_entries_of(bin: usize) -> (usize, usize) {
     let first = if bin == 0 {
         0
     } else {
@@ -235,7 +235,7 @@ mod tests {
         let mut next_slot = 0;
         let mut bin = 0;
         while BLOCK_SIZES[bin] <= SMALL_SIZE_MAX {
-            let (first, last) = direct_slots_of(bin);
+            let (first, last) = direct_entries_of(bin);
             assert_eq!(first, next_slot, "bin {bin}");
             for slot in first.max(1)..=last {
                 assert_eq!(bin_of(slot * WORD), bin, "slot {slot}");
@@ -243,7 +243,7 @@ mod tests {
             next_slot = last + 1;
             bin += 1;
         }
-        assert_eq!(next_slot, DIRECT_SLOTS);
+        assert_eq!(next_slot, DIRECT_ENTRIES);
     }
 
     /// The promise behind `fitting_size`: for every size and every alignment

@@ -138,8 +138,8 @@ extern "C" fn before_fork() {
             // called from inside the allocator).
             unsafe { (*heap).lock_for_fork() };
             // SAFETY: as above.
-            if let Some(slot) = unsafe { (*heap).slot() } {
-                mark_own(slot);
+            if let Some(entry) = unsafe { (*heap).entry() } {
+                mark_own(entry);
             }
         });
     });
@@ -160,7 +160,7 @@ extern "C" fn after_fork_in_parent() {
 /// * The heaps of the parent's other threads (locked by [`before_fork`]):
 ///   torn down as their threads' exits would have, so their empty pages go
 ///   back, their live blocks stay valid in abandoned segments that the
-///   child's threads adopt, and their registry slots are free again. A heap
+///   child's threads adopt, and their registry entries are free again. A heap
 ///   whose lock `before_fork` could not get is left as it is (leaked).
 extern "C" fn after_fork_in_child() {
     for_each_own_heap(|heap| {
@@ -221,26 +221,26 @@ pub(crate) fn init_current() -> *mut RawHeap {
 
 /// A heap for thread `thread_id`, registered (see `registry`) if the
 /// registry has room; its memory is a former heap's, kept by the registry
-/// slot, or fresh from the OS. Null if the OS refuses memory.
+/// entry, or fresh from the OS. Null if the OS refuses memory.
 fn new_heap(thread_id: usize) -> *mut RawHeap {
-    let slot = SHARED.heaps.claim();
-    let mut heap = slot.map_or(ptr::null_mut(), |slot| slot.spare_memory());
+    let entry = SHARED.heaps.claim();
+    let mut heap = entry.map_or(ptr::null_mut(), |entry| entry.spare_memory());
     if heap.is_null() {
         let Some(memory) = os::map(HEAP_MAP_SIZE, OS_PAGE_SIZE, 0) else {
-            if let Some(slot) = slot {
-                slot.release();
+            if let Some(entry) = entry {
+                entry.release();
             }
             return ptr::null_mut();
         };
         heap = memory.cast::<RawHeap>().as_ptr();
     }
     // SAFETY: memory large enough and aligned for a `RawHeap`, which nobody
-    // else uses: fresh, or the spare of a slot we hold (its former heap was
-    // torn down before the slot was released).
+    // else uses: fresh, or the spare of a entry we hold (its former heap was
+    // torn down before the entry was released).
     unsafe {
         heap.write(RawHeap::new(thread_id, ptr::from_ref(&SHARED)));
-        if let Some(slot) = slot {
-            (*heap).register(slot);
+        if let Some(entry) = entry {
+            (*heap).register(entry);
         }
     }
     heap
@@ -321,19 +321,19 @@ fn for_each_own_heap(mut f: impl FnMut(*mut RawHeap)) {
     }
 }
 
-/// The calling thread's heap registered in `slot`, if one of its heaps is.
-pub(crate) fn own_heap_of(slot: &crate::registry::Slot) -> Option<*mut RawHeap> {
+/// The calling thread's heap registered in `entry`, if one of its heaps is.
+pub(crate) fn own_heap_of(entry: &crate::registry::Entry) -> Option<*mut RawHeap> {
     let mut found = None;
     for_each_own_heap(|heap| {
         // SAFETY: our own live heap.
-        if unsafe { (*heap).slot() }.is_some_and(|own| ptr::eq(own, slot)) {
+        if unsafe { (*heap).entry() }.is_some_and(|own| ptr::eq(own, entry)) {
             found = Some(heap);
         }
     });
     found
 }
 
-/// Gives a torn-down heap's memory back: to its registry slot (which keeps
+/// Gives a torn-down heap's memory back: to its registry entry (which keeps
 /// it for the next heap) or, for an unregistered heap, to the OS.
 ///
 /// # Safety

@@ -1,4 +1,4 @@
-//! loom model of the publish-once slot behind the thread-exit pthread key
+//! loom model of the publish-once cell behind the thread-exit pthread key
 //! (`once::Once`, real code under `--cfg loom`).
 #![cfg(loom)]
 

@@ -146,9 +146,9 @@ impl RawHeap {
         // 5. Leave the registry: from here on no reaper reaches the heap.
         core::mem::forget(guard);
         self.lock_depth.set(0);
-        if let Some(slot) = self.slot() {
-            self.slot.set(ptr::null());
-            slot.release();
+        if let Some(entry) = self.entry() {
+            self.entry.set(ptr::null());
+            entry.release();
         }
     }
 

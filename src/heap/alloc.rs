@@ -130,8 +130,8 @@ impl RawHeap {
             unsafe { self.reset_expired(false) };
         }
         if calls.is_multiple_of(REAP_CHECK_INTERVAL) {
-            if let Some(slot) = self.slot() {
-                slot.set_active(usize::try_from(os::now_ms()).unwrap_or(usize::MAX));
+            if let Some(entry) = self.entry() {
+                entry.set_active(usize::try_from(os::now_ms()).unwrap_or(usize::MAX));
             }
             if calls.is_multiple_of(COLLECT_INTERVAL) {
                 // SAFETY: owner thread (caller).

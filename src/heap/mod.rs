@@ -38,9 +38,9 @@ use crate::options;
 use crate::os;
 use crate::page::{Block, Page, empty_page};
 use crate::process::Shared;
-use crate::registry::Slot;
+use crate::registry::Entry;
 use crate::segment::Segment;
-use crate::size_class::{BIN_COUNT, DIRECT_SLOTS, PageKind, QUEUE_COUNT};
+use crate::size_class::{BIN_COUNT, DIRECT_ENTRIES, PageKind, QUEUE_COUNT};
 use crate::sync::{AtomicPtr, Ordering};
 #[cfg(not(loom))]
 pub(crate) use alloc::zero_block;
@@ -55,7 +55,7 @@ pub(crate) struct RawHeap {
     /// For every request of up to `SMALL_SIZE_MAX` bytes, indexed by size in
     /// words: the first page of its size class, or the empty-page sentinel.
     /// First field, so the fast path indexes it straight off the heap pointer.
-    direct: [Cell<*mut Page>; DIRECT_SLOTS],
+    direct: [Cell<*mut Page>; DIRECT_ENTRIES],
     /// Page queues: one per size class, then huge pages, then full pages.
     queues: [PageQueue; QUEUE_COUNT],
     /// Blocks pushed by remote threads freeing into pages that asked to be
@@ -88,9 +88,9 @@ pub(crate) struct RawHeap {
     /// Lowest and highest bin holding a retired page.
     retired_min: Cell<usize>,
     retired_max: Cell<usize>,
-    /// The heap's registry slot (its lock), or null for a heap outside the
+    /// The heap's registry entry (its lock), or null for a heap outside the
     /// registry. See `registry`.
-    slot: Cell<*const Slot>,
+    entry: Cell<*const Entry>,
     /// How deep the owner is in nested sections holding the lock (the lock
     /// is re-entrant for the owner; reapers never touch this).
     lock_depth: Cell<u32>,
@@ -130,7 +130,7 @@ unsafe impl Sync for RawHeap {}
 macro_rules! heap_value {
     ($thread_id:expr, $shared:expr) => {
         RawHeap {
-            direct: [const { Cell::new(empty_page()) }; DIRECT_SLOTS],
+            direct: [const { Cell::new(empty_page()) }; DIRECT_ENTRIES],
             queues: PageQueue::array(),
             thread_delayed_free: AtomicPtr::new(ptr::null_mut()),
             thread_id: Cell::new($thread_id),
@@ -146,7 +146,7 @@ macro_rules! heap_value {
             huge_spare_bytes: Cell::new(0),
             retired_min: Cell::new(BIN_COUNT),
             retired_max: Cell::new(0),
-            slot: Cell::new(ptr::null()),
+            entry: Cell::new(ptr::null()),
             lock_depth: Cell::new(0),
             locked_for_fork: Cell::new(false),
             first_class: Cell::new(false),
@@ -170,9 +170,9 @@ impl Drop for HeapGuard<'_> {
         let depth = self.heap.lock_depth.get() - 1;
         self.heap.lock_depth.set(depth);
         if depth == 0
-            && let Some(slot) = self.heap.slot()
+            && let Some(entry) = self.heap.entry()
         {
-            slot.unlock();
+            entry.unlock();
         }
     }
 }
@@ -196,23 +196,23 @@ impl RawHeap {
         heap_value!(thread_id, shared)
     }
 
-    /// Makes the heap reachable through its registry slot (which the caller
+    /// Makes the heap reachable through its registry entry (which the caller
     /// claimed and still holds locked); unlocks it.
     ///
     /// # Safety
-    /// `slot` came from `HeapRegistry::claim` for this heap, which stays at
-    /// this address until it releases the slot (`abandon`).
-    pub(crate) unsafe fn register(&self, slot: &Slot) {
-        self.slot.set(ptr::from_ref(slot));
-        slot.set_active(usize::try_from(os::now_ms()).unwrap_or(usize::MAX));
-        slot.publish(self.as_ptr());
+    /// `entry` came from `HeapRegistry::claim` for this heap, which stays at
+    /// this address until it releases the entry (`abandon`).
+    pub(crate) unsafe fn register(&self, entry: &Entry) {
+        self.entry.set(ptr::from_ref(entry));
+        entry.set_active(usize::try_from(os::now_ms()).unwrap_or(usize::MAX));
+        entry.publish(self.as_ptr());
     }
 
-    /// The heap's registry slot, if it has one.
-    pub(crate) fn slot(&self) -> Option<&Slot> {
-        // SAFETY: a registered heap's slot is static (or outlives the heap,
+    /// The heap's registry entry, if it has one.
+    pub(crate) fn entry(&self) -> Option<&Entry> {
+        // SAFETY: a registered heap's registry entry is static (or outlives the heap,
         // under loom).
-        unsafe { self.slot.get().as_ref() }
+        unsafe { self.entry.get().as_ref() }
     }
 
     /// Takes the heap's lock (see `registry`) for a section that touches
@@ -222,9 +222,9 @@ impl RawHeap {
     fn lock(&self) -> HeapGuard<'_> {
         let depth = self.lock_depth.get();
         if depth == 0
-            && let Some(slot) = self.slot()
+            && let Some(entry) = self.entry()
         {
-            slot.lock();
+            entry.lock();
         }
         self.lock_depth.set(depth + 1);
         HeapGuard { heap: self }
@@ -232,7 +232,7 @@ impl RawHeap {
 
     /// Whether the heap is in the registry.
     pub(crate) fn is_registered(&self) -> bool {
-        !self.slot.get().is_null()
+        !self.entry.get().is_null()
     }
 
     /// Before `fork`, on the forking thread: holds the heap's lock so that
@@ -395,8 +395,8 @@ impl RawHeap {
             self.queue(index).first.set(ptr::null_mut());
             self.queue(index).last.set(ptr::null_mut());
         }
-        for slot in &self.direct {
-            slot.set(empty_page());
+        for entry in &self.direct {
+            entry.set(empty_page());
         }
         self.reset_queue.first.set(ptr::null_mut());
         self.reset_queue.last.set(ptr::null_mut());
@@ -407,13 +407,13 @@ impl RawHeap {
             .store(ptr::null_mut(), Ordering::Relaxed);
     }
 
-    /// Gives the registry slot up (the heap is torn down; the caller does
+    /// Gives the registry entry up (the heap is torn down; the caller does
     /// not hold the lock). From here on no reaper reaches the heap.
     fn leave_registry(&self) {
-        if let Some(slot) = self.slot() {
-            slot.lock();
-            self.slot.set(ptr::null());
-            slot.release();
+        if let Some(entry) = self.entry() {
+            entry.lock();
+            self.entry.set(ptr::null());
+            entry.release();
         }
     }
 

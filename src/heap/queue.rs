@@ -9,7 +9,7 @@ use crate::page::{DelayedMode, IN_FULL, Page, empty_page};
 use crate::segment::Segment;
 use crate::size_class::{
     BIN_COUNT, BIN_FULL, BLOCK_SIZES, PageKind, QUEUE_COUNT, SMALL_BLOCK_MAX, SMALL_SIZE_MAX, WORD,
-    direct_slots_of,
+    direct_entries_of,
 };
 use crate::stats;
 use crate::sync::{Ordering, OwnerCell};
@@ -150,14 +150,14 @@ impl RawHeap {
         }
     }
 
-    /// Points the direct-table slots of `index` at its queue's first page.
+    /// Points the direct-table entries of `index` at its queue's first page.
     fn update_direct(&self, index: usize) {
         if index >= BIN_COUNT || BLOCK_SIZES[index.min(BIN_COUNT - 1)] > SMALL_SIZE_MAX {
             return;
         }
         let first = self.queue(index).first.get();
         let page = if first.is_null() { empty_page() } else { first };
-        let (low, high) = direct_slots_of(index);
+        let (low, high) = direct_entries_of(index);
         for slot in self.direct.get(low..=high).unwrap_or(&[]) {
             slot.set(page);
         }

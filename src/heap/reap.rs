@@ -24,7 +24,7 @@ impl RawHeap {
     /// The reaper: gives back, for heaps of other threads, the memory of
     /// empty page slots whose reset is overdue by a whole reset delay (their
     /// owner has not passed through a slow path since), or of every waiting
-    /// slot with `force`. At most one pass per reset delay across the
+    /// entry with `force`. At most one pass per reset delay across the
     /// process unless `force`; heaps whose lock is busy are skipped. A
     /// pass also looks through the abandoned segments (`reclaim`, adopting
     /// nothing).
@@ -56,22 +56,22 @@ impl RawHeap {
             // SAFETY: owner thread (caller).
             let _ = unsafe { self.reclaim(None) };
         }
-        for slot in registry.slots() {
-            if ptr::eq(slot, self.slot.get()) {
+        for entry in registry.entries() {
+            if ptr::eq(entry, self.entry.get()) {
                 continue;
             }
-            let due = slot.reset_due();
+            let due = entry.reset_due();
             let resets_due = due != NOTHING_DUE && (force || due.saturating_add(delay) <= now);
             // An owner idle for a while: the memory inside the blocks other
             // threads freed into its pages goes back too.
-            let idle = force || slot.active().saturating_add(IDLE_FACTOR * delay.max(1)) <= now;
+            let idle = force || entry.active().saturating_add(IDLE_FACTOR * delay.max(1)) <= now;
             if !(resets_due || idle) {
                 continue;
             }
-            if !slot.try_lock() {
+            if !entry.try_lock() {
                 continue;
             }
-            let heap = slot.heap();
+            let heap = entry.heap();
             // SAFETY: we hold the heap's lock, so its reset queue, segments
             // and page slots are ours until we unlock; the fast paths of its
             // owner never touch unused slots. Remote chains are taken and
@@ -84,7 +84,7 @@ impl RawHeap {
                     (*heap).reset_remote_frees();
                 }
             }
-            slot.unlock();
+            entry.unlock();
         }
     }
 
@@ -97,7 +97,7 @@ impl RawHeap {
     pub(crate) unsafe fn live_bytes(&self) -> usize {
         let mut live = 0;
         let mut segment = self.segments.first.get();
-        // SAFETY: segments on the heap's list and their slots stay as they
+        // SAFETY: segments on the heap's list and their entries stay as they
         // are while we hold the lock; `used` may move under us (the owner's
         // fast paths), and is read atomically.
         unsafe {
@@ -126,7 +126,7 @@ impl RawHeap {
     /// threads freed into its pages (each page's `thread_free` list, and
     /// the heap's delayed list) are taken for a moment and filed by page.
     /// A full page whose every block in use is among them is freed on the
-    /// owner's behalf (its slot then waits for the reset delay like any
+    /// owner's behalf (its entry then waits for the reset delay like any
     /// empty page); for the other pages the OS pages inside the blocks of
     /// 8 KiB and more go back, and the blocks are handed back where they
     /// came from, the owner's counts untouched. So a producer that sleeps
@@ -145,7 +145,7 @@ impl RawHeap {
     /// The caller holds the heap's lock (another thread, the reaper).
     pub(crate) unsafe fn reset_remote_frees(&self) {
         // SAFETY: we hold the lock: the segment list, the full queue and the
-        // slots' `in_use`, `block_size` and `flags` stay as they are; the
+        // entries' `in_use`, `block_size` and `flags` stay as they are; the
         // chains we take are ours until we hand them back; a block's page
         // stays live while the block is on a list (its owner still counts
         // it as used).

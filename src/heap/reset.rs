@@ -81,8 +81,8 @@ impl RawHeap {
     /// none): a hint, read without the lock (a reaper may change the queue
     /// of a registered heap, and keeps the slot's copy of the hint true).
     pub(super) fn reset_due_hint(&self) -> usize {
-        match self.slot() {
-            Some(slot) => slot.reset_due(),
+        match self.entry() {
+            Some(entry) => entry.reset_due(),
             None => {
                 let first = self.reset_queue.first.get();
                 if first.is_null() {
@@ -98,8 +98,8 @@ impl RawHeap {
 
     /// Tells reapers when the oldest slot on the reset queue is due.
     fn publish_reset_due(&self) {
-        let slot = self.slot.get();
-        if slot.is_null() {
+        let entry = self.entry.get();
+        if entry.is_null() {
             return;
         }
         let first = self.reset_queue.first.get();
@@ -109,8 +109,8 @@ impl RawHeap {
             // SAFETY: slots on our reset queue are live (we hold the lock).
             usize::try_from(unsafe { (*first).reset_at.get() }).unwrap_or(NOTHING_DUE)
         };
-        // SAFETY: a registered heap's slot outlives it (see `lock`).
-        unsafe { (*slot).set_reset_due(due) };
+        // SAFETY: a registered heap's registry entry outlives it (see `lock`).
+        unsafe { (*entry).set_reset_due(due) };
     }
 
     /// Takes a slot off the reset queue (it is being reused, or its segment
