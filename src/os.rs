@@ -1,9 +1,11 @@
 //! The operating-system seam: every page of memory the allocator uses comes
 //! from here, and goes back through here.
 //!
-//! Two backends implement the same four functions:
+//! Two backends implement the same five functions (`map`, `unmap`,
+//! `reset`, `advise_huge_pages`, `now_ms`):
 //!
-//! * `unix` (normal builds): `mmap`, `munmap` and `madvise` through `libc`;
+//! * `unix` (normal builds): `mmap`, `munmap` and `madvise` through `libc`,
+//!   and the monotonic clock;
 //! * `test_backend` (under `cfg(loom)` and `cfg(miri)`): aligned blocks from
 //!   `std::alloc::System`, because neither loom nor Miri can run real `mmap`
 //!   trimming or `madvise`.

@@ -1,8 +1,8 @@
 //! The heap registry: where other threads find a heap whose owner has gone
 //! idle, so they can give its waiting memory back to the OS for it.
 //!
-//! A fixed array of entries, one per live heap (thread heaps and, later,
-//! first-class heaps). A entry's `state` word is at once its ownership and a
+//! A fixed array of entries, one per live heap (thread heaps and
+//! first-class heaps). An entry's `state` word is at once its ownership and a
 //! small lock:
 //!
 //! ```text
@@ -15,11 +15,14 @@
 //!
 //! * The owner holds the lock for the whole of every heap slow path that
 //!   touches page slots, segments or the reset queue (allocation slow path,
-//!   a free that empties a page, collect, thread exit). The fast paths never
-//!   take it: they touch only pages in use, which nobody else touches.
+//!   a free that empties a page, collect, thread exit), waiting (spin, then
+//!   yield) for a reaper that holds it. The fast paths never take it: they
+//!   touch only pages in use, which nobody else touches.
+//! * The forking thread holds every entry's lock across `fork`
+//!   ([`HeapRegistry::lock_all_for_fork`]; `docs/design.md` §5).
 //! * Another thread (the *reaper*) takes it with `try_lock`, never waiting,
 //!   to give back the memory of page slots whose reset delay expired long
-//!   ago (`Heap::reap`), and to read the heap's live bytes for `stats()`.
+//!   ago (`RawHeap::reap_idle_heaps`), and to read the heap's live bytes for `stats()`.
 //! * A heap's memory is never unmapped while its entry exists: the entry keeps
 //!   it for the next heap, so a pointer read under the lock always points at
 //!   a heap, and the hint `reset_due_ms`, read before locking, lives in the
