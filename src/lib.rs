@@ -46,22 +46,28 @@
 //!
 //! ## How it is built
 //!
-//! From the call downward (each a module, see `docs/design.md`):
+//! From the call downward (each a module, see `docs/design.md` §1):
 //!
-//! * `global` — [`ShardAlloc`] and [`usable_size`]: routing only;
+//! * `global` — [`ShardAlloc`] and [`collect`]: routing only;
+//! * `free` — [`free`] and [`usable_size`]: the whole free path;
+//! * `first_class` — [`Heap`], first-class heaps;
+//! * `report` — [`stats`] and [`print_stats`];
 //! * `thread` — the thread's default heap behind a thread-local pointer,
-//!   thread start and exit;
-//! * `heap` — page queues per size class, the direct table, the delayed-free
+//!   thread start and exit, the fork handlers;
+//! * `heap` — `RawHeap`, the heap behind both, in child modules: page
+//!   queues and the direct table, the generic allocation path, segment
+//!   lists, the reset queue, the reaper, abandon and reclaim, the delayed
 //!   list;
+//! * `process` — process-wide state: the abandoned-segment list, the
+//!   segment cache, the heap registry;
 //! * `page` — blocks of one size with three free lists (`free`,
 //!   `local_free`, atomic `thread_free`);
 //! * `segment` — 4 MiB-aligned regions split into pages; pointer → page in O(1);
-//! * `abandon` — segments of exited threads and their reclaim;
-//! * `registry` — a slot and a lock per live heap, through which other
+//! * `registry` — an entry and a lock per live heap, through which other
 //!   threads give back an idle heap's memory and `stats()` counts it;
-//! * `first_class` — [`Heap`], first-class heaps;
-//! * `size_class`, `os`, `sync` (the loom switch), `fatal`.
-//!
+//! * leaves: `os`, `stats` (counters), `options`, `size_class`, `once`,
+//!   `sync` (the loom switch), `fatal`.
+
 //! ## Rules for code inside the allocator
 //!
 //! No allocation, no locks but each heap's own (held on its slow paths,
