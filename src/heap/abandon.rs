@@ -42,113 +42,164 @@ impl RawHeap {
     /// Owner thread; nothing allocates from the heap afterwards.
     pub(crate) unsafe fn abandon(&self) {
         let guard = self.lock();
-        // SAFETY: owner thread (caller) throughout.
+        // 0. Huge blocks still out go to whoever frees them.
+        // SAFETY: owner thread (caller), holding the lock.
+        unsafe { self.orphan_huge_blocks() };
+        // 1. From here on no remote free uses this heap (waits out any
+        //    remote thread in `Freeing`).
+        // SAFETY: our pages (owner thread).
+        unsafe { self.for_each_page(|page| (*page).set_delayed_mode(DelayedMode::Never, false)) };
+        // 2. Blocks parked before that: free them all.
+        // SAFETY: owner thread.
+        unsafe { self.process_delayed(true) };
+        // 3. Give back every page that is now empty (including retired ones).
+        // SAFETY: owner thread; `for_each_page` allows `f` to free the page.
         unsafe {
-            // 0. Huge blocks still out: hand each segment to whichever thread
-            //    frees the block (it will unmap it), so dead threads leave no
-            //    huge segment behind.
-            //    The queue is detached first: pages whose free is already
-            //    under way go back onto it, and must not be seen again here.
-            let huge = self.queue(BIN_HUGE);
-            let mut page = huge.first.get();
-            huge.first.set(ptr::null_mut());
-            huge.last.set(ptr::null_mut());
-            while !page.is_null() {
-                let next = (*page).next.get();
-                (*page).next.set(ptr::null_mut());
-                (*page).prev.set(ptr::null_mut());
-                let segment = Segment::of(page.cast());
-                self.segments.remove(segment, SegmentLinks::All);
-                (*segment).heap.set(ptr::null_mut());
-                // Relaxed: as in step 4 below.
-                (*segment).thread_id.store(0, Ordering::Relaxed);
-                if !(*page).try_orphan() {
-                    // Its free is under way: keep it; steps 1–3 release it.
-                    (*segment)
-                        .thread_id
-                        .store(self.thread_id(), Ordering::Relaxed);
-                    (*segment).heap.set(self.as_ptr());
-                    self.segments.push(segment, SegmentLinks::All);
-                    self.queue_push_back(BIN_HUGE, page);
-                }
-                page = next;
-            }
-            // 1. From here on no remote free uses this heap (waits out any
-            //    remote thread in `Freeing`).
-            self.for_each_page(|page| (*page).set_delayed_mode(DelayedMode::Never, false));
-            // 2. Blocks parked before that: free them all.
-            self.process_delayed(true);
-            // 3. Give back every page that is now empty (including retired ones).
             self.for_each_page(|page| {
                 (*page).collect_thread_free();
                 if (*page).used.get() == 0 {
                     self.page_free(page);
                 }
             });
-            // Nobody will pass through this heap's slow path again. Empty
-            // segments go to the segment cache as they are (their memory
-            // goes back after the reset delay unless another thread reuses
-            // them first); the empty slots of the others go back now.
-            // The others are about to be abandoned: their empty slots keep
-            // their memory too, for the thread that adopts the segment (it
-            // queues them for the reset delay) — or a reclaim pass gives it
-            // back if the segment stays abandoned. Only huge spares remain
-            // on the queue; they go now.
-            let mut segment = self.segments.first.get();
-            while !segment.is_null() {
-                let next = (*segment).all.next.get();
-                if (*segment).kind != PageKind::Huge {
-                    if (*segment).used_pages.get() == 0 {
-                        self.segment_free(segment);
-                    } else {
-                        for index in 0..(*segment).page_count {
-                            self.unschedule_reset(Segment::page(segment, index));
-                        }
-                    }
-                }
-                segment = next;
-            }
-            self.reset_expired(true);
-            // 4. Abandon the segments that still hold live blocks.
-            let shared = self.shared.get();
-            let mut segment = self.segments.first.get();
-            while !segment.is_null() {
-                let next = (*segment).all.next.get();
-                for index in 0..(*segment).page_count {
-                    let page = Segment::page(segment, index);
-                    if (*page).in_use.get() {
-                        // Relaxed: every remote free now sees `Never` and
-                        // ignores this field; the reclaimer acquires it
-                        // through the abandoned list.
-                        (*page).heap.store(ptr::null_mut(), Ordering::Relaxed);
-                        (*page).next.set(ptr::null_mut());
-                        (*page).prev.set(ptr::null_mut());
-                        (*page).flags.set(0);
-                        (*page).retire_expire.set(0);
-                    }
-                }
-                (*segment).heap.set(ptr::null_mut());
-                (*segment).in_free_slot_list.set(false);
-                (*segment).all.next.set(ptr::null_mut());
-                (*segment).all.prev.set(ptr::null_mut());
-                (*segment).with_free_slot.next.set(ptr::null_mut());
-                (*segment).with_free_slot.prev.set(ptr::null_mut());
-                // Relaxed: frees only compare it with their own (nonzero) id;
-                // the hand-off to a reclaiming thread is ordered by the
-                // list's Release push.
-                (*segment).thread_id.store(0, Ordering::Relaxed);
-                note_abandoned_live(segment);
-                (*shared).abandoned.push(segment);
-                segment = next;
-            }
-            self.forget_everything();
         }
+        // SAFETY: owner thread, holding the lock.
+        unsafe { self.release_empty_segments() };
+        // 4. Abandon the segments that still hold live blocks.
+        let mut segment = self.segments.first.get();
+        while !segment.is_null() {
+            // SAFETY: a live segment of ours; `next` is read before the
+            // segment is handed to the abandoned list.
+            let next = unsafe { (*segment).all.next.get() };
+            // SAFETY: ours, on our list, and given up here.
+            unsafe { self.abandon_segment(segment) };
+            segment = next;
+        }
+        self.forget_everything();
         // 5. Leave the registry: from here on no reaper reaches the heap.
         core::mem::forget(guard);
         self.lock_depth.set(0);
         if let Some(entry) = self.entry() {
             self.entry.set(ptr::null());
             entry.release();
+        }
+    }
+
+    /// Step 0 of `abandon`: huge blocks still out. Each segment is handed
+    /// to whichever thread frees the block (it will unmap it), so dead
+    /// threads leave no huge segment behind. The queue is detached first:
+    /// pages whose free is already under way go back onto it (steps 1–3 of
+    /// `abandon` release them), and must not be seen again here.
+    ///
+    /// # Safety
+    /// Owner thread, holding the lock, tearing the heap down.
+    unsafe fn orphan_huge_blocks(&self) {
+        let huge = self.queue(BIN_HUGE);
+        let mut page_ptr = huge.first.get();
+        huge.first.set(ptr::null_mut());
+        huge.last.set(ptr::null_mut());
+        while !page_ptr.is_null() {
+            // SAFETY: pages on our huge queue are live and ours (caller).
+            let page = unsafe { &*page_ptr };
+            let next = page.next.get();
+            page.next.set(ptr::null_mut());
+            page.prev.set(ptr::null_mut());
+            let segment_ptr = Segment::of(page_ptr.cast());
+            // SAFETY: the page's segment is on our list (caller).
+            unsafe { self.segments.remove(segment_ptr, SegmentLinks::All) };
+            // SAFETY: a live segment of ours; its header fields are cells
+            // and atomics.
+            let segment = unsafe { &*segment_ptr };
+            segment.heap.set(ptr::null_mut());
+            // Relaxed: as in `abandon_segment`.
+            segment.thread_id.store(0, Ordering::Relaxed);
+            // SAFETY: owner, the page is off every list of ours.
+            if !unsafe { page.try_orphan() } {
+                // Its free is under way: keep it.
+                segment.thread_id.store(self.thread_id(), Ordering::Relaxed);
+                segment.heap.set(self.as_ptr());
+                // SAFETY: ours, on no list.
+                unsafe {
+                    self.segments.push(segment_ptr, SegmentLinks::All);
+                    self.queue_push_back(BIN_HUGE, page_ptr);
+                }
+            }
+            page_ptr = next;
+        }
+    }
+
+    /// Between steps 3 and 4 of `abandon`: nobody will pass through this
+    /// heap's slow path again. Empty segments go to the segment cache as
+    /// they are (their memory goes back after the reset delay unless
+    /// another thread reuses them first). The others are about to be
+    /// abandoned: their empty slots keep their memory too, for the thread
+    /// that adopts the segment (it queues them for the reset delay), or a
+    /// reclaim pass gives it back if the segment stays abandoned. Only huge
+    /// spares remain on the reset queue; they go now.
+    ///
+    /// # Safety
+    /// Owner thread, holding the lock, tearing the heap down.
+    unsafe fn release_empty_segments(&self) {
+        let mut segment_ptr = self.segments.first.get();
+        while !segment_ptr.is_null() {
+            // SAFETY: segments on our list are live and ours (caller).
+            let segment = unsafe { &*segment_ptr };
+            let next = segment.all.next.get();
+            if segment.kind != PageKind::Huge {
+                if segment.used_pages.get() == 0 {
+                    // SAFETY: ours and empty; `next` was read first.
+                    unsafe { self.segment_free(segment_ptr) };
+                } else {
+                    for index in 0..segment.page_count {
+                        // SAFETY: a slot of our segment.
+                        unsafe { self.unschedule_reset(Segment::page(segment_ptr, index)) };
+                    }
+                }
+            }
+            segment_ptr = next;
+        }
+        // SAFETY: owner thread, holding the lock.
+        unsafe { self.reset_expired(true) };
+    }
+
+    /// Step 4 of `abandon`, for one segment with live blocks: detaches its
+    /// pages and the segment from the heap and pushes it onto the
+    /// process's abandoned list.
+    ///
+    /// # Safety
+    /// Owner thread; `segment_ptr` is ours, and given up.
+    unsafe fn abandon_segment(&self, segment_ptr: *mut Segment) {
+        // SAFETY: a live segment of ours (caller); header fields are cells
+        // and atomics.
+        let segment = unsafe { &*segment_ptr };
+        for index in 0..segment.page_count {
+            // SAFETY: a page descriptor of our segment.
+            let page = unsafe { &*Segment::page(segment_ptr, index) };
+            if page.in_use.get() {
+                // Relaxed: every remote free now sees `Never` and ignores
+                // this field; the reclaimer acquires it through the
+                // abandoned list.
+                page.heap.store(ptr::null_mut(), Ordering::Relaxed);
+                page.next.set(ptr::null_mut());
+                page.prev.set(ptr::null_mut());
+                page.flags.set(0);
+                page.retire_expire.set(0);
+            }
+        }
+        segment.heap.set(ptr::null_mut());
+        segment.in_free_slot_list.set(false);
+        segment.all.next.set(ptr::null_mut());
+        segment.all.prev.set(ptr::null_mut());
+        segment.with_free_slot.next.set(ptr::null_mut());
+        segment.with_free_slot.prev.set(ptr::null_mut());
+        // Relaxed: frees only compare it with their own (nonzero) id; the
+        // hand-off to a reclaiming thread is ordered by the list's Release
+        // push.
+        segment.thread_id.store(0, Ordering::Relaxed);
+        // SAFETY: ours, off every list of the heap; `shared` outlives every
+        // heap.
+        unsafe {
+            note_abandoned_live(segment_ptr);
+            (*self.shared.get()).abandoned.push(segment_ptr);
         }
     }
 
