@@ -9,6 +9,9 @@
 //!
 //! Run: `cargo test --release --test first_use`.
 
+#[path = "common/watchdog.rs"]
+mod watchdog;
+
 use std::alloc::{GlobalAlloc, Layout};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -28,6 +31,11 @@ fn first_heaps_made_together_survive_forks_and_destroy() {
     if std::env::var_os(CHILD_VAR).is_some() {
         return; // inside a fresh copy: only `scenario` runs there
     }
+    // Besides each run's own limit: nothing here may outlive all of them.
+    let _watchdog = watchdog::Watchdog::start("first_use", LIMIT * (RUNS as u32 + 1), || {
+        "the first-use races were still running; replay: cargo test --release --test first_use"
+            .to_owned()
+    });
     let exe = std::env::current_exe().unwrap();
     for run in 0..RUNS {
         let mut child = Command::new(&exe)
