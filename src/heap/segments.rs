@@ -209,16 +209,23 @@ impl RawHeap {
             (*segment).in_free_slot_list.set(false);
             self.segments.push(segment, SegmentLinks::All);
             self.list_free_slot(segment);
+            let mut dirty = 0;
             for index in 0..(*segment).page_count {
                 let page = Segment::page(segment, index);
                 if !(*page).memory_is_zero.get() {
                     self.enqueue_reset(page, delay);
+                    dirty += 1;
                 }
             }
+            if dirty == 0 {
+                // Nothing to wait for: the segment goes now.
+                self.segment_free_if_empty(segment);
+            }
             // Only now, with every dirty slot counted as pending, may a reset
-            // empty the segment and free it.
+            // empty the segment and free it: the reset of its last pending
+            // slot frees it (`reset_pending_page`), so the segment must not
+            // be touched after this.
             self.enforce_pending_limit();
-            self.segment_free_if_empty(segment);
         }
     }
 
