@@ -201,6 +201,13 @@ pub(crate) fn init_current() -> *mut RawHeap {
     }
     let thread_id = assign_thread_id();
     init_process(thread_id);
+    // The start-up work may have allocated on this thread (libc's
+    // `pthread_atfork` calls `malloc`, which is ours when preloaded), and
+    // so made this thread's heap already.
+    let current = current_heap();
+    if current != empty_heap() {
+        return current;
+    }
     let heap = new_heap(thread_id);
     if heap.is_null() {
         return heap;
