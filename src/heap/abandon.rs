@@ -244,38 +244,48 @@ impl RawHeap {
         let mut adopted = false;
         let (mut keep_first, mut keep_last, mut kept, mut taken) =
             (ptr::null_mut::<Segment>(), ptr::null_mut::<Segment>(), 0, 0);
-        // SAFETY: `take_all` gave us exclusive ownership of every segment on
-        // the chain; remote frees into them only push onto page lists.
-        unsafe {
-            while !segment.is_null() {
-                taken += 1;
-                let next = Segment::abandoned_next(segment);
-                Segment::set_abandoned_next(segment, ptr::null_mut());
-                stats::ABANDONED_LIVE.sub((*segment).abandoned_live.replace(0));
-                collect_abandoned(segment);
-                if (*segment).used_pages.get() == 0 {
-                    cache_or_release(self.shared.get(), segment);
-                } else if !adopted && Some((*segment).kind) == kind {
-                    self.adopt(segment);
-                    adopted = true;
-                } else {
-                    // Nobody owns its emptied slots: their memory goes now.
+        while !segment.is_null() {
+            taken += 1;
+            // SAFETY: `take_all` gave us exclusive ownership of every
+            // segment on the chain (so in the rest of this loop); remote
+            // frees into them only push onto page lists.
+            let next = unsafe { Segment::abandoned_next(segment) };
+            // SAFETY: as above.
+            unsafe { Segment::set_abandoned_next(segment, ptr::null_mut()) };
+            // SAFETY: as above; the header fields are cells.
+            let header = unsafe { &*segment };
+            stats::ABANDONED_LIVE.sub(header.abandoned_live.replace(0));
+            // SAFETY: as above.
+            unsafe { collect_abandoned(segment) };
+            if header.used_pages.get() == 0 {
+                // SAFETY: ours, empty, on no list; `shared` outlives heaps.
+                unsafe { cache_or_release(self.shared.get(), segment) };
+            } else if !adopted && Some(header.kind) == kind {
+                // SAFETY: owner thread (caller); ours, collected.
+                unsafe { self.adopt(segment) };
+                adopted = true;
+            } else {
+                // Nobody owns its emptied slots: their memory goes now.
+                // SAFETY: ours until pushed back below.
+                unsafe {
                     reset_unused_slots(segment);
                     note_abandoned_live(segment);
-                    if keep_first.is_null() {
-                        keep_first = segment;
-                    } else {
-                        Segment::set_abandoned_next(keep_last, segment);
-                    }
-                    keep_last = segment;
-                    kept += 1;
                 }
-                segment = next;
+                if keep_first.is_null() {
+                    keep_first = segment;
+                } else {
+                    // SAFETY: `keep_last` is ours too, kept on the chain.
+                    unsafe { Segment::set_abandoned_next(keep_last, segment) };
+                }
+                keep_last = segment;
+                kept += 1;
             }
-            abandoned.note_removed(taken);
-            if !keep_first.is_null() {
-                abandoned.push_chain(keep_first, keep_last, kept);
-            }
+            segment = next;
+        }
+        abandoned.note_removed(taken);
+        if !keep_first.is_null() {
+            // SAFETY: the chain of segments we kept, linked above, given up.
+            unsafe { abandoned.push_chain(keep_first, keep_last, kept) };
         }
         adopted
     }
@@ -284,36 +294,44 @@ impl RawHeap {
     ///
     /// # Safety
     /// Owner thread; we took `segment` off the abandoned list.
-    unsafe fn adopt(&self, segment: *mut Segment) {
-        // SAFETY: exclusive ownership (caller).
+    unsafe fn adopt(&self, segment_ptr: *mut Segment) {
+        // SAFETY: exclusively ours (caller); the header fields are cells and
+        // atomics.
+        let segment = unsafe { &*segment_ptr };
+        // Relaxed: from now on frees on this thread are local; other threads
+        // only compare it with their own ids.
+        segment.thread_id.store(self.thread_id(), Ordering::Relaxed);
+        segment.heap.set(self.as_ptr());
+        // SAFETY: ours, on no list of ours yet.
         unsafe {
-            // Relaxed: from now on frees on this thread are local; other
-            // threads only compare it with their own ids.
-            (*segment)
-                .thread_id
-                .store(self.thread_id(), Ordering::Relaxed);
-            (*segment).heap.set(self.as_ptr());
-            self.segments.push(segment, SegmentLinks::All);
-            self.list_free_slot(segment);
-            for index in 0..(*segment).page_count {
-                let page = Segment::page(segment, index);
-                if !(*page).in_use.get() {
-                    // Emptied by the collect before adoption: its memory
-                    // waits for the reset delay, on our queue now.
-                    if !(*page).memory_is_zero.get() {
-                        self.schedule_reset(page);
-                    }
-                    continue;
+            self.segments.push(segment_ptr, SegmentLinks::All);
+            self.list_free_slot(segment_ptr);
+        }
+        for index in 0..segment.page_count {
+            // SAFETY: a page descriptor of our segment.
+            let page_ptr = unsafe { Segment::page(segment_ptr, index) };
+            // SAFETY: as above; its fields are cells and atomics.
+            let page = unsafe { &*page_ptr };
+            if !page.in_use.get() {
+                // Emptied by the collect before adoption: its memory waits
+                // for the reset delay, on our queue now.
+                if !page.memory_is_zero.get() {
+                    // SAFETY: an unused slot of ours, on no queue.
+                    unsafe { self.schedule_reset(page_ptr) };
                 }
-                // Release pairs with the Acquire load of `heap` in the
-                // delayed route of `free_remote`.
-                (*page).heap.store(self.as_ptr(), Ordering::Release);
-                // Leave `Never` only after the heap is published; no remote
-                // thread can be `Freeing` on a `Never` page.
-                (*page).set_delayed_mode(DelayedMode::NoDelayed, true);
-                (*page).collect();
-                self.queue_push_back(usize::from((*page).bin.get()), page);
-                self.note_page_bytes(segment, page, true);
+                continue;
+            }
+            // Release pairs with the Acquire load of `heap` in the delayed
+            // route of `free_remote`.
+            page.heap.store(self.as_ptr(), Ordering::Release);
+            // Leave `Never` only after the heap is published; no remote
+            // thread can be `Freeing` on a `Never` page.
+            // SAFETY: ours now (owner), on no queue until pushed below.
+            unsafe {
+                page.set_delayed_mode(DelayedMode::NoDelayed, true);
+                page.collect();
+                self.queue_push_back(usize::from(page.bin.get()), page_ptr);
+                self.note_page_bytes(segment_ptr, page_ptr, true);
             }
         }
     }

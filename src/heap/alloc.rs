@@ -42,23 +42,23 @@ impl RawHeap {
     /// Called on the owner thread, on a real (non-empty) heap.
     #[inline(never)]
     pub(crate) unsafe fn malloc_generic(&self, size: usize, zero: bool) -> *mut u8 {
-        // SAFETY: owner thread (caller) throughout.
-        unsafe {
-            self.heartbeat();
-            let bin = bin_of(size);
-            let page = self.find_page(bin);
-            if page.is_null() {
-                return ptr::null_mut();
-            }
-            let block = (*page).pop();
-            if block.is_null() {
-                crate::fatal::fatal("found page has no free block");
-            }
-            if zero {
-                zero_block(page, block, size);
-            }
-            block.cast()
+        // SAFETY: owner thread (caller).
+        unsafe { self.heartbeat() };
+        // SAFETY: owner thread (caller).
+        let page = unsafe { self.find_page(bin_of(size)) };
+        if page.is_null() {
+            return ptr::null_mut();
         }
+        // SAFETY: a page of ours with a free block (`find_page`).
+        let block = unsafe { (*page).pop() };
+        if block.is_null() {
+            crate::fatal::fatal("found page has no free block");
+        }
+        if zero {
+            // SAFETY: just popped from `page`, at least `size` bytes.
+            unsafe { zero_block(page, block, size) };
+        }
+        block.cast()
     }
 
     /// Allocates a huge block (its own segment) of `size` bytes aligned to
@@ -69,28 +69,31 @@ impl RawHeap {
     #[inline(never)]
     pub(crate) unsafe fn malloc_huge(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
         let _guard = self.lock();
-        // SAFETY: owner thread (caller) throughout.
+        // SAFETY: owner thread (caller).
+        unsafe { self.heartbeat() };
+        let fits = Segment::huge_footprint(size, align).is_some_and(|b| self.within_limit(b));
+        if !fits {
+            return ptr::null_mut();
+        }
+        // SAFETY: owner thread holding the lock (caller, above).
+        let spare = unsafe { self.reuse_huge_spare(size, align, zero) };
+        if !spare.is_null() {
+            return spare;
+        }
+        let Some((segment, block)) =
+            Segment::create_huge(size, align, self.thread_id(), self.as_ptr(), BIN_HUGE)
+        else {
+            return ptr::null_mut();
+        };
+        // SAFETY: a fresh huge segment of ours, on no list; page 0 is its
+        // page.
         unsafe {
-            self.heartbeat();
-            let fits = Segment::huge_footprint(size, align).is_some_and(|b| self.within_limit(b));
-            if !fits {
-                return ptr::null_mut();
-            }
-            let spare = self.reuse_huge_spare(size, align, zero);
-            if !spare.is_null() {
-                return spare;
-            }
-            let Some((segment, block)) =
-                Segment::create_huge(size, align, self.thread_id(), self.as_ptr(), BIN_HUGE)
-            else {
-                return ptr::null_mut();
-            };
             let page = Segment::page(segment.as_ptr(), 0);
             self.segments.push(segment.as_ptr(), SegmentLinks::All);
             self.queue_push_back(BIN_HUGE, page);
             self.note_page_bytes(segment.as_ptr(), page, true);
-            block
         }
+        block
     }
 
     /// Housekeeping on every slow path: blocks remote threads parked on the
@@ -147,19 +150,22 @@ impl RawHeap {
     /// # Safety
     /// Owner thread.
     unsafe fn find_page(&self, bin: usize) -> *mut Page {
-        // SAFETY: owner thread (caller) throughout.
-        unsafe {
-            let page = self.search_queue(bin);
+        // SAFETY: owner thread (caller).
+        let page = unsafe { self.search_queue(bin) };
+        if !page.is_null() {
+            return page;
+        }
+        let kind = page_kind_of(BLOCK_SIZES[bin]);
+        // SAFETY: owner thread (caller).
+        if !self.first_class.get() && unsafe { self.reclaim(Some(kind)) } {
+            // SAFETY: as above.
+            let page = unsafe { self.search_queue(bin) };
             if !page.is_null() {
                 return page;
             }
-            let kind = page_kind_of(BLOCK_SIZES[bin]);
-            if !self.first_class.get() && self.reclaim(Some(kind)) {
-                let page = self.search_queue(bin);
-                if !page.is_null() {
-                    return page;
-                }
-            }
+        }
+        // SAFETY: owner thread (caller).
+        unsafe {
             self.collect_retired(false);
             self.page_fresh(bin)
         }
@@ -172,39 +178,48 @@ impl RawHeap {
     /// Owner thread.
     unsafe fn search_queue(&self, bin: usize) -> *mut Page {
         let queue = self.queue(bin);
-        let mut page = queue.first.get();
-        // SAFETY: pages on our queues are ours (owner thread, caller).
-        unsafe {
-            while !page.is_null() {
-                let next = (*page).next.get();
-                (*page).collect();
-                if !(*page).has_free() {
-                    (*page).extend();
+        let mut page_ptr = queue.first.get();
+        while !page_ptr.is_null() {
+            // SAFETY: pages on our queues are live and ours (owner thread,
+            // caller); their list and count fields are cells.
+            let page = unsafe { &*page_ptr };
+            let next = page.next.get();
+            // SAFETY: as above; the page's lists are the owner's to collect
+            // and extend.
+            unsafe {
+                page.collect();
+                if !page.has_free() {
+                    page.extend();
                 }
-                if !(*page).has_free() {
+                if !page.has_free() {
                     // About to look full: ask to be told about remote frees,
                     // then collect once more for frees that raced the switch.
-                    (*page).set_delayed_mode(DelayedMode::UseDelayed, false);
-                    (*page).collect();
-                    if (*page).has_free() {
-                        let _ = (*page).try_set_delayed_mode(DelayedMode::NoDelayed, false);
+                    page.set_delayed_mode(DelayedMode::UseDelayed, false);
+                    page.collect();
+                    if page.has_free() {
+                        let _ = page.try_set_delayed_mode(DelayedMode::NoDelayed, false);
                     }
                 }
-                if (*page).has_free() {
-                    if page != queue.first.get() {
-                        self.queue_remove(bin, page);
-                        self.queue_push_front(bin, page);
-                    }
-                    return page;
-                }
-                // The full queue is shared with reapers (which free wholly
-                // freed full pages of idle heaps): change it under the lock.
-                let _guard = self.lock();
-                self.queue_remove(bin, page);
-                (*page).flags.set((*page).flags.get() | IN_FULL);
-                self.queue_push_back(BIN_FULL, page);
-                page = next;
             }
+            if page.has_free() {
+                if page_ptr != queue.first.get() {
+                    // SAFETY: ours, on queue `bin`.
+                    unsafe {
+                        self.queue_remove(bin, page_ptr);
+                        self.queue_push_front(bin, page_ptr);
+                    }
+                }
+                return page_ptr;
+            }
+            // The full queue is shared with reapers (which free wholly
+            // freed full pages of idle heaps): change it under the lock.
+            let _guard = self.lock();
+            // SAFETY: ours, on queue `bin`, moved to the full queue.
+            unsafe { self.queue_remove(bin, page_ptr) };
+            page.flags.set(page.flags.get() | IN_FULL);
+            // SAFETY: ours, on no queue now.
+            unsafe { self.queue_push_back(BIN_FULL, page_ptr) };
+            page_ptr = next;
         }
         ptr::null_mut()
     }
@@ -218,27 +233,31 @@ impl RawHeap {
         let _guard = self.lock();
         let block_size = BLOCK_SIZES[bin];
         let kind = page_kind_of(block_size);
-        // SAFETY: owner thread (caller); the claimed slot is ours and unused.
-        unsafe {
+        if !self.within_limit(Segment::page_size(kind)) {
+            // Empty pages kept for reuse may make room.
+            // SAFETY: owner thread (caller).
+            unsafe { self.collect_retired(true) };
             if !self.within_limit(Segment::page_size(kind)) {
-                // Empty pages kept for reuse may make room.
-                self.collect_retired(true);
-                if !self.within_limit(Segment::page_size(kind)) {
-                    return ptr::null_mut();
-                }
+                return ptr::null_mut();
             }
-            let page = self.claim_page(kind);
-            if page.is_null() {
-                return page;
-            }
-            let segment = Segment::of(page.cast());
+        }
+        // SAFETY: owner thread (caller), holding the lock.
+        let page = unsafe { self.claim_page(kind) };
+        if page.is_null() {
+            return page;
+        }
+        let segment = Segment::of(page.cast());
+        // SAFETY: the claimed slot is ours and unused, in a live segment of
+        // ours; `init` makes it a page of `bin` on no queue, which the
+        // queue push then takes.
+        unsafe {
             let (area, area_size) = Segment::page_area(segment, Segment::page_index(segment, page));
             Segment::note_page_committed(segment, page);
             (*page).init(self.as_ptr(), bin, block_size, area, area_size);
             self.note_page_bytes(segment, page, true);
             self.queue_push_front(bin, page);
-            page
         }
+        page
     }
 
     /// An unused page slot of `kind`, from a segment with room or a new one.
@@ -248,41 +267,51 @@ impl RawHeap {
     unsafe fn claim_page(&self, kind: PageKind) -> *mut Page {
         let slots = self.slot_list(kind);
         let mut segment = slots.map_or(ptr::null_mut(), |list| list.first.get());
-        // SAFETY: owner thread (caller); segments on our lists are ours.
-        unsafe {
-            // Fill a segment already in use before starting an empty one:
-            // empty segments can go back to the OS (or to a first-class
-            // heap of this thread) only while they stay empty.
-            let mut candidate = segment;
-            while !candidate.is_null() {
-                if (*candidate).used_pages.get() > 0 {
-                    segment = candidate;
-                    break;
-                }
-                candidate = (*candidate).with_free_slot.next.get();
+        // Fill a segment already in use before starting an empty one: empty
+        // segments can go back to the OS (or to a first-class heap of this
+        // thread) only while they stay empty.
+        let mut candidate = segment;
+        while !candidate.is_null() {
+            // SAFETY: segments on our lists are live and ours (owner thread,
+            // caller); their header fields are cells.
+            let header = unsafe { &*candidate };
+            if header.used_pages.get() > 0 {
+                segment = candidate;
+                break;
             }
-            if segment.is_null() {
-                let Some(fresh) = self.new_segment(kind) else {
-                    return ptr::null_mut();
-                };
-                segment = fresh.as_ptr();
-                self.segments.push(segment, SegmentLinks::All);
-                if let Some(list) = slots {
-                    list.push(segment, SegmentLinks::FreeSlot);
-                    (*segment).in_free_slot_list.set(true);
-                }
-            }
-            let page = Segment::claim_slot(segment);
-            // Reusing a slot whose memory waits for its reset: cancel it.
-            self.unschedule_reset(page);
-            if !Segment::has_free_slot(segment) && (*segment).in_free_slot_list.get() {
-                if let Some(list) = slots {
-                    list.remove(segment, SegmentLinks::FreeSlot);
-                }
-                (*segment).in_free_slot_list.set(false);
-            }
-            page
+            candidate = header.with_free_slot.next.get();
         }
+        if segment.is_null() {
+            // SAFETY: owner thread (caller).
+            let Some(fresh) = (unsafe { self.new_segment(kind) }) else {
+                return ptr::null_mut();
+            };
+            segment = fresh.as_ptr();
+            // SAFETY: a segment of ours on no list.
+            unsafe { self.segments.push(segment, SegmentLinks::All) };
+            if let Some(list) = slots {
+                // SAFETY: as above, on no slot list.
+                unsafe { list.push(segment, SegmentLinks::FreeSlot) };
+                // SAFETY: as above; a cell.
+                unsafe { (*segment).in_free_slot_list.set(true) };
+            }
+        }
+        // SAFETY: a live segment of ours with a free slot (it is on a slot
+        // list, or fresh).
+        let page = unsafe { Segment::claim_slot(segment) };
+        // Reusing a slot whose memory waits for its reset: cancel it.
+        // SAFETY: a slot of our segment.
+        unsafe { self.unschedule_reset(page) };
+        // SAFETY: a live segment of ours; its header fields are cells.
+        let (header, full) = unsafe { (&*segment, !Segment::has_free_slot(segment)) };
+        if full && header.in_free_slot_list.get() {
+            if let Some(list) = slots {
+                // SAFETY: on this slot list (`in_free_slot_list`).
+                unsafe { list.remove(segment, SegmentLinks::FreeSlot) };
+            }
+            header.in_free_slot_list.set(false);
+        }
+        page
     }
 }
 

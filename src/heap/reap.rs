@@ -144,107 +144,132 @@ impl RawHeap {
     /// # Safety
     /// The caller holds the heap's lock (another thread, the reaper).
     pub(crate) unsafe fn reset_remote_frees(&self) {
-        // SAFETY: we hold the lock: the segment list, the full queue and the
-        // entries' `in_use`, `block_size` and `flags` stay as they are; the
-        // chains we take are ours until we hand them back; a block's page
-        // stays live while the block is on a list (its owner still counts
-        // it as used).
+        // SAFETY: we hold the lock (caller).
+        unsafe { self.file_delayed_by_page() };
+        // 2. Each page's `thread_free` list, then the decision per page.
+        let mut segment_ptr = self.segments.first.get();
+        while !segment_ptr.is_null() {
+            // SAFETY: segments on our list stay live while we hold the lock;
+            // their header fields are cells.
+            let segment = unsafe { &*segment_ptr };
+            let next_segment = segment.all.next.get();
+            if segment.kind != PageKind::Huge {
+                for index in 0..segment.page_count {
+                    // SAFETY: a page descriptor of a live segment.
+                    let page = unsafe { Segment::page(segment_ptr, index) };
+                    // SAFETY: as above; `in_use` is a cell only lock holders
+                    // change.
+                    if unsafe { (*page).in_use.get() } {
+                        // SAFETY: a page in use of ours, under the lock, its
+                        // delayed blocks filed by `file_delayed_by_page`.
+                        unsafe { self.reap_page_remote_frees(page) };
+                    }
+                }
+            }
+            segment_ptr = next_segment;
+        }
+        // 3. Pages freed above wait for their reset like any empty page
+        //    (now that no segment is being walked, one may go).
+        // SAFETY: we hold the lock.
         unsafe {
-            // 1. The delayed list (blocks of full pages), filed by page;
-            //    huge blocks (their body went back when freed) are kept
-            //    aside and handed back as they are.
-            // AcqRel as in `process_delayed`: the pushes' links are visible.
-            let mut block = self
-                .thread_delayed_free
-                .swap(ptr::null_mut(), Ordering::AcqRel);
-            let (mut huge_head, mut huge_tail) =
-                (ptr::null_mut::<Block>(), ptr::null_mut::<Block>());
-            while !block.is_null() {
-                let next = Block::next(block);
-                let segment = Segment::of(block.cast());
-                if (*segment).kind == PageKind::Huge {
-                    Block::set_next(block, huge_head);
-                    if huge_head.is_null() {
-                        huge_tail = block;
-                    }
-                    huge_head = block;
-                } else {
-                    let page = Segment::page_of(segment, block.cast());
-                    Block::set_next(block, (*page).reaped_delayed.get());
-                    (*page).reaped_delayed.set(block);
-                    (*page)
-                        .reaped_delayed_count
-                        .set((*page).reaped_delayed_count.get() + 1);
-                }
-                block = next;
-            }
-            if !huge_head.is_null() {
-                RawHeap::push_delayed_chain(self.as_ptr(), huge_head, huge_tail);
-            }
-            // 2. Each page's `thread_free` list, then the decision per page.
-            let mut segment = self.segments.first.get();
-            while !segment.is_null() {
-                let next_segment = (*segment).all.next.get();
-                if (*segment).kind != PageKind::Huge {
-                    for index in 0..(*segment).page_count {
-                        let page = Segment::page(segment, index);
-                        if (*page).in_use.get() {
-                            self.reap_page_remote_frees(page);
-                        }
-                    }
-                }
-                segment = next_segment;
-            }
-            // 3. Pages freed above wait for their reset like any empty page
-            //    (now that no segment is being walked, one may go).
             self.enforce_pending_limit();
             self.reset_expired(false);
+        }
+    }
+
+    /// Step 1 of `reset_remote_frees`: takes the delayed list (blocks of
+    /// full pages) and files its blocks by page, in each page's scratch
+    /// (`reaped_delayed`); huge blocks (their body went back when freed)
+    /// are kept aside and handed back as they are.
+    ///
+    /// # Safety
+    /// The caller holds the heap's lock.
+    unsafe fn file_delayed_by_page(&self) {
+        // AcqRel as in `process_delayed`: the pushes' links are visible.
+        let mut block = self
+            .thread_delayed_free
+            .swap(ptr::null_mut(), Ordering::AcqRel);
+        let (mut huge_head, mut huge_tail) = (ptr::null_mut::<Block>(), ptr::null_mut::<Block>());
+        while !block.is_null() {
+            // SAFETY: the taken chain is ours; each block's page and segment
+            // stay live while the block is on a list (its owner still counts
+            // it as used).
+            let next = unsafe { Block::next(block) };
+            let segment = Segment::of(block.cast());
+            // SAFETY: as above; `kind` never changes.
+            if unsafe { (*segment).kind } == PageKind::Huge {
+                // SAFETY: our block.
+                unsafe { Block::set_next(block, huge_head) };
+                if huge_head.is_null() {
+                    huge_tail = block;
+                }
+                huge_head = block;
+            } else {
+                // SAFETY: as above; the scratch cells are the lock holder's.
+                let page = unsafe { &*Segment::page_of(segment, block.cast()) };
+                // SAFETY: our block.
+                unsafe { Block::set_next(block, page.reaped_delayed.get()) };
+                page.reaped_delayed.set(block);
+                page.reaped_delayed_count
+                    .set(page.reaped_delayed_count.get() + 1);
+            }
+            block = next;
+        }
+        if !huge_head.is_null() {
+            // SAFETY: a chain of our blocks, handed back to this live heap.
+            unsafe { RawHeap::push_delayed_chain(self.as_ptr(), huge_head, huge_tail) };
         }
     }
 
     /// Step 2 of `reset_remote_frees` for one page in use.
     ///
     /// # Safety
-    /// As for `reset_remote_frees`; `page` is a page in use of ours, whose
-    /// delayed blocks (if any) are filed in its scratch.
-    unsafe fn reap_page_remote_frees(&self, page: *mut Page) {
-        // SAFETY: as in `reset_remote_frees`.
-        unsafe {
-            let (remote, remote_count) = (*page).take_remote_chain();
-            let delayed = (*page).reaped_delayed.replace(ptr::null_mut());
-            let delayed_count = (*page).reaped_delayed_count.replace(0);
-            let held = remote_count + delayed_count;
-            if held == 0 {
-                return;
+    /// As for `reset_remote_frees`; `page_ptr` is a page in use of ours,
+    /// whose delayed blocks (if any) are filed in its scratch.
+    unsafe fn reap_page_remote_frees(&self, page_ptr: *mut Page) {
+        // SAFETY: a live page of ours (caller); its fields are cells and
+        // atomics, and the scratch cells are the lock holder's.
+        let page = unsafe { &*page_ptr };
+        let (remote, remote_count) = page.take_remote_chain();
+        let delayed = page.reaped_delayed.replace(ptr::null_mut());
+        let delayed_count = page.reaped_delayed_count.replace(0);
+        let held = remote_count + delayed_count;
+        if held == 0 {
+            return;
+        }
+        if page.is_in_full() && page.used.get_acquire() == held {
+            // Wholly freed: the blocks die with the page. (Its reset is
+            // deferred: the caller is walking this page's segment.)
+            // SAFETY: we hold the lock, and no block of the page is live.
+            unsafe { self.page_free_locked(page_ptr, true) };
+            return;
+        }
+        let size = page.block_size.get();
+        for (head, count, to_delayed) in [
+            (remote, remote_count, false),
+            (delayed, delayed_count, true),
+        ] {
+            if head.is_null() {
+                continue;
             }
-            if (*page).is_in_full() && (*page).used.get_acquire() == held {
-                // Wholly freed: the blocks die with the page. (Its reset is
-                // deferred: the caller is walking this page's segment.)
-                self.page_free_locked(page, true);
-                return;
+            let mut tail = head;
+            let mut block = head;
+            while !block.is_null() {
+                if size >= INTERIOR_RESET_MIN {
+                    // SAFETY: a free block we hold, of `size` bytes.
+                    unsafe { reset_block_interior(block, size) };
+                }
+                tail = block;
+                // SAFETY: a block of the chain we hold.
+                block = unsafe { Block::next(block) };
             }
-            let size = (*page).block_size.get();
-            for (head, count, to_delayed) in [
-                (remote, remote_count, false),
-                (delayed, delayed_count, true),
-            ] {
-                if head.is_null() {
-                    continue;
-                }
-                let mut tail = head;
-                let mut block = head;
-                while !block.is_null() {
-                    if size >= INTERIOR_RESET_MIN {
-                        reset_block_interior(block, size);
-                    }
-                    tail = block;
-                    block = Block::next(block);
-                }
-                if to_delayed {
-                    RawHeap::push_delayed_chain(self.as_ptr(), head, tail);
-                } else {
-                    (*page).return_remote_chain(head, tail, count);
-                }
+            if to_delayed {
+                // SAFETY: the chain we took, handed back to this live heap.
+                unsafe { RawHeap::push_delayed_chain(self.as_ptr(), head, tail) };
+            } else {
+                // SAFETY: the chain `take_remote_chain` gave us, `count`
+                // blocks long, handed back to its page.
+                unsafe { page.return_remote_chain(head, tail, count) };
             }
         }
     }
