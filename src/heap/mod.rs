@@ -361,27 +361,33 @@ impl RawHeap {
     ///
     /// # Safety
     /// Owner thread holding the lock; no block of the segment is used again.
-    unsafe fn empty_segment(&self, segment: *mut Segment) {
-        // SAFETY: owner thread (caller); nothing reaches the pages.
-        unsafe {
-            self.detach_segment(segment);
-            for index in 0..(*segment).page_count {
-                let page = Segment::page(segment, index);
-                self.unschedule_reset(page);
-                if (*page).in_use.get() {
-                    // Relaxed: no other thread reaches the page (the rule of
-                    // `destroy`).
-                    (*page).heap.store(ptr::null_mut(), Ordering::Relaxed);
-                    (*page).next.set(ptr::null_mut());
-                    (*page).prev.set(ptr::null_mut());
-                    (*page).retire_expire.set(0);
-                    // Its lists (`thread_free` included) are rebuilt by
-                    // `Page::init` when the slot is used again.
-                    Segment::release_slot(segment, page);
-                }
+    unsafe fn empty_segment(&self, segment_ptr: *mut Segment) {
+        // SAFETY: owner thread holding the lock (caller), a segment of ours.
+        unsafe { self.detach_segment(segment_ptr) };
+        // SAFETY: still live and ours; its header fields are cells.
+        let segment = unsafe { &*segment_ptr };
+        for index in 0..segment.page_count {
+            // SAFETY: a page descriptor of our segment; nothing else reaches
+            // the pages (the rule of `destroy`).
+            let page_ptr = unsafe { Segment::page(segment_ptr, index) };
+            // SAFETY: as above.
+            unsafe { self.unschedule_reset(page_ptr) };
+            // SAFETY: as above; its fields are cells and atomics.
+            let page = unsafe { &*page_ptr };
+            if page.in_use.get() {
+                // Relaxed: no other thread reaches the page (the rule of
+                // `destroy`).
+                page.heap.store(ptr::null_mut(), Ordering::Relaxed);
+                page.next.set(ptr::null_mut());
+                page.prev.set(ptr::null_mut());
+                page.retire_expire.set(0);
+                // Its lists (`thread_free` included) are rebuilt by
+                // `Page::init` when the slot is used again.
+                // SAFETY: a slot of our segment, whose blocks are dead.
+                unsafe { Segment::release_slot(segment_ptr, page_ptr) };
             }
-            (*segment).heap.set(ptr::null_mut());
         }
+        segment.heap.set(ptr::null_mut());
     }
 
     /// Empties every list of the heap (its pages and segments are gone, or
@@ -427,16 +433,17 @@ impl RawHeap {
         // SAFETY: owner thread (caller).
         unsafe { self.process_delayed(false) };
         let (mut pages, mut blocks, mut bytes) = (0, 0, 0);
-        // SAFETY: owner thread: our segments and their pages in use.
-        unsafe {
-            self.for_each_page_in_use(|page| {
-                (*page).collect_thread_free();
-                let used = (*page).used.get() as usize;
-                pages += 1;
-                blocks += used;
-                bytes += used * (*page).block_size.get();
-            });
-        }
+        let count = |page: &Page| {
+            // SAFETY: a page in use of ours; its remote frees are the
+            // owner's to take.
+            unsafe { page.collect_thread_free() };
+            let used = page.used.get() as usize;
+            pages += 1;
+            blocks += used;
+            bytes += used * page.block_size.get();
+        };
+        // SAFETY: owner thread (caller).
+        unsafe { self.for_each_page_in_use(count) };
         (pages, blocks, bytes)
     }
 
@@ -456,27 +463,35 @@ impl RawHeap {
     /// Owner thread.
     pub(crate) unsafe fn contains(&self, addr: usize) -> bool {
         let _guard = self.lock();
-        let mut segment = self.segments.first.get();
-        // SAFETY: owner thread: segments on our list are live. The address
-        // is only compared with theirs until it is known to lie in one, and
-        // then used with that segment's provenance.
-        unsafe {
-            while !segment.is_null() {
-                let start = segment.addr();
-                if (start..start + (*segment).size).contains(&addr) {
-                    // A huge segment's one page spans all of it (its page
-                    // shift only covers where its block can start).
-                    let page = if (*segment).kind == PageKind::Huge {
-                        Segment::page(segment, 0)
+        let mut segment_ptr = self.segments.first.get();
+        while !segment_ptr.is_null() {
+            // SAFETY: owner thread holding the lock: segments on our list
+            // are live; their header fields are cells.
+            let segment = unsafe { &*segment_ptr };
+            let start = segment_ptr.addr();
+            if (start..start + segment.size).contains(&addr) {
+                // A huge segment's one page spans all of it (its page shift
+                // only covers where its block can start). The address is
+                // used with the segment's provenance, and only once it is
+                // known to lie in it.
+                // SAFETY: as above; the page descriptor is in the header.
+                let page_ptr = unsafe {
+                    if segment.kind == PageKind::Huge {
+                        Segment::page(segment_ptr, 0)
                     } else {
-                        Segment::page_of(segment, segment.cast::<u8>().with_addr(addr))
-                    };
-                    return Segment::page_index(segment, page) < (*segment).page_count
-                        && (*page).in_use.get()
-                        && addr >= (*page).page_start.get().addr();
+                        Segment::page_of(segment_ptr, segment_ptr.cast::<u8>().with_addr(addr))
+                    }
+                };
+                // SAFETY: as above.
+                let index = unsafe { Segment::page_index(segment_ptr, page_ptr) };
+                if index >= segment.page_count {
+                    return false;
                 }
-                segment = (*segment).all.next.get();
+                // SAFETY: a page descriptor of our segment.
+                let page = unsafe { &*page_ptr };
+                return page.in_use.get() && addr >= page.page_start.get().addr();
             }
+            segment_ptr = segment.all.next.get();
         }
         false
     }
@@ -489,56 +504,61 @@ impl RawHeap {
         let _guard = self.lock();
         // SAFETY: owner thread (caller).
         unsafe { self.process_delayed(false) };
-        // SAFETY: owner thread: our pages in use; their free lists hold only
-        // blocks of the page, each once.
-        unsafe {
-            self.for_each_page_in_use(|page| {
-                (*page).collect_thread_free();
-                let size = (*page).block_size.get();
-                let start = (*page).page_start.get();
-                let capacity = (*page).capacity.get() as usize;
-                let mut free = [0u64; VISIT_BITMAP_WORDS];
-                if capacity > VISIT_BITMAP_WORDS * 64 {
-                    crate::fatal::fatal("visit_blocks: more blocks in a page than expected");
-                }
-                for mut block in [(*page).free.get(), (*page).local_free.get()] {
-                    while !block.is_null() {
-                        let index = (block.addr() - start.addr()) / size;
-                        if let Some(word) = free.get_mut(index / 64) {
-                            *word |= 1 << (index % 64);
-                        }
-                        block = Block::next(block);
+        let visit = |page: &Page| {
+            // SAFETY: a page in use of ours; its remote frees are the
+            // owner's to take.
+            unsafe { page.collect_thread_free() };
+            let size = page.block_size.get();
+            let start = page.page_start.get();
+            let capacity = page.capacity.get() as usize;
+            let mut free = [0u64; VISIT_BITMAP_WORDS];
+            if capacity > VISIT_BITMAP_WORDS * 64 {
+                crate::fatal::fatal("visit_blocks: more blocks in a page than expected");
+            }
+            for mut block in [page.free.get(), page.local_free.get()] {
+                while !block.is_null() {
+                    let index = (block.addr() - start.addr()) / size;
+                    if let Some(word) = free.get_mut(index / 64) {
+                        *word |= 1 << (index % 64);
                     }
+                    // SAFETY: the page's free lists are the owner's and
+                    // hold only blocks of the page, each once.
+                    block = unsafe { Block::next(block) };
                 }
-                for index in 0..capacity {
-                    let is_free = free
-                        .get(index / 64)
-                        .is_some_and(|word| word & (1 << (index % 64)) != 0);
-                    if !is_free {
-                        f(start.add(index * size), size);
-                    }
+            }
+            for index in 0..capacity {
+                let is_free = free
+                    .get(index / 64)
+                    .is_some_and(|word| word & (1 << (index % 64)) != 0);
+                if !is_free {
+                    // SAFETY: block `index` lies inside the page's area
+                    // (`index < capacity`).
+                    f(unsafe { start.add(index * size) }, size);
                 }
-            });
-        }
+            }
+        };
+        // SAFETY: owner thread (caller).
+        unsafe { self.for_each_page_in_use(visit) };
     }
 
     /// Calls `f` on every page in use of every segment of the heap.
     ///
     /// # Safety
     /// Owner thread; `f` does not free pages or segments.
-    unsafe fn for_each_page_in_use(&self, mut f: impl FnMut(*mut Page)) {
-        let mut segment = self.segments.first.get();
-        // SAFETY: owner thread (caller): segments on our list are live.
-        unsafe {
-            while !segment.is_null() {
-                for index in 0..(*segment).page_count {
-                    let page = Segment::page(segment, index);
-                    if (*page).in_use.get() {
-                        f(page);
-                    }
+    unsafe fn for_each_page_in_use(&self, mut f: impl FnMut(&Page)) {
+        let mut segment_ptr = self.segments.first.get();
+        while !segment_ptr.is_null() {
+            // SAFETY: owner thread (caller): segments on our list are live,
+            // and `f` frees none; their header fields are cells.
+            let segment = unsafe { &*segment_ptr };
+            for index in 0..segment.page_count {
+                // SAFETY: a page descriptor of our live segment.
+                let page = unsafe { &*Segment::page(segment_ptr, index) };
+                if page.in_use.get() {
+                    f(page);
                 }
-                segment = (*segment).all.next.get();
             }
+            segment_ptr = segment.all.next.get();
         }
     }
 

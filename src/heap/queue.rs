@@ -247,26 +247,27 @@ impl RawHeap {
     ///
     /// # Safety
     /// Owner thread; `page` is ours and has `used == 0`.
-    unsafe fn page_retire(&self, page: *mut Page) {
-        // SAFETY: owner thread (caller).
-        unsafe {
-            if (*page).is_in_full() {
-                self.page_unfull(page);
-            }
-            let bin = usize::from((*page).bin.get());
-            if bin < BIN_COUNT && (*page).prev.get().is_null() && (*page).next.get().is_null() {
-                let small = (*page).block_size.get() <= SMALL_BLOCK_MAX;
-                (*page).retire_expire.set(if small {
-                    RETIRE_CYCLES_SMALL
-                } else {
-                    RETIRE_CYCLES_LARGE
-                });
-                self.retired_min.set(self.retired_min.get().min(bin));
-                self.retired_max.set(self.retired_max.get().max(bin));
-                return;
-            }
-            self.page_free(page);
+    unsafe fn page_retire(&self, page_ptr: *mut Page) {
+        // SAFETY: a live page of ours (caller); its fields are cells.
+        let page = unsafe { &*page_ptr };
+        if page.is_in_full() {
+            // SAFETY: ours, in the full queue.
+            unsafe { self.page_unfull(page_ptr) };
         }
+        let bin = usize::from(page.bin.get());
+        if bin < BIN_COUNT && page.prev.get().is_null() && page.next.get().is_null() {
+            let small = page.block_size.get() <= SMALL_BLOCK_MAX;
+            page.retire_expire.set(if small {
+                RETIRE_CYCLES_SMALL
+            } else {
+                RETIRE_CYCLES_LARGE
+            });
+            self.retired_min.set(self.retired_min.get().min(bin));
+            self.retired_max.set(self.retired_max.get().max(bin));
+            return;
+        }
+        // SAFETY: ours, on a queue, with no live block (`used == 0`).
+        unsafe { self.page_free(page_ptr) };
     }
 
     /// Counts down retired pages and frees those that expired (all of them
@@ -279,27 +280,29 @@ impl RawHeap {
         self.retired_min.set(BIN_COUNT);
         self.retired_max.set(0);
         for bin in low..=high.min(BIN_COUNT - 1) {
-            let mut page = self.queue(bin).first.get();
-            // SAFETY: pages on our queues are ours (owner thread, caller).
-            unsafe {
-                while !page.is_null() {
-                    let next = (*page).next.get();
-                    let expire = (*page).retire_expire.get();
-                    if expire != 0 {
-                        if (*page).used.get() != 0 {
-                            // In use again: no longer retired.
-                            (*page).retire_expire.set(0);
-                        } else if force || expire == 1 {
-                            (*page).retire_expire.set(0);
-                            self.page_free(page);
-                        } else {
-                            (*page).retire_expire.set(expire - 1);
-                            self.retired_min.set(self.retired_min.get().min(bin));
-                            self.retired_max.set(self.retired_max.get().max(bin));
-                        }
+            let mut page_ptr = self.queue(bin).first.get();
+            while !page_ptr.is_null() {
+                // SAFETY: pages on our queues are live and ours (owner
+                // thread, caller); their fields are cells.
+                let page = unsafe { &*page_ptr };
+                let next = page.next.get();
+                let expire = page.retire_expire.get();
+                if expire != 0 {
+                    if page.used.get() != 0 {
+                        // In use again: no longer retired.
+                        page.retire_expire.set(0);
+                    } else if force || expire == 1 {
+                        page.retire_expire.set(0);
+                        // SAFETY: ours, on a queue, with no live block;
+                        // `next` was read first.
+                        unsafe { self.page_free(page_ptr) };
+                    } else {
+                        page.retire_expire.set(expire - 1);
+                        self.retired_min.set(self.retired_min.get().min(bin));
+                        self.retired_max.set(self.retired_max.get().max(bin));
                     }
-                    page = next;
                 }
+                page_ptr = next;
             }
         }
     }
@@ -323,34 +326,42 @@ impl RawHeap {
     /// # Safety
     /// The caller holds the heap's lock; `page` is ours, on one of our
     /// queues, with no live block; with `defer`, not huge.
-    pub(super) unsafe fn page_free_locked(&self, page: *mut Page, defer: bool) {
-        // SAFETY: lock held (caller); no block of the page is live, so no
-        // other thread can reach the page.
+    pub(super) unsafe fn page_free_locked(&self, page_ptr: *mut Page, defer: bool) {
+        // SAFETY: a live page of ours (caller); lock held, and no block of
+        // the page is live, so no other thread can reach the page.
+        let page = unsafe { &*page_ptr };
+        // SAFETY: as above; the page is on the queue its state names.
+        unsafe { self.queue_remove(Self::queue_index_of(page_ptr), page_ptr) };
+        // Relaxed: no other thread can read it (no live block).
+        page.heap.store(ptr::null_mut(), Ordering::Relaxed);
+        page.retire_expire.set(0);
+        let segment = Segment::of(page_ptr.cast());
+        // SAFETY: the page's segment is live and ours; `kind` never changes.
+        let huge = unsafe { (*segment).kind } == PageKind::Huge;
+        // SAFETY: a page of our segment, leaving use.
+        unsafe { self.note_page_bytes(segment, page_ptr, false) };
+        if huge {
+            stats::HUGE_LIVE.sub(page.block_size.get());
+        }
+        // SAFETY: the slot is ours and now unused.
+        unsafe { Segment::release_slot(segment, page_ptr) };
+        if huge {
+            // SAFETY: lock held; ours, huge, on our segment list.
+            if !unsafe { self.keep_huge_spare(segment, page_ptr) } {
+                // SAFETY: as above; its only page is unused.
+                unsafe { self.segment_free(segment) };
+            }
+            return;
+        }
+        // The slot (and, if it was the last, the segment) stays ours until
+        // its memory goes back: reused before then, it costs no system call.
+        // SAFETY: lock held; an unused slot of our segment, on no queue.
         unsafe {
-            self.queue_remove(Self::queue_index_of(page), page);
-            // Relaxed: no other thread can read it (no live block).
-            (*page).heap.store(ptr::null_mut(), Ordering::Relaxed);
-            (*page).retire_expire.set(0);
-            let segment = Segment::of(page.cast());
-            self.note_page_bytes(segment, page, false);
-            if (*segment).kind == PageKind::Huge {
-                stats::HUGE_LIVE.sub((*page).block_size.get());
-            }
-            Segment::release_slot(segment, page);
-            if (*segment).kind == PageKind::Huge {
-                if !self.keep_huge_spare(segment, page) {
-                    self.segment_free(segment);
-                }
-                return;
-            }
             self.list_free_slot(segment);
-            // The slot (and, if it was the last, the segment) stays ours
-            // until its memory goes back: reused before then, it costs no
-            // system call.
             if defer {
-                self.enqueue_reset(page, options::reset_delay_ms());
+                self.enqueue_reset(page_ptr, options::reset_delay_ms());
             } else {
-                self.schedule_reset(page);
+                self.schedule_reset(page_ptr);
             }
         }
     }

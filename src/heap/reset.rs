@@ -119,27 +119,28 @@ impl RawHeap {
     /// # Safety
     /// Owner thread; `page` is a slot of one of our segments.
     pub(super) unsafe fn unschedule_reset(&self, page: *mut Page) {
-        // SAFETY: owner thread (caller).
-        unsafe {
-            if !(*page).replace_reset_pending(false) {
-                return;
-            }
-            let _ = self.reset_queue.remove(page);
-            let segment = Segment::of(page.cast());
-            (*segment)
-                .pending_pages
-                .set((*segment).pending_pages.get() - 1);
-            if (*segment).kind == PageKind::Huge {
-                self.huge_spares.set(self.huge_spares.get() - 1);
-                self.huge_spare_bytes
-                    .set(self.huge_spare_bytes.get() - (*segment).size);
-            } else {
-                let bytes = Segment::page_memory(segment, page).1;
-                self.pending_reset
-                    .set(self.pending_reset.get().saturating_sub(bytes));
-            }
-            self.publish_reset_due();
+        // SAFETY: a slot of our live segment (caller), whose reset state
+        // is the owner's (or a lock holder's).
+        if !unsafe { (*page).replace_reset_pending(false) } {
+            return;
         }
+        // SAFETY: it was pending, so it is on our reset queue.
+        let _ = unsafe { self.reset_queue.remove(page) };
+        let segment_ptr = Segment::of(page.cast());
+        // SAFETY: our live segment; its header fields are cells.
+        let segment = unsafe { &*segment_ptr };
+        segment.pending_pages.set(segment.pending_pages.get() - 1);
+        if segment.kind == PageKind::Huge {
+            self.huge_spares.set(self.huge_spares.get() - 1);
+            self.huge_spare_bytes
+                .set(self.huge_spare_bytes.get() - segment.size);
+        } else {
+            // SAFETY: a slot of that segment.
+            let bytes = unsafe { Segment::page_memory(segment_ptr, page) }.1;
+            self.pending_reset
+                .set(self.pending_reset.get().saturating_sub(bytes));
+        }
+        self.publish_reset_due();
     }
 
     /// Gives a pending slot's memory back now.
@@ -173,30 +174,36 @@ impl RawHeap {
         // Spares are whole blocks that a program replacing a buffer asks for
         // again at once; they get twice the small pages' allowance.
         let limit = options::pending_reset_limit().saturating_mul(2);
-        // SAFETY: owner thread (caller); the segment is ours.
-        unsafe {
-            let size = (*segment).size;
-            if delay == 0 || size > limit || (*segment).map_align != SEGMENT_SIZE {
-                return false;
-            }
-            (*page).replace_reset_pending(true);
-            (*segment).pending_pages.set(1);
-            (*page).reset_at.set(os::now_ms().saturating_add(delay));
-            let _ = self.reset_queue.push_back(page);
-            self.huge_spares.set(self.huge_spares.get() + 1);
-            self.huge_spare_bytes
-                .set(self.huge_spare_bytes.get() + size);
-            // Over the limit: unmap the oldest spares.
-            let mut oldest = self.reset_queue.first.get();
-            while self.huge_spare_bytes.get() > limit && !oldest.is_null() {
+        // SAFETY: our live segment and its unused page (caller); their
+        // fields are cells the lock holder writes.
+        let (header, slot) = unsafe { (&*segment, &*page) };
+        let size = header.size;
+        if delay == 0 || size > limit || header.map_align != SEGMENT_SIZE {
+            return false;
+        }
+        // SAFETY: the owner's (lock holder's) reset state of our slot.
+        unsafe { slot.replace_reset_pending(true) };
+        header.pending_pages.set(1);
+        slot.reset_at.set(os::now_ms().saturating_add(delay));
+        // SAFETY: an unused slot on no queue.
+        let _ = unsafe { self.reset_queue.push_back(page) };
+        self.huge_spares.set(self.huge_spares.get() + 1);
+        self.huge_spare_bytes
+            .set(self.huge_spare_bytes.get() + size);
+        // Over the limit: unmap the oldest spares.
+        let mut oldest = self.reset_queue.first.get();
+        while self.huge_spare_bytes.get() > limit && !oldest.is_null() {
+            // SAFETY: slots on our reset queue are slots of live segments
+            // of ours; `next` is read before the slot may go.
+            unsafe {
                 let next = (*oldest).next.get();
                 if (*Segment::of(oldest.cast())).kind == PageKind::Huge {
                     self.reset_pending_page(oldest);
                 }
                 oldest = next;
             }
-            self.publish_reset_due();
         }
+        self.publish_reset_due();
         true
     }
 
@@ -213,26 +220,33 @@ impl RawHeap {
         let mut best: *mut Page = ptr::null_mut();
         let mut best_size = usize::MAX;
         let mut page = self.reset_queue.first.get();
-        // SAFETY: owner thread holding the lock (caller); pages on the reset
-        // queue are slots of our live segments.
+        while !page.is_null() {
+            let segment = Segment::of(page.cast());
+            // SAFETY: pages on the reset queue are slots of our live
+            // segments (owner thread holding the lock, caller).
+            let (kind, segment_size) = unsafe { ((*segment).kind, (*segment).size) };
+            if kind == PageKind::Huge
+                && segment_size < best_size
+                // SAFETY: as above.
+                && unsafe { Segment::huge_fits(segment, size, align) }
+                // SAFETY: as above.
+                && self.within_limit(unsafe { Segment::committed_len(segment, page) })
+            {
+                best = page;
+                best_size = segment_size;
+            }
+            // SAFETY: as above.
+            page = unsafe { (*page).next.get() };
+        }
+        if best.is_null() {
+            return ptr::null_mut();
+        }
+        let segment = Segment::of(best.cast());
+        // SAFETY: a spare of ours, taken off the reset queue and handed out
+        // as a huge block of at least `size` bytes at `align`; its page goes
+        // on the huge queue.
         unsafe {
-            while !page.is_null() {
-                let segment = Segment::of(page.cast());
-                if (*segment).kind == PageKind::Huge
-                    && (*segment).size < best_size
-                    && Segment::huge_fits(segment, size, align)
-                    && self.within_limit(Segment::committed_len(segment, page))
-                {
-                    best = page;
-                    best_size = (*segment).size;
-                }
-                page = (*page).next.get();
-            }
-            if best.is_null() {
-                return ptr::null_mut();
-            }
             self.unschedule_reset(best);
-            let segment = Segment::of(best.cast());
             let block = Segment::reuse_huge(segment, size, align, self.as_ptr(), BIN_HUGE);
             self.queue_push_back(BIN_HUGE, best);
             self.note_page_bytes(segment, best, true);
