@@ -290,25 +290,28 @@ pub(crate) fn new_first_class_heap() -> *mut RawHeap {
 /// `heap` came from [`new_first_class_heap`] on this thread and is not used
 /// again; with `destroy`, no block of it is used again either.
 pub(crate) unsafe fn drop_first_class_heap(heap: *mut RawHeap, destroy: bool) {
-    // SAFETY: a live first-class heap of this thread (caller).
+    // SAFETY: a live first-class heap of this thread (caller); the list
+    // links are cells of this thread's live heaps.
+    let raw = unsafe { &*heap };
+    let (prev, next) = (raw.prev_first_class.get(), raw.next_first_class.get());
+    if prev.is_null() {
+        FIRST_CLASS_HEAPS.with(|cell| cell.set(next));
+    } else {
+        // SAFETY: the thread's list holds only its live heaps.
+        unsafe { (*prev).next_first_class.set(next) };
+    }
+    if !next.is_null() {
+        // SAFETY: as above.
+        unsafe { (*next).prev_first_class.set(prev) };
+    }
+    let registered = raw.is_registered();
+    // SAFETY: owner thread; the heap is off the thread's list and used no
+    // more (caller); with `destroy`, neither are its blocks.
     unsafe {
-        let (prev, next) = (
-            (*heap).prev_first_class.get(),
-            (*heap).next_first_class.get(),
-        );
-        if prev.is_null() {
-            FIRST_CLASS_HEAPS.with(|cell| cell.set(next));
-        } else {
-            (*prev).next_first_class.set(next);
-        }
-        if !next.is_null() {
-            (*next).prev_first_class.set(prev);
-        }
-        let registered = (*heap).is_registered();
         if destroy {
-            (*heap).destroy();
+            raw.destroy();
         } else {
-            (*heap).abandon();
+            raw.abandon();
         }
         drop_heap(heap, registered);
     }

@@ -597,23 +597,33 @@ impl RawHeap {
     pub(crate) unsafe fn collect(&self, force: bool) {
         let guard = self.lock();
         // SAFETY: owner thread (caller), holding the lock.
-        unsafe {
-            self.process_delayed(force);
-            self.for_each_page(|page| {
+        unsafe { self.process_delayed(force) };
+        let collect_page = |page: *mut Page| {
+            // SAFETY: a page on our queues (owner thread, holding the lock);
+            // `for_each_page` lets us free it.
+            unsafe {
                 (*page).collect();
                 if (*page).used.get() == 0 && (force || (*page).retire_expire.get() == 0) {
                     self.page_free(page);
                 }
-            });
+            }
+        };
+        // SAFETY: owner thread (caller), holding the lock.
+        unsafe {
+            self.for_each_page(collect_page);
             self.collect_retired(force);
             self.reset_expired(force);
-            if force {
+        }
+        if force {
+            // SAFETY: owner thread, holding the lock.
+            unsafe {
                 self.reset_free_block_interiors();
                 // Frees the abandoned segments that became empty, and the
                 // cached ones.
                 let _ = self.reclaim(None);
-                (*self.shared.get()).segment_cache.drain();
             }
+            // SAFETY: `shared` outlives every heap.
+            unsafe { (*self.shared.get()).segment_cache.drain() };
         }
         drop(guard);
         if force {

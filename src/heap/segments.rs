@@ -203,30 +203,37 @@ impl RawHeap {
     /// is nonzero.
     pub(super) unsafe fn take_over_empty_segment(&self, segment: *mut Segment, delay: u64) {
         let _guard = self.lock();
-        // SAFETY: owner thread (caller); the segment is exclusively ours.
+        // SAFETY: exclusively ours (caller); the header fields are cells.
+        let header = unsafe { &*segment };
+        header.heap.set(self.as_ptr());
+        header.in_free_slot_list.set(false);
+        // SAFETY: ours, on no list (caller); owner thread holding the lock.
         unsafe {
-            (*segment).heap.set(self.as_ptr());
-            (*segment).in_free_slot_list.set(false);
             self.segments.push(segment, SegmentLinks::All);
             self.list_free_slot(segment);
-            let mut dirty = 0;
-            for index in 0..(*segment).page_count {
+        }
+        let mut dirty = 0;
+        for index in 0..header.page_count {
+            // SAFETY: a slot of our segment, unused, on no queue.
+            unsafe {
                 let page = Segment::page(segment, index);
                 if !(*page).memory_is_zero.get() {
                     self.enqueue_reset(page, delay);
                     dirty += 1;
                 }
             }
-            if dirty == 0 {
-                // Nothing to wait for: the segment goes now.
-                self.segment_free_if_empty(segment);
-            }
-            // Only now, with every dirty slot counted as pending, may a reset
-            // empty the segment and free it: the reset of its last pending
-            // slot frees it (`reset_pending_page`), so the segment must not
-            // be touched after this.
-            self.enforce_pending_limit();
         }
+        if dirty == 0 {
+            // Nothing to wait for: the segment goes now.
+            // SAFETY: ours, empty, nothing pending.
+            unsafe { self.segment_free_if_empty(segment) };
+        }
+        // Only now, with every dirty slot counted as pending, may a reset
+        // empty the segment and free it: the reset of its last pending slot
+        // frees it (`reset_pending_page`), so the segment must not be
+        // touched after this.
+        // SAFETY: owner thread holding the lock.
+        unsafe { self.enforce_pending_limit() };
     }
 
     /// Hands an empty segment of `kind` (no page in use) over to a
@@ -296,10 +303,11 @@ impl RawHeap {
 /// # Safety
 /// The caller owns the segment: empty, on no list, no slot pending.
 pub(super) unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segment) {
-    // SAFETY: exclusive ownership (caller); `shared` outlives every heap.
-    unsafe {
-        let limit = options::segment_cache();
-        if (*segment).kind != PageKind::Huge && limit > 0 {
+    let limit = options::segment_cache();
+    // SAFETY: exclusively ours (caller); `kind` never changes.
+    if unsafe { (*segment).kind } != PageKind::Huge && limit > 0 {
+        // SAFETY: exclusively ours, empty, nothing pending (caller).
+        unsafe {
             if !Segment::all_pages_zero(segment) {
                 let delay = options::reset_delay_ms();
                 if delay == 0 {
@@ -310,10 +318,13 @@ pub(super) unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segme
                     Segment::cache_dirty(segment, os::now_ms().saturating_add(delay));
                 }
             }
-            if (*shared).segment_cache.put(segment, limit) {
-                return;
-            }
         }
-        Segment::release(segment);
+        // SAFETY: `shared` outlives every heap; the segment is ours, given
+        // up on success.
+        if unsafe { (*shared).segment_cache.put(segment, limit) } {
+            return;
+        }
     }
+    // SAFETY: ours, empty, on no list (caller).
+    unsafe { Segment::release(segment) };
 }
