@@ -65,7 +65,7 @@ MUTANTS = {
     # Reclaim without collecting the abandoned pages' remote frees first.
     "reclaim-skips-collect": (
         "src/heap/abandon.rs",
-        "                collect_abandoned(segment);\n",
+        "            unsafe { collect_abandoned(segment) };\n",
         "",
         "abandon", "abandon_and_reclaim_race_remote_frees",
     ),
@@ -79,8 +79,8 @@ MUTANTS = {
     # Publishing the exit key with a blind store instead of a CAS.
     "once-blind-store": (
         "src/once.rs",
-        "match self\n            .slot\n            .compare_exchange(0, encoded, Ordering::Release, Ordering::Acquire)",
-        "match { self.slot.store(encoded, Ordering::Release); Ok::<usize, usize>(0) }",
+        "match self\n            .cell\n            .compare_exchange(0, encoded, Ordering::Release, Ordering::Acquire)",
+        "match { self.cell.store(encoded, Ordering::Release); Ok::<usize, usize>(0) }",
         "once", "publish_once_races",
     ),
     # The reaper resets a heap's waiting slots without taking its lock.
@@ -131,16 +131,16 @@ MUTANTS = {
     # (a reaper may be freeing another full page there).
     "full-queue-unlocked": (
         "src/heap/alloc.rs",
-        "                let _guard = self.lock();\n                self.queue_remove(bin, page);\n",
-        "                self.queue_remove(bin, page);\n",
+        "            let _guard = self.lock();\n            // SAFETY: ours, on queue `bin`, moved to the full queue.\n",
+        "            // SAFETY: ours, on queue `bin`, moved to the full queue.\n",
         "reaper", "reaper_frees_a_wholly_freed_full_page_while_owner_allocates",
     ),
     # The reaper frees a full page without checking that it holds every
     # block in use.
     "reaper-frees-busy-page": (
         "src/heap/reap.rs",
-        "if (*page).is_in_full() && (*page).used.get_acquire() == held {",
-        "if (*page).is_in_full() {",
+        "if page.is_in_full() && page.used.get_acquire() == held {",
+        "if page.is_in_full() {",
         "reaper", "reaper_leaves_a_full_page_with_live_blocks",
     ),
 }
