@@ -109,7 +109,7 @@ MUTANTS = {
     "destroy-skips-segment": (
         "src/heap/mod.rs",
         "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segment_free(segment);",
-        "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segments.remove(segment, SegmentLinks::All);",
+        "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segments.remove(segment, segments::SegmentLinks::All);",
         "destroy", "destroy_races_remote_free_of_sibling_heap",
     ),
     # The reaper hands a page's remote-free chain back without Release.
