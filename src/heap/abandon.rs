@@ -26,6 +26,8 @@
 use super::RawHeap;
 use super::segments::SegmentLinks;
 use super::segments::cache_or_release;
+use crate::options;
+use crate::os;
 use crate::page::DelayedMode;
 use crate::segment::Segment;
 use crate::size_class::{BIN_HUGE, PageKind};
@@ -226,13 +228,17 @@ impl RawHeap {
     }
 
     /// Looks through the abandoned segments: returns the empty ones to the
-    /// OS and adopts one of `kind` (never a huge one: a huge page must stay
-    /// in `UseDelayed`, so it is left abandoned until its block is freed).
-    /// Returns whether one was adopted.
+    /// OS (through the segment cache), adopts one of `kind` (never a huge
+    /// one: a huge page must stay in `UseDelayed`, so it is left abandoned
+    /// until its block is freed), and gives back the memory of the unused
+    /// slots of the others once they have been unused for a reset delay
+    /// (all of it with `force`): a thread that starts soon after another
+    /// exited adopts warm slots instead of faulting fresh ones. Returns
+    /// whether one was adopted.
     ///
     /// # Safety
     /// Owner thread.
-    pub(super) unsafe fn reclaim(&self, kind: Option<PageKind>) -> bool {
+    pub(super) unsafe fn reclaim(&self, kind: Option<PageKind>, force: bool) -> bool {
         let _guard = self.lock();
         let kind = kind.filter(|&kind| kind != PageKind::Huge);
         // SAFETY: `shared` outlives every heap.
@@ -242,6 +248,8 @@ impl RawHeap {
             return false;
         }
         let mut adopted = false;
+        let now = if force { u64::MAX } else { os::now_ms() };
+        let delay = options::reset_delay_ms();
         let (mut keep_first, mut keep_last, mut kept, mut taken) =
             (ptr::null_mut::<Segment>(), ptr::null_mut::<Segment>(), 0, 0);
         while !segment.is_null() {
@@ -265,10 +273,11 @@ impl RawHeap {
                 unsafe { self.adopt(segment) };
                 adopted = true;
             } else {
-                // Nobody owns its emptied slots: their memory goes now.
+                // Nobody owns its emptied slots: their memory goes once
+                // they have waited a reset delay.
                 // SAFETY: ours until pushed back below.
                 unsafe {
-                    reset_unused_slots(segment);
+                    reset_unused_slots(segment, now, delay);
                     note_abandoned_live(segment);
                 }
                 if keep_first.is_null() {
@@ -369,25 +378,38 @@ pub(super) unsafe fn collect_abandoned(segment: *mut Segment) {
                 if (*page).used.get() == 0 {
                     // Its memory stays for now: the caller adopts the
                     // segment (the slot then waits on the adopter's reset
-                    // queue), caches it, or resets the slot.
+                    // queue), caches it, or resets the slot once it has
+                    // waited a reset delay (`reset_unused_slots` stamps it).
                     Segment::release_slot(segment, page);
+                    (*page).reset_at.set(0);
                 }
             }
         }
     }
 }
 
-/// Gives back the memory of every unused slot of a segment that stays
-/// abandoned.
+/// Gives back the memory of the unused slots of a segment that stays
+/// abandoned whose time is up at `now_ms`; a slot seen unused for the first
+/// time (`reset_at` 0, as `collect_abandoned` leaves it) gets `delay` ms;
+/// a slot a heap's reset queue held keeps the time it was due there.
 ///
 /// # Safety
 /// The caller exclusively owns the abandoned segment.
-pub(super) unsafe fn reset_unused_slots(segment: *mut Segment) {
-    // SAFETY: exclusive ownership (caller); unused slots hold no block.
-    unsafe {
-        for index in 0..(*segment).page_count {
+pub(super) unsafe fn reset_unused_slots(segment: *mut Segment, now_ms: u64, delay: u64) {
+    // SAFETY: exclusively ours (caller); the header fields are cells.
+    let page_count = unsafe { (*segment).page_count };
+    for index in 0..page_count {
+        // SAFETY: a page descriptor of our segment; unused slots hold no
+        // block.
+        unsafe {
             let page = Segment::page(segment, index);
-            if !(*page).in_use.get() {
+            if (*page).in_use.get() || (*page).memory_is_zero.get() {
+                continue;
+            }
+            let due = (*page).reset_at.get();
+            if due == 0 && now_ms != u64::MAX {
+                (*page).reset_at.set(now_ms.saturating_add(delay).max(1));
+            } else if due <= now_ms {
                 Segment::reset_page(segment, page);
             }
         }

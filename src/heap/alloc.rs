@@ -157,7 +157,7 @@ impl RawHeap {
         }
         let kind = page_kind_of(BLOCK_SIZES[bin]);
         // SAFETY: owner thread (caller).
-        if !self.first_class.get() && unsafe { self.reclaim(Some(kind)) } {
+        if !self.first_class.get() && unsafe { self.reclaim(Some(kind), false) } {
             // SAFETY: as above.
             let page = unsafe { self.search_queue(bin) };
             if !page.is_null() {

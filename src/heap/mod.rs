@@ -620,7 +620,7 @@ impl RawHeap {
                 self.reset_free_block_interiors();
                 // Frees the abandoned segments that became empty, and the
                 // cached ones.
-                let _ = self.reclaim(None);
+                let _ = self.reclaim(None, true);
             }
             // SAFETY: `shared` outlives every heap.
             unsafe { (*self.shared.get()).segment_cache.drain() };

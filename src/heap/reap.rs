@@ -54,7 +54,7 @@ impl RawHeap {
         // of them, so only every ten reset delays.
         if !force && registry.reclaim_is_due(now, IDLE_FACTOR * delay.max(1)) {
             // SAFETY: owner thread (caller).
-            let _ = unsafe { self.reclaim(None) };
+            let _ = unsafe { self.reclaim(None, false) };
         }
         for entry in registry.entries() {
             if ptr::eq(entry, self.entry.get()) {
