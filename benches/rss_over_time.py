@@ -35,14 +35,6 @@ COLOURS = {
     "jemalloc": "#2ca02c",
     "rusty_alloc": "#9467bd",
 }
-# Background of the phases in the SVG (others: none), and their labels.
-PHASE_STYLE = {
-    "burst": ("#fbe9d0", "burst"),
-    "free": ("#f6f0e0", "free 90 %"),
-    "idle_quiet": ("#eeeeee", "idle, no calls"),
-    "idle_activity": ("#e3eefa", "light activity"),
-    "release": ("#e6f4e6", "release"),
-}
 COLUMNS = [
     ("start", "start"),
     ("peak1", "peak 1"),
@@ -52,6 +44,21 @@ COLUMNS = [
     ("quiet2", "idle 1 s, no calls"),
     ("active2", "end: +1 s activity"),
     ("release", "explicit release"),
+]
+# The key moments of a run, in order, and the phase between each and the next: (label,
+# background colour) in the SVG.
+MARKS = ["start", "peak1", "free1", "quiet1", "active1", "peak2", "free2", "quiet2", "active2",
+         "release"]
+PHASES = [
+    ("burst 1", "#fbe9d0"),
+    ("free", "#f3e3c8"),
+    ("idle, no calls", "#eeeeee"),
+    ("light activity", "#e3eefa"),
+    ("burst 2", "#fbe9d0"),
+    ("free", "#f3e3c8"),
+    ("idle, no calls", "#eeeeee"),
+    ("light activity", "#e3eefa"),
+    ("release", "#e6f4e6"),
 ]
 
 
@@ -75,19 +82,6 @@ def run(binary, allocator):
     return samples, marks, release
 
 
-def phase_spans(samples):
-    """[(phase, t_start_ms, t_end_ms)] of consecutive samples in the same phase."""
-    spans = []
-    prev_t = 0
-    for t, _, phase in samples:
-        if spans and spans[-1][0] == phase:
-            spans[-1][2] = t
-        else:
-            spans.append([phase, prev_t, t])
-        prev_t = t
-    return spans
-
-
 def nice_step(span, target_ticks):
     """A 1/2/5 x 10^k step giving about `target_ticks` ticks over `span`."""
     raw = span / max(target_ticks, 1)
@@ -99,15 +93,35 @@ def nice_step(span, target_ticks):
 
 
 def write_svg(path, curves, title, subtitle):
-    """RSS-over-time curves as an SVG: `curves` = [(allocator, samples)] with samples
-    [(t_ms, rss_mib, phase)]. Phases are shaded at the median, over allocators, of their start
-    and end (the timelines differ a little: a burst takes longer on one allocator than on
-    another)."""
-    W, H = 920, 460
-    left, right, top, bottom = 70, 170, 56, 50
+    """RSS-over-time curves as an SVG: `curves` = [(allocator, samples, marks)] with samples
+    [(t_ms, rss_mib, phase)] and marks {name: {"t_ms": ...}} (see MARKS).
+
+    The allocators do not take the same time over a phase (a burst takes 0.4 s on one, 1.3 s on
+    another), so the time axis is aligned by phase: each phase is drawn with its median length
+    over the allocators, and every run's samples in it are stretched or squeezed to fit. Phase
+    bands are then common to all curves."""
+    W, H = 940, 480
+    left, right, top, bottom = 70, 180, 72, 50
     pw, ph = W - left - right, H - top - bottom
-    t_max = max(t for _, smp in curves for t, _, _ in smp) / 1000
-    r_max = max(r for _, smp in curves for _, r, _ in smp)
+    times = [[m[k]["t_ms"] for k in MARKS] for _, _, m in curves]
+    lengths = [statistics.median(t[i + 1] - t[i] for t in times) for i in range(len(MARKS) - 1)]
+    edges = [0.0]
+    for d in lengths:
+        edges.append(edges[-1] + d)
+
+    def warp(t_ms, t):
+        """Aligned time (ms) of a sample at `t_ms` of a run whose marks are at `t`."""
+        if t_ms <= t[0]:
+            return 0.0
+        for i in range(len(t) - 1):
+            if t_ms <= t[i + 1]:
+                span = t[i + 1] - t[i]
+                frac = (t_ms - t[i]) / span if span > 0 else 1.0
+                return edges[i] + frac * lengths[i]
+        return edges[-1]
+
+    t_max = edges[-1] / 1000
+    r_max = max(r for _, smp, _ in curves for _, r, _ in smp)
     y_step = nice_step(r_max, 6)
     y_top = y_step * (int(r_max / y_step) + 1)
     x_step = nice_step(t_max, 10)
@@ -124,25 +138,16 @@ def write_svg(path, curves, title, subtitle):
         f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">',
         f'<rect width="{W}" height="{H}" fill="white"/>',
         f'<text x="{left}" y="22" font-size="15" font-weight="bold">{escape(title)}</text>',
-        f'<text x="{left}" y="40" fill="#555">{escape(subtitle)}</text>',
     ]
-    # Phase bands: the k-th span of every allocator's run is the same phase.
-    spans = [phase_spans(smp) for _, smp in curves]
-    n_spans = min(len(s) for s in spans)
-    if all(s[:n_spans] and [p for p, _, _ in s[:n_spans]] == [p for p, _, _ in spans[0][:n_spans]]
-           for s in spans):
-        for k in range(n_spans):
-            phase = spans[0][k][0]
-            if phase not in PHASE_STYLE:
-                continue
-            colour, label = PHASE_STYLE[phase]
-            t0 = statistics.median(s[k][1] for s in spans) / 1000
-            t1 = statistics.median(s[k][2] for s in spans) / 1000
-            out.append(f'<rect x="{x(t0):.1f}" y="{top}" width="{max(x(t1) - x(t0), 1):.1f}" '
-                       f'height="{ph}" fill="{colour}"/>')
-            if x(t1) - x(t0) > 40:
-                out.append(f'<text x="{(x(t0) + x(t1)) / 2:.1f}" y="{top + 14}" text-anchor="middle" '
-                           f'fill="#666" font-size="11">{escape(label)}</text>')
+    for i, line in enumerate(subtitle):
+        out.append(f'<text x="{left}" y="{40 + 15 * i}" fill="#555">{escape(line)}</text>')
+    for i, (label, colour) in enumerate(PHASES):
+        x0, x1 = x(edges[i] / 1000), x(edges[i + 1] / 1000)
+        out.append(f'<rect x="{x0:.1f}" y="{top}" width="{max(x1 - x0, 1):.1f}" height="{ph}" '
+                   f'fill="{colour}"/>')
+        if x1 - x0 > 8 * len(label):
+            out.append(f'<text x="{(x0 + x1) / 2:.1f}" y="{top + 14}" text-anchor="middle" '
+                       f'fill="#666" font-size="11">{escape(label)}</text>')
     # Grid and axes.
     v = 0.0
     while v <= y_top + 1e-9:
@@ -157,26 +162,28 @@ def write_svg(path, curves, title, subtitle):
         out.append(f'<text x="{x(t):.1f}" y="{top + ph + 18}" text-anchor="middle">{t:g}</text>')
         t += x_step
     out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="black"/>')
-    out.append(f'<text x="{left + pw / 2}" y="{H - 10}" text-anchor="middle">time, s</text>')
+    out.append(f'<text x="{left + pw / 2}" y="{H - 10}" text-anchor="middle">time, s (phases '
+               f'aligned: each drawn with its median length over the allocators)</text>')
     out.append(f'<text transform="translate(18 {top + ph / 2}) rotate(-90)" '
                f'text-anchor="middle">resident set, MiB</text>')
     # Curves, ShardAlloc last (on top), and the legend.
-    order = sorted(curves, key=lambda c: c[0] == "ShardAlloc")
-    for name, smp in order:
+    for (name, smp, _), t in sorted(zip(curves, times), key=lambda c: c[0][0] == "ShardAlloc"):
         colour = COLOURS.get(name, "black")
         width = 2.2 if name == "ShardAlloc" else 1.4
-        pts = " ".join(f"{x(t / 1000):.1f},{y(r):.1f}" for t, r, _ in smp)
+        pts = " ".join(f"{x(warp(ms, t) / 1000):.1f},{y(r):.1f}" for ms, r, _ in smp)
         out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="{width}" '
                    f'stroke-linejoin="round" points="{pts}"/>')
-    for i, (name, smp) in enumerate(curves):
+    for i, (name, _, marks) in enumerate(curves):
         ly = top + 10 + 22 * i
         colour = COLOURS.get(name, "black")
         out.append(f'<line x1="{left + pw + 14}" y1="{ly}" x2="{left + pw + 40}" y2="{ly}" '
                    f'stroke="{colour}" stroke-width="2.5"/>')
         out.append(f'<text x="{left + pw + 46}" y="{ly + 4}">{escape(name)} '
-                   f'({smp[-1][1]:.0f})</text>')
+                   f'({marks["active2"]["rss_mib"]:.0f} / {marks["release"]["rss_mib"]:.0f})</text>')
     out.append(f'<text x="{left + pw + 14}" y="{top + 10 + 22 * len(curves)}" fill="#555" '
-               f'font-size="11">(final RSS, MiB)</text>')
+               f'font-size="11">(MiB at the end / after</text>')
+    out.append(f'<text x="{left + pw + 14}" y="{top + 24 + 22 * len(curves)}" fill="#555" '
+               f'font-size="11">the explicit release)</text>')
     out.append("</svg>")
     with open(path, "w") as f:
         f.write("\n".join(out) + "\n")
@@ -235,13 +242,16 @@ def main():
         for allocator in allocators:
             # The run whose RSS at the end (after the second idle with activity) is the median.
             runs = sorted(results[allocator], key=lambda r: r[0]["active2"]["rss_mib"])
-            curves.append((f"{allocator}", runs[(len(runs) - 1) // 2][2]))
+            median_run = runs[(len(runs) - 1) // 2]
+            curves.append((allocator, median_run[2], median_run[0]))
         live = statistics.median(m["active2"]["live_mib"] for m, _, _ in results[allocators[0]])
         write_svg(
             svg_path, curves,
             "Resident set through burst / idle / burst / idle / explicit release",
-            f"2 threads x 100 MiB per burst (64 B-256 KiB blocks), 90 % freed; {live:.1f} MiB live at "
-            f"the end; {time.strftime('%Y-%m-%d')}, {rounds} per allocator (median run shown)")
+            [f"Two threads allocate 100 MiB each per burst (blocks of 64 B-256 KiB, every page "
+             f"written) and free a random 90 %; {live:.1f} MiB live at the end.",
+             f"{time.strftime('%Y-%m-%d')}; of each allocator the run (of {args.rounds}) with the "
+             f"median final RSS; command: python3 benches/rss_over_time.py --rounds {args.rounds}"])
         print(f"Curves: {os.path.relpath(svg_path, root)}")
 
 
