@@ -10,7 +10,7 @@ to mimalloc are taken within a round, so a slow phase of this noisy machine hits
 allocator of the round alike, and the table shows the median over rounds (of times, of RSS,
 of faults and of ratios); geomeans are over the cases that are not oversubscribed.
 
-Quick profile (default): threads 1 and 2, 5 rounds, scale 1 (about 2 minutes on 2 cores).
+Quick profile (default): threads 1 and 2, 5 rounds, scale 1 (about 4 minutes on 2 idle cores).
 Full profile (--full): threads 1, 2, 4 and 8, 5 rounds, scale 2.
 
 Usage: python3 benches/suite.py [--full] [--rounds N] [--threads 1,2] [--scale F]
