@@ -1190,11 +1190,35 @@ mod tests {
 
     #[test]
     fn minor_faults_grow_when_fresh_memory_is_touched() {
+        // A fresh private mapping (not the test's allocator, which may hand out memory another
+        // test already touched): each of its 256 pages faults when first written.
+        const LEN: usize = MIB;
         let before = minor_faults();
         assert!(before > 0);
-        let v = vec![1u8; 8 * MIB];
-        assert_eq!(v[MIB], 1);
-        assert!(minor_faults() > before);
+        // SAFETY: an anonymous private mapping of LEN bytes, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        for off in (0..LEN).step_by(PAGE) {
+            // SAFETY: inside the mapping.
+            unsafe { p.cast::<u8>().add(off).write_volatile(1) };
+        }
+        let after = minor_faults();
+        // SAFETY: the mapping made above.
+        assert_eq!(unsafe { libc::munmap(p, LEN) }, 0);
+        assert!(
+            after >= before + (LEN / PAGE) as u64 / 2,
+            "{before} -> {after} minor faults for {} fresh pages",
+            LEN / PAGE
+        );
     }
 
     #[test]
