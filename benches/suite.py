@@ -4,12 +4,13 @@
 Every (workload, threads) runs once per allocator per round, each in its own process
 (`work_<allocator>`, whose #[global_allocator] is that allocator; benches/src/workloads.rs),
 in an order that rotates from case to case and round to round. Each process reports the
-workload's elapsed time (measured inside it) and its peak resident set (VmHWM). Ratios
+workload's elapsed time (measured inside it), its peak resident set (VmHWM) and the minor
+page faults the process took during the workload (minflt of /proc/self/stat). Ratios
 to mimalloc are taken within a round, so a slow phase of this noisy machine hits every
-allocator of the round alike, and the table shows the median over rounds (of times, of RSS
-and of ratios); geomeans are over the cases that are not oversubscribed.
+allocator of the round alike, and the table shows the median over rounds (of times, of RSS,
+of faults and of ratios); geomeans are over the cases that are not oversubscribed.
 
-Quick profile (default): threads 1 and 2, 5 rounds, scale 1 (about 2 minutes on 2 cores).
+Quick profile (default): threads 1 and 2, 5 rounds, scale 1 (about 4 minutes on 2 idle cores).
 Full profile (--full): threads 1, 2, 4 and 8, 5 rounds, scale 2.
 
 Usage: python3 benches/suite.py [--full] [--rounds N] [--threads 1,2] [--scale F]
@@ -38,6 +39,9 @@ SUBJECT = "ShardAlloc"
 # Targets (reported, never asserted): ShardAlloc / mimalloc per case, and the geomean.
 TARGET_CASE = 1.10
 TARGET_GEOMEAN = 1.00
+# Issue 12: minor faults within 10x mimalloc's on every workload.
+TARGET_FAULTS = 10.0
+KEYS = ("secs", "rss_mib", "faults")
 PROCESS_TIMEOUT = 600
 
 
@@ -78,7 +82,7 @@ def list_workloads(binary):
 
 
 def run_one(binary, workload, threads, scale, seed):
-    """One process: dict with secs, rss_mib, os_threads, cpus; or {'error': text}."""
+    """One process: dict with secs, rss_mib, faults, os_threads, cpus; or {'error': text}."""
     cmd = [binary, workload, str(threads), "--scale", str(scale)]
     if seed is not None:
         cmd += ["--seed", str(seed)]
@@ -94,6 +98,8 @@ def run_one(binary, workload, threads, scale, seed):
     return {
         "secs": float(kv["secs"]),
         "rss_mib": int(kv["peak_rss_kib"]) / 1024,
+        # Minor page faults during the workload (absent from bins older than this column).
+        "faults": int(kv["minflt"]) if "minflt" in kv else None,
         "start_rss_mib": int(kv["start_rss_kib"]) / 1024,
         "os_threads": int(kv["os_threads"]),
         "cpus": int(kv["cpus"]),
@@ -141,7 +147,7 @@ def main():
 
     # results[(case, alloc)] = list of per-round dicts; ratios[(case, alloc, key)] = per round.
     results = {(c, a): [] for c in cases for a in allocs}
-    ratios = {(c, a, k): [] for c in cases for a in allocs for k in ("secs", "rss_mib")}
+    ratios = {(c, a, k): [] for c in cases for a in allocs for k in KEYS}
     oversub = {}
     errors = []
     for r in range(args.rounds):
@@ -156,15 +162,17 @@ def main():
                     errors.append(f"round {r + 1}, {w} t={t}, {a}: {got[a]['error']}")
             base = got[BASELINE]
             for a in allocs:
-                for key in ("secs", "rss_mib"):
-                    ok = "error" not in got[a] and "error" not in base and base[key] > 0
+                for key in KEYS:
+                    ok = ("error" not in got[a] and "error" not in base and got[a][key] is not None
+                          and base[key] is not None and base[key] > 0)
                     ratios[(case, a, key)].append(got[a][key] / base[key] if ok else None)
             good = [g for g in got.values() if "error" not in g]
             if good:
                 oversub[case] = good[0]["os_threads"] > good[0]["cpus"]
             label = " (oversubscribed)" if oversub.get(case) else ""
             cells = "  ".join(
-                f"{a} FAIL" if "error" in got[a] else f"{a} {got[a]['secs']:.3f}s {got[a]['rss_mib']:.0f}M"
+                f"{a} FAIL" if "error" in got[a]
+                else f"{a} {got[a]['secs']:.3f}s {got[a]['rss_mib']:.0f}M {got[a]['faults']}f"
                 for a in allocs
             )
             print(f"[round {r + 1}/{args.rounds}] {w} t={t}{label}: {cells}", file=sys.stderr, flush=True)
@@ -211,6 +219,7 @@ def main():
 
     gm_time = table("secs", "Time, ms (×mimalloc)", lambda s: f"{s * 1000:.0f}")
     gm_rss = table("rss_mib", "Peak RSS, MiB (×mimalloc)", lambda m: f"{m:.1f}")
+    table("faults", "Minor page faults during the workload (×mimalloc)", lambda f: f"{f:.0f}")
     start = {a: median([g.get("start_rss_mib") for c in cases for g in results[(c, a)]]) for a in allocs}
     print()
     print("Resident set at the start of main, before any workload (median, MiB; part of every peak): "
@@ -221,7 +230,8 @@ def main():
         print(f"## {SUBJECT} against the targets")
         print()
         print(f"Targets: time and peak RSS ≤ {TARGET_CASE:.2f}× {BASELINE} per workload, geomean ≤ "
-              f"{TARGET_GEOMEAN:.2f}×, faster than System everywhere (reported, not asserted).")
+              f"{TARGET_GEOMEAN:.2f}×, faster than System everywhere, minor faults ≤ "
+              f"{TARGET_FAULTS:.0f}× {BASELINE}'s (reported, not asserted).")
         print()
         misses = []
         for case in cases:
@@ -233,6 +243,9 @@ def main():
                 misses.append(f"{tag}: time {rt:.2f}× {BASELINE}")
             if rr is not None and rr > TARGET_CASE:
                 misses.append(f"{tag}: peak RSS {rr:.2f}× {BASELINE}")
+            rf = med_ratio(case, SUBJECT, "faults")
+            if rf is not None and rf > TARGET_FAULTS:
+                misses.append(f"{tag}: minor faults {rf:.0f}× {BASELINE}")
             if "System" in allocs:
                 per_round = [
                     (s.get("secs") / y.get("secs")) if "error" not in s and "error" not in y else None

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The workload suite: ShardAlloc, System (glibc), mimalloc, jemalloc and rusty_alloc, each
-# installed as the #[global_allocator] of its own process, on ten workloads modelled on the
-# classic allocator benchmarks; time and peak RSS, medians and ratios to mimalloc
-# (docs/benchmarks.md).
+# installed as the #[global_allocator] of its own process, on twelve workloads (ten modelled on
+# the classic allocator benchmarks, two on the patterns of issue 12); time, peak RSS and minor
+# page faults, medians and ratios to mimalloc (docs/benchmarks.md).
 # Usage: bash scripts/bench.sh [--full] [other benches/suite.py options]
-#   quick (default): threads 1 and 2, 5 rounds, about 2 minutes after the build;
+#   quick (default): threads 1 and 2, 5 rounds, about 3-4 minutes after the build;
 #   --full: threads 1, 2, 4 and 8 (4 and 8 oversubscribed on 2 cores), 5 rounds, scale 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -22,8 +22,10 @@
 //! ```
 //!
 //! It prints one line on stdout, `@work key=value ...`, with the elapsed time of the workload
-//! (measured in the process, from before its threads start until they are all done) and the
-//! peak resident set of the process (`VmHWM`, see [`peak_rss_kib`]).
+//! (measured in the process, from before its threads start until they are all done), the
+//! peak resident set of the process (`VmHWM`, see [`peak_rss_kib`]) and the minor page faults
+//! the process took during the workload (`minflt` of `/proc/self/stat`, read just before and
+//! just after it; see [`minor_faults`]).
 
 use std::alloc::{Layout, handle_alloc_error};
 use std::process::ExitCode;
@@ -71,7 +73,7 @@ fn twice(t: usize) -> usize {
 }
 
 /// Every workload, in the order the tables list them.
-pub const WORKLOADS: [Workload; 10] = [
+pub const WORKLOADS: [Workload; 12] = [
     Workload {
         name: "glibc-thread",
         what: "fast path: each thread replaces random slots of 512 blocks of 8-1024 B",
@@ -130,6 +132,18 @@ pub const WORKLOADS: [Workload; 10] = [
         name: "rss-burst",
         what: "burst 64 MiB in 64 B-64 KiB blocks, free 90 %, idle 30 ms, repeat 5x (peak RSS)",
         run: rss_burst,
+        os_threads: same,
+    },
+    Workload {
+        name: "rebuild",
+        what: "build a 1.5 M-node linked list of 32-64 B nodes while the previous one lives, drop the old; 10x",
+        run: rebuild,
+        os_threads: same,
+    },
+    Workload {
+        name: "thread-churn-handoff",
+        what: "400 short-lived threads in waves; each allocates 12000 blocks, leaves half to the next wave",
+        run: thread_churn,
         os_threads: same,
     },
 ];
@@ -870,6 +884,164 @@ fn rss_burst(p: &Params) -> u64 {
     })
 }
 
+/// Nodes of one `rebuild` structure at scale 1 (over all threads).
+const REBUILD_NODES: u64 = 1_500_000;
+/// Structures built (and dropped) per run.
+const REBUILD_GENERATIONS: usize = 10;
+
+/// The header of a `rebuild` node: the rest of the node (up to its 32-64 B size) is padding,
+/// whose last byte carries the inverted tag.
+#[repr(C)]
+struct NodeHead {
+    next: *mut NodeHead,
+    tag: u64,
+    size: usize,
+}
+
+/// A singly linked list of `rebuild` nodes, in allocation order (appended at the tail), freed
+/// and checked front to back on drop (iteratively: a recursive drop of a million nodes would
+/// overflow the stack).
+struct NodeList {
+    head: *mut NodeHead,
+    len: u64,
+}
+
+// SAFETY: the list owns its nodes exclusively, like a `Box` chain would.
+unsafe impl Send for NodeList {}
+
+impl NodeList {
+    /// Builds a list of `len` nodes of 32-64 B (uniform, multiples of 8), each stamped.
+    fn build(len: u64, rng: &mut Rng, tags: &mut Tags) -> Self {
+        let mut head: *mut NodeHead = std::ptr::null_mut();
+        let mut tail: *mut NodeHead = std::ptr::null_mut();
+        for _ in 0..len {
+            let size = rng.range(4, 8) * 8;
+            let layout = Layout::from_size_align(size, ALIGN).expect("node layout");
+            // SAFETY: non-zero size.
+            let node = unsafe { std::alloc::alloc(layout) }.cast::<NodeHead>();
+            if node.is_null() {
+                handle_alloc_error(layout);
+            }
+            let tag = tags.next();
+            // SAFETY: `node` is a fresh block of `size >= 32` bytes, aligned to 8; the header
+            // takes 24 bytes and the tail byte is `size - 1 >= 24`.
+            unsafe {
+                node.write(NodeHead {
+                    next: std::ptr::null_mut(),
+                    tag,
+                    size,
+                });
+                node.cast::<u8>().add(size - 1).write(!(tag as u8));
+                if tail.is_null() {
+                    head = node;
+                } else {
+                    (*tail).next = node;
+                }
+            }
+            tail = node;
+        }
+        Self { head, len }
+    }
+}
+
+impl Drop for NodeList {
+    fn drop(&mut self) {
+        let mut node = self.head;
+        let mut seen = 0u64;
+        let mut last_tag = 0u64;
+        while !node.is_null() {
+            // SAFETY: every node of the chain is a live block written by `build` and owned by
+            // the list; it is read, then freed once.
+            unsafe {
+                let NodeHead { next, tag, size } = node.read();
+                let tail = node.cast::<u8>().add(size.clamp(32, 64) - 1).read();
+                // Tags of one thread grow by a fixed step: a node out of order, or a size out
+                // of range, means its memory was overwritten.
+                if !(32..=64).contains(&size)
+                    || tail != !(tag as u8)
+                    || (seen > 0 && tag != last_tag.wrapping_add(0x1_0000_0001))
+                {
+                    corrupted(
+                        "rebuild node",
+                        format_args!(
+                            "node {seen} at {node:p}: size {size}, tag {tag:#x}, tail {tail:#x}"
+                        ),
+                    );
+                }
+                last_tag = tag;
+                std::alloc::dealloc(node.cast(), Layout::from_size_align_unchecked(size, ALIGN));
+                node = next;
+            }
+            seen += 1;
+        }
+        if seen != self.len {
+            corrupted(
+                "rebuild list",
+                format_args!("{seen} nodes found, {} built", self.len),
+            );
+        }
+    }
+}
+
+/// Rebuild: each thread builds a linked list of small nodes (32-64 B) while the list it built
+/// before is still alive, then drops the old one; 10 generations. The pattern of a program that
+/// rebuilds an index, a parse tree or a cache from scratch: the memory of every dropped
+/// structure is needed again at once by the next build, so an allocator that gives it back to
+/// the OS between builds faults it in again, 4 KiB at a time.
+fn rebuild(p: &Params) -> u64 {
+    let nodes = p.per_thread(REBUILD_NODES);
+    parallel(p.threads, |t| {
+        let mut rng = Rng::new(p.seed, t as u64);
+        let mut tags = Tags::new(p.seed, t);
+        let mut current = NodeList::build(nodes, &mut rng, &mut tags);
+        for _ in 1..REBUILD_GENERATIONS {
+            let next = NodeList::build(nodes, &mut rng, &mut tags);
+            drop(std::mem::replace(&mut current, next));
+        }
+        drop(current);
+        nodes * REBUILD_GENERATIONS as u64
+    })
+}
+
+/// Threads started by a `thread-churn` run at scale 1 (over all waves).
+const CHURN_THREADS: u64 = 400;
+/// Blocks each `thread-churn` thread allocates.
+const CHURN_BLOCKS: usize = 12_000;
+
+/// Thread churn with hand-off: 400 short-lived threads, `threads` at a time (waves of
+/// `threads`, so 400 waves at one thread). Each thread frees one batch of blocks left by the
+/// previous wave (allocated by a thread that has exited), allocates 12 000 blocks of 16-512 B
+/// (log-uniform), frees a random half of them and leaves the other half for the next wave to
+/// free, then exits. The pattern of a thread-per-task server: every thread needs memory at
+/// once, and what a dead thread leaves is freed later by another.
+fn thread_churn(p: &Params) -> u64 {
+    let waves = p.per_thread(CHURN_THREADS);
+    let left: Mutex<Vec<Vec<Blk>>> = Mutex::new(Vec::new());
+    let mut ops = 0;
+    for wave in 0..waves {
+        ops += parallel(p.threads, |t| {
+            let stream = wave * 1000 + t as u64;
+            let mut rng = Rng::new(p.seed, stream);
+            let mut tags = Tags::new(p.seed, stream as usize);
+            // Free a batch a dead thread left.
+            let inherited = left.lock().expect("not poisoned").pop();
+            drop(inherited);
+            let mut mine: Vec<Blk> = (0..CHURN_BLOCKS)
+                .map(|_| Blk::new(rng.log_uniform(16, 512), tags.next()))
+                .collect();
+            // Free a random half (Fisher-Yates, then cut), leave the rest.
+            for i in (1..mine.len()).rev() {
+                mine.swap(i, rng.below(i + 1));
+            }
+            drop(mine.split_off(mine.len() / 2));
+            left.lock().expect("not poisoned").push(mine);
+            CHURN_BLOCKS as u64
+        });
+    }
+    drop(left);
+    ops
+}
+
 // ---------------------------------------------------------------------------------------------
 // The command line
 // ---------------------------------------------------------------------------------------------
@@ -896,6 +1068,23 @@ pub fn peak_rss_kib() -> u64 {
     let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut ru) };
     assert_eq!(rc, 0, "getrusage failed");
     u64::try_from(ru.ru_maxrss).unwrap_or(0)
+}
+
+/// Minor page faults of the whole process so far (its threads, live and exited): field 10
+/// (`minflt`) of `/proc/self/stat`; 0 if it cannot be read. The fields are counted after the
+/// command name, which is in parentheses and may itself hold spaces.
+pub fn minor_faults() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    // `rest` starts with field 3 (state): field 10 is the 8th.
+    rest.split_whitespace()
+        .nth(7)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0)
 }
 
 fn usage(bin: &str, msg: &str) -> ExitCode {
@@ -952,12 +1141,15 @@ pub fn main(allocator: &str) -> ExitCode {
             _ => return usage(&bin, &format!("unexpected argument {flag:?}")),
         }
     }
+    let faults_before = minor_faults();
     let (elapsed, ops) = run(w, &params);
+    let faults = minor_faults().saturating_sub(faults_before);
     let peak = peak_rss_kib();
     let cpus = std::thread::available_parallelism().map_or(1, usize::from);
     println!(
         "@work alloc={allocator} workload={} threads={threads} os_threads={} cpus={cpus} \
-         scale={} seed={} secs={:.6} ops={ops} peak_rss_kib={peak} start_rss_kib={start_rss}",
+         scale={} seed={} secs={:.6} ops={ops} peak_rss_kib={peak} start_rss_kib={start_rss} \
+         minflt={faults}",
         w.name,
         w.os_threads(threads),
         params.scale,
@@ -994,6 +1186,39 @@ mod tests {
             b.fill();
             b.check();
         }
+    }
+
+    #[test]
+    fn minor_faults_grow_when_fresh_memory_is_touched() {
+        // A fresh private mapping (not the test's allocator, which may hand out memory another
+        // test already touched): each of its 256 pages faults when first written.
+        const LEN: usize = MIB;
+        let before = minor_faults();
+        assert!(before > 0);
+        // SAFETY: an anonymous private mapping of LEN bytes, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        for off in (0..LEN).step_by(PAGE) {
+            // SAFETY: inside the mapping.
+            unsafe { p.cast::<u8>().add(off).write_volatile(1) };
+        }
+        let after = minor_faults();
+        // SAFETY: the mapping made above.
+        assert_eq!(unsafe { libc::munmap(p, LEN) }, 0);
+        assert!(
+            after >= before + (LEN / PAGE) as u64 / 2,
+            "{before} -> {after} minor faults for {} fresh pages",
+            LEN / PAGE
+        );
     }
 
     #[test]
