@@ -126,6 +126,28 @@ fn init_process(thread_id: usize) {
     });
 }
 
+/// Runs the process start-up at load time, before `main` and before the
+/// constructors of the program (and of most libraries): in every program
+/// that links shardalloc, used as its global allocator or not (the work
+/// allocates nothing; it reads the options and registers the fork
+/// handlers). Without it the first allocation does it, and a first
+/// allocation made by glibc's own `pthread_atfork` (which grows its list
+/// of handlers with `malloc` while it holds its lock) would call
+/// `pthread_atfork` again and wait for that lock forever.
+extern "C" fn start_up_at_load() {
+    init_process(assign_thread_id());
+}
+
+// SAFETY: `.init_array` holds pointers to functions the dynamic linker (or
+// the C runtime, for a static link) calls once at load time with the C ABI
+// and no arguments; `start_up_at_load` is such a function and needs only
+// the crate's statics (const-initialised) and libc, which is initialised
+// before the constructors of the objects that depend on it. Priority 90
+// (sections sort by name): before the priorities programs use (101 and up).
+#[used]
+#[unsafe(link_section = ".init_array.00090")]
+static START_UP_AT_LOAD: extern "C" fn() = start_up_at_load;
+
 /// Runs before `fork` on the forking thread: holds the lock of every
 /// registered heap — its own default and first-class heaps (re-entrantly),
 /// then every other thread's, waiting a bounded time for each (see
