@@ -90,6 +90,8 @@ mod os;
 mod page;
 mod process;
 mod registry;
+#[cfg(feature = "secure")]
+mod secure;
 #[cfg(not(loom))]
 mod report;
 mod segment;

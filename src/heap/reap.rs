@@ -160,7 +160,7 @@ impl RawHeap {
             let (mut huge_head, mut huge_tail) =
                 (ptr::null_mut::<Block>(), ptr::null_mut::<Block>());
             while !block.is_null() {
-                let next = Block::next(block);
+                let next = Block::next_delayed(block);
                 let segment = Segment::of(block.cast());
                 if (*segment).kind == PageKind::Huge {
                     Block::set_next(block, huge_head);
