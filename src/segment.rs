@@ -358,7 +358,8 @@ impl Segment {
         // SAFETY: forwarded from the caller.
         unsafe {
             if (*segment).kind == PageKind::Huge {
-                (*segment).size - HEADER_SIZE
+                // (Secure: the guard page never holds memory.)
+                (*segment).size - HEADER_SIZE - GUARD_SIZE
             } else {
                 Segment::page_memory(segment, page).1
             }
@@ -568,10 +569,7 @@ impl Segment {
         } else {
             SEGMENT_SIZE
         };
-        Some(
-            checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)? + GUARD_SIZE
-                - HEADER_SIZE,
-        )
+        Some(checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)? - HEADER_SIZE)
     }
 
     /// Whether the huge segment (a spare) can hold a block of `size` bytes
