@@ -90,10 +90,10 @@ mod os;
 mod page;
 mod process;
 mod registry;
-#[cfg(feature = "secure")]
-mod secure;
 #[cfg(not(loom))]
 mod report;
+#[cfg(feature = "secure")]
+mod secure;
 mod segment;
 mod segment_cache;
 mod size_class;

@@ -1114,7 +1114,10 @@ mod tests {
             {
                 let mut sorted = blocks.clone();
                 sorted.sort_unstable();
-                assert!(sorted.windows(2).all(|w| w[1] == w[0] + 64), "a permutation");
+                assert!(
+                    sorted.windows(2).all(|w| w[1] == w[0] + 64),
+                    "a permutation"
+                );
                 assert_ne!(sorted, blocks, "shuffled");
             }
             assert_eq!(page.used.get() as usize, blocks.len());

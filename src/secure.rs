@@ -187,21 +187,47 @@ fn corrupt(block: *mut Block) -> ! {
 /// descriptor is read while its owner may run (the fields read do not
 /// change while one of its blocks is live).
 unsafe fn find_page(ptr: *mut u8) -> Option<*mut Page> {
+    // SAFETY: forwarded.
+    match unsafe { classify(ptr) } {
+        Found::Live(page) => Some(page),
+        Found::FreedPage | Found::NotOurs => None,
+    }
+}
+
+/// What a pointer handed to the free path is.
+enum Found {
+    /// A block boundary of a page in use of one of our segments.
+    Live(*mut Page),
+    /// A block boundary of the last layout of a page of ours that is no
+    /// longer in use: a block freed already (its page emptied since).
+    FreedPage,
+    /// Anything else.
+    NotOurs,
+}
+
+/// See [`find_page`].
+///
+/// # Safety
+/// As for [`find_page`].
+unsafe fn classify(ptr: *mut u8) -> Found {
     let segment = Segment::of(ptr);
     if !segment_map::contains(segment.addr()) {
-        return None;
+        return Found::NotOurs;
     }
     // SAFETY: the segment is one of ours and mapped (the map says so).
     unsafe {
         let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
         if index >= (*segment).page_count {
-            return None;
+            return Found::NotOurs;
         }
         let page = Segment::page(segment, index);
-        if !(*page).in_use.get() || !on_block_boundary(page, ptr.addr(), (*page).reserved.get()) {
-            return None;
+        if !on_block_boundary(page, ptr.addr(), (*page).reserved.get()) {
+            return Found::NotOurs;
         }
-        Some(page)
+        if !(*page).in_use.get() {
+            return Found::FreedPage;
+        }
+        Found::Live(page)
     }
 }
 
@@ -213,9 +239,10 @@ unsafe fn find_page(ptr: *mut u8) -> Option<*mut Page> {
 #[inline]
 pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page) {
     // SAFETY: forwarded.
-    match unsafe { find_page(ptr) } {
-        Some(page) => (Segment::of(ptr), page),
-        None => misuse("invalid free", ptr.addr()),
+    match unsafe { classify(ptr) } {
+        Found::Live(page) => (Segment::of(ptr), page),
+        Found::FreedPage => misuse("double free", ptr.addr()),
+        Found::NotOurs => misuse("invalid free", ptr.addr()),
     }
 }
 
@@ -233,7 +260,10 @@ pub(crate) unsafe fn check_pointer(ptr: *const u8) {
 /// The canary a freed `block` of `page` carries.
 #[inline(always)]
 fn canary(keys: [usize; 2], block: *mut Block) -> usize {
-    (block.addr() ^ keys[1]).rotate_left(29).wrapping_add(keys[0]) ^ 0xF4EE_D0C5_A11C_5AFE
+    (block.addr() ^ keys[1])
+        .rotate_left(29)
+        .wrapping_add(keys[0])
+        ^ 0xF4EE_D0C5_A11C_5AFE
 }
 
 /// A free by the owner thread: aborts with `double free` if `block` already
@@ -379,7 +409,9 @@ mod tests {
             let block = p.alloc(layout);
             assert!(segment_map::contains(Segment::of(block).addr()));
             let stack = 0u64;
-            assert!(!segment_map::contains(Segment::of((&raw const stack).cast()).addr()));
+            assert!(!segment_map::contains(
+                Segment::of((&raw const stack).cast()).addr()
+            ));
             p.dealloc(block, layout);
         }
     }
