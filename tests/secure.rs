@@ -145,7 +145,7 @@ child!(child_double_free_local_free, {
     report("ADDR", p.addr());
     free(p);
     free(p); // still on `local_free`
-    drop(keep);
+    std::hint::black_box(keep);
     println!("SURVIVED");
 });
 
@@ -180,7 +180,7 @@ child!(child_double_free_owner_then_other, {
     free(p);
     let a = Addr(p.expose_provenance());
     std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
-    drop(keep);
+    std::hint::black_box(keep);
     println!("SURVIVED");
 });
 
@@ -198,7 +198,7 @@ child!(child_double_free_other_then_owner, {
     // The other thread frees first (onto the page's thread_free list) and exits.
     std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
     free(p);
-    drop(keep);
+    std::hint::black_box(keep);
     println!("SURVIVED");
 });
 
@@ -218,7 +218,7 @@ child!(child_double_free_other_then_owner_collected, {
     std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
     shardalloc::collect(false);
     free(p);
-    drop(keep);
+    std::hint::black_box(keep);
     println!("SURVIVED");
 });
 
