@@ -100,7 +100,10 @@ pub(crate) unsafe fn allocate_in(
             let page = (*heap).direct_page(size);
             let block = (*page).free.get();
             if !block.is_null() {
+                #[cfg(not(feature = "secure"))]
                 (*page).free.set(Block::next(block));
+                #[cfg(feature = "secure")]
+                (*page).free.set(Block::next_in(&*page, block));
                 (*page).used.set((*page).used.get() + 1);
                 #[cfg(feature = "secure")]
                 crate::secure::clear_canary(page, block);

@@ -50,6 +50,36 @@ impl Block {
         stored
     }
 
+    /// [`Block::next`] for a block of `page` (secure builds: no page lookup).
+    ///
+    /// # Safety
+    /// As for [`Block::next`]; `block` is a block of `page`.
+    #[cfg(feature = "secure")]
+    #[inline(always)]
+    pub(crate) unsafe fn next_in(page: &Page, block: *mut Block) -> *mut Block {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            crate::secure::checked_next_in(
+                ptr::from_ref(page).cast_mut(),
+                block,
+                (*block).next.with(|p| *p),
+            )
+        }
+    }
+
+    /// [`Block::set_next`] for a block of `page` (secure builds: no page
+    /// lookup).
+    ///
+    /// # Safety
+    /// As for [`Block::set_next`]; `block` is a block of `page`.
+    #[cfg(feature = "secure")]
+    #[inline(always)]
+    pub(crate) unsafe fn set_next_in(page: &Page, block: *mut Block, next: *mut Block) {
+        let next = crate::secure::encode(page.keys.get(), block, next);
+        // SAFETY: the caller guarantees exclusive ownership of the block.
+        unsafe { (*block).next.with_mut(|p| *p = next) }
+    }
+
     /// Reads the link of a block on a heap's delayed list, whose next block
     /// may be of another page (secure builds validate it accordingly).
     ///
@@ -291,6 +321,10 @@ pub(crate) struct Page {
     /// blocks and their freed canaries; drawn afresh by every `init`.
     #[cfg(feature = "secure")]
     pub(crate) keys: Cell<[usize; 2]>,
+    /// Secure mode: the block-boundary test's multiplier
+    /// (`secure::boundary_multiplier`), set with `block_size`.
+    #[cfg(feature = "secure")]
+    pub(crate) boundary_m: Cell<usize>,
 }
 
 #[cfg(not(loom))]
@@ -427,6 +461,8 @@ impl Page {
             reaped_delayed_count: Cell::new(0),
             #[cfg(feature = "secure")]
             keys: Cell::new([0; 2]),
+            #[cfg(feature = "secure")]
+            boundary_m: Cell::new(1),
         }
     }
 
@@ -475,7 +511,13 @@ impl Page {
             reserved = reserved.min(1);
         }
         #[cfg(feature = "secure")]
-        self.keys.set(crate::secure::new_keys());
+        {
+            self.keys.set(crate::secure::new_keys());
+            self.boundary_m.set(crate::secure::boundary_multiplier(
+                block_size,
+                u32::try_from(reserved).unwrap_or(u32::MAX),
+            ));
+        }
         self.free.set(ptr::null_mut());
         self.local_free.set(ptr::null_mut());
         self.used.set(0);
@@ -516,7 +558,10 @@ impl Page {
         usable: usize,
     ) {
         #[cfg(feature = "secure")]
-        self.keys.set(crate::secure::new_keys());
+        {
+            self.keys.set(crate::secure::new_keys());
+            self.boundary_m.set(1);
+        }
         // SAFETY: the block is fresh memory of ours, at least a word long.
         unsafe { Block::init(block.cast(), ptr::null_mut()) };
         self.free.set(ptr::null_mut());
@@ -563,7 +608,11 @@ impl Page {
         if !block.is_null() {
             // SAFETY: blocks on `free` are free blocks of this page, and only
             // the owner (this thread) touches `free` lists.
+            #[cfg(not(feature = "secure"))]
             self.free.set(unsafe { Block::next(block) });
+            #[cfg(feature = "secure")]
+            // SAFETY: as above; the block is a free block of this page.
+            self.free.set(unsafe { Block::next_in(self, block) });
             self.used.set(self.used.get() + 1);
             #[cfg(feature = "secure")]
             // SAFETY: just taken off our list.
@@ -648,8 +697,16 @@ impl Page {
     /// Owner only; `block` is a live block of this page.
     #[inline(always)]
     pub(crate) unsafe fn push_local(&self, block: *mut Block) -> u32 {
+        #[cfg(not(feature = "secure"))]
         // SAFETY: the caller hands us the block.
-        unsafe { Block::set_next(block, self.local_free.get()) };
+        unsafe {
+            Block::set_next(block, self.local_free.get())
+        };
+        #[cfg(feature = "secure")]
+        // SAFETY: the caller hands us the block, of this page.
+        unsafe {
+            Block::set_next_in(self, block, self.local_free.get())
+        };
         self.local_free.set(block);
         let used = self.used.get().wrapping_sub(1);
         self.used.set(used);

@@ -124,6 +124,21 @@ pub(crate) unsafe fn keys_of(block: *mut Block) -> [usize; 2] {
     unsafe { (*page_of(block)).keys.get() }
 }
 
+/// The multiplier of the division-free block-boundary test for blocks of
+/// `size` bytes in a page of `count` blocks: `offset % size == 0` exactly
+/// when `offset · m mod 2^64 < m` with `m = ⌈2^64 / size⌉`, for every
+/// `offset < 2^32` (Lemire, Kaser and Kurz, "Faster remainder by direct
+/// computation", 2019); page offsets of non-huge pages are below 4 MiB. A
+/// page of one block (huge, or large one-block pages) gets `m = 1`: only
+/// offset 0 passes.
+pub(crate) fn boundary_multiplier(size: usize, count: u32) -> usize {
+    if count <= 1 || size == 0 || size > u32::MAX as usize {
+        1
+    } else {
+        usize::MAX / size + 1
+    }
+}
+
 /// `addr` is the start of one of the first `count` blocks of `page`.
 ///
 /// # Safety
@@ -132,9 +147,15 @@ pub(crate) unsafe fn keys_of(block: *mut Block) -> [usize; 2] {
 unsafe fn on_block_boundary(page: *mut Page, addr: usize, count: u32) -> bool {
     // SAFETY: a live descriptor (caller); only fields fixed while the page
     // holds live blocks are read.
-    let (start, size) = unsafe { ((*page).page_start.get().addr(), (*page).block_size.get()) };
+    let (start, size, m) = unsafe {
+        (
+            (*page).page_start.get().addr(),
+            (*page).block_size.get(),
+            (*page).boundary_m.get(),
+        )
+    };
     let offset = addr.wrapping_sub(start);
-    size != 0 && offset < (count as usize).wrapping_mul(size) && offset.is_multiple_of(size)
+    offset < (count as usize).wrapping_mul(size) && offset.wrapping_mul(m) < m
 }
 
 /// Decodes the link stored in free block `block` and checks that it is null
@@ -145,8 +166,21 @@ unsafe fn on_block_boundary(page: *mut Page, addr: usize, count: u32) -> bool {
 #[inline(always)]
 pub(crate) unsafe fn checked_next(block: *mut Block, stored: *mut Block) -> *mut Block {
     // SAFETY: a free block of a live page (caller).
+    unsafe { checked_next_in(page_of(block), block, stored) }
+}
+
+/// [`checked_next`] when the caller knows the block's page.
+///
+/// # Safety
+/// `block` is a free block of `page`, a live page of ours.
+#[inline(always)]
+pub(crate) unsafe fn checked_next_in(
+    page: *mut Page,
+    block: *mut Block,
+    stored: *mut Block,
+) -> *mut Block {
+    // SAFETY: a free block of a live page (caller).
     unsafe {
-        let page = page_of(block);
         let next = decode((*page).keys.get(), block, stored);
         if !next.is_null() && !on_block_boundary(page, next.addr(), (*page).reserved.get()) {
             corrupt(block);
@@ -209,6 +243,7 @@ enum Found {
 ///
 /// # Safety
 /// As for [`find_page`].
+#[inline(always)]
 unsafe fn classify(ptr: *mut u8) -> Found {
     let segment = Segment::of(ptr);
     if !segment_map::contains(segment.addr()) {
@@ -236,7 +271,7 @@ unsafe fn classify(ptr: *mut u8) -> Found {
 ///
 /// # Safety
 /// See [`find_page`].
-#[inline]
+#[inline(always)]
 pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page) {
     // SAFETY: forwarded.
     match unsafe { classify(ptr) } {
@@ -392,6 +427,21 @@ mod tests {
             assert_eq!(decode(keys, block, stored), next);
         }
         assert_ne!(encode(keys, block, ptr::null_mut()).addr(), 0);
+    }
+
+    #[test]
+    fn the_boundary_multiplier_divides_exactly() {
+        for &size in crate::size_class::BLOCK_SIZES.iter().filter(|&&s| s > 0) {
+            let m = boundary_multiplier(size, 64);
+            for offset in (0..(4usize << 20)).step_by(8) {
+                assert_eq!(
+                    offset.wrapping_mul(m) < m,
+                    offset.is_multiple_of(size),
+                    "size {size} offset {offset}"
+                );
+            }
+        }
+        assert_eq!(boundary_multiplier(5 << 20, 1), 1);
     }
 
     #[test]
