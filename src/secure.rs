@@ -47,6 +47,7 @@ fn mix(mut z: u64) -> u64 {
 
 /// A random 64-bit value from the process-wide generator, seeded from the
 /// OS (`getrandom`) at its first use. Lock-free; never allocates.
+#[cfg(not(loom))]
 pub(crate) fn random_u64() -> u64 {
     // Relaxed: the state is a counter; nothing else is published through it.
     if RNG.load(Ordering::Relaxed) == 0 {
@@ -58,6 +59,14 @@ pub(crate) fn random_u64() -> u64 {
     }
     // Relaxed: an RMW on a counter, nothing published with it.
     mix(RNG.fetch_add(WEYL, Ordering::Relaxed).wrapping_add(WEYL))
+}
+
+/// Under loom a model must run the same way on every exploration: secure
+/// mode's keys, shuffles and slot choices are fixed there (the models check
+/// the protocols, not the secrecy).
+#[cfg(loom)]
+pub(crate) fn random_u64() -> u64 {
+    mix(WEYL)
 }
 
 /// A small local generator (xorshift64*) for loops that need many random
