@@ -79,8 +79,8 @@ MUTANTS = {
     # Publishing the exit key with a blind store instead of a CAS.
     "once-blind-store": (
         "src/once.rs",
-        "match self\n            .slot\n            .compare_exchange(0, encoded, Ordering::Release, Ordering::Acquire)",
-        "match { self.slot.store(encoded, Ordering::Release); Ok::<usize, usize>(0) }",
+        "match self\n            .cell\n            .compare_exchange(0, encoded, Ordering::Release, Ordering::Acquire)",
+        "match { self.cell.store(encoded, Ordering::Release); Ok::<usize, usize>(0) }",
         "once", "publish_once_races",
     ),
     # The reaper resets a heap's waiting slots without taking its lock.
@@ -109,7 +109,7 @@ MUTANTS = {
     "destroy-skips-segment": (
         "src/heap/mod.rs",
         "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segment_free(segment);",
-        "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segments.remove(segment, SegmentLinks::All);",
+        "                if heir.is_null() || delay == 0 || (*segment).kind == PageKind::Huge {\n                    self.segments.remove(segment, segments::SegmentLinks::All);",
         "destroy", "destroy_races_remote_free_of_sibling_heap",
     ),
     # The reaper hands a page's remote-free chain back without Release.
