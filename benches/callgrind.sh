@@ -11,6 +11,8 @@
 # Usage: benches/callgrind.sh
 # Environment (all optional):
 #   SIZES="16 256 8192"   ALLOCATORS="ShardAlloc System mimalloc jemalloc rusty_alloc"
+#   (also ShardAlloc-secure and mimalloc-secure: the `secure` feature of shardalloc-bench,
+#   built into target/secure)
 #   PATTERNS="pair ring"  N1=10000  N2=110000
 set -euo pipefail
 
@@ -29,7 +31,12 @@ N2=${N2:-110000}
 
 cargo build --quiet --release -p shardalloc-bench --bin pairs
 target_dir=${CARGO_TARGET_DIR:-target}
-bin="$target_dir/release/pairs"
+bin_plain="$target_dir/release/pairs"
+bin_secure="target/secure/release/pairs"
+case " $ALLOCATORS " in
+    *-secure*) CARGO_TARGET_DIR=target/secure cargo build --quiet --release -p shardalloc-bench \
+        --features secure --bin pairs ;;
+esac
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -37,6 +44,10 @@ trap 'rm -rf "$tmp"' EXIT
 # Total instructions (Ir) of one run: `instructions <allocator> <size> <iters> <pattern>`.
 instructions() {
     local out="$tmp/callgrind.out"
+    local bin=$bin_plain
+    case $1 in
+        *-secure) bin=$bin_secure; set -- "${1%-secure}" "${@:2}" ;;
+    esac
     if ! valgrind --tool=callgrind --callgrind-out-file="$out" \
         "$bin" "$@" >"$tmp/log" 2>&1; then
         echo "callgrind.sh: run failed: $bin $*" >&2

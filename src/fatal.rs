@@ -16,6 +16,29 @@ pub(crate) fn fatal(message: &str) -> ! {
     unsafe { libc::abort() }
 }
 
+/// Reports a detected heap misuse: writes `shardalloc: <what> of 0x<addr>;
+/// aborting` to standard error (no allocation) and aborts.
+#[cfg(feature = "secure")]
+#[cold]
+#[inline(never)]
+pub(crate) fn misuse(what: &str, addr: usize) -> ! {
+    let mut hex = [0u8; 18];
+    hex[0] = b'0';
+    hex[1] = b'x';
+    let digits = (usize::BITS - addr.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in hex[2..2 + digits].iter_mut().enumerate() {
+        let nibble = (addr >> (4 * (digits - 1 - i))) & 0xF;
+        *slot = b"0123456789abcdef"[nibble];
+    }
+    write_stderr(b"shardalloc: ");
+    write_stderr(what.as_bytes());
+    write_stderr(b" of ");
+    write_stderr(&hex[..2 + digits]);
+    write_stderr(b"; aborting\n");
+    // SAFETY: abort has no preconditions and never returns.
+    unsafe { libc::abort() }
+}
+
 /// Writes `bytes` to file descriptor 2, retrying short writes; errors are
 /// ignored (there is nowhere left to report them).
 pub(crate) fn write_stderr(bytes: &[u8]) {

@@ -44,6 +44,11 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
     if ptr.is_null() {
         return 0;
     }
+    #[cfg(feature = "secure")]
+    // SAFETY: any address may be checked.
+    unsafe {
+        crate::secure::check_pointer(ptr)
+    };
     // SAFETY: a live block (caller): its segment and page are live, and the
     // block size never changes while a block of the page is live.
     unsafe {
@@ -61,21 +66,32 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 /// calling thread's id.
 #[inline(always)]
 pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
+    #[cfg(not(feature = "secure"))]
     let segment = Segment::of(ptr);
+    // Secure: nothing about `ptr` is trusted until the segment map and the
+    // page's block boundaries vouch for it (else `invalid free` aborts).
+    #[cfg(feature = "secure")]
+    // SAFETY: any address may be checked.
+    let (segment, page) = unsafe { crate::secure::check_free(ptr) };
     // SAFETY: `ptr` is a live block (caller), so its segment and page are
     // live. The segment's owner id equals ours only if this thread owns it,
     // in which case the page's lists are ours to touch.
     unsafe {
+        #[cfg(not(feature = "secure"))]
         let page = Segment::page_of(segment, ptr);
         let block = ptr.cast::<Block>();
         // Relaxed: only equality with our own id matters, and only this
         // thread ever stores its own id into a segment.
         if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
+            #[cfg(feature = "secure")]
+            crate::secure::mark_freed_local(page, block);
             let used = (*page).push_local(block);
             if used == 0 || (*page).flags.get() != 0 {
                 after_local_free(page);
             }
         } else {
+            #[cfg(feature = "secure")]
+            crate::secure::mark_freed_remote(page, block);
             free_remote(segment, page, block);
         }
     }

@@ -86,6 +86,9 @@ pub(crate) unsafe fn allocate_in(
     align: usize,
     zero: bool,
 ) -> *mut u8 {
+    // Secure: no 8 B blocks, so every block has room for its freed canary.
+    #[cfg(feature = "secure")]
+    let size = size.max(MIN_ALIGN);
     if size <= SMALL_SIZE_MAX && align <= MIN_ALIGN {
         // Blocks ≥ 16 B are 16-aligned; the 8 B class only 8-aligned.
         let size = size.max(align);
@@ -97,8 +100,13 @@ pub(crate) unsafe fn allocate_in(
             let page = (*heap).direct_page(size);
             let block = (*page).free.get();
             if !block.is_null() {
+                #[cfg(not(feature = "secure"))]
                 (*page).free.set(Block::next(block));
+                #[cfg(feature = "secure")]
+                (*page).free.set(Block::next_in(&*page, block));
                 (*page).used.set((*page).used.get() + 1);
+                #[cfg(feature = "secure")]
+                crate::secure::clear_canary(page, block);
                 if zero {
                     zero_block(page, block, size);
                 }
@@ -241,7 +249,7 @@ mod tests {
     #[test]
     fn small_requests_use_the_class_size() {
         for (size, align, usable) in [
-            (1, 1, 8),
+            (1, 1, if cfg!(feature = "secure") { 16 } else { 8 }),
             (8, 16, 16),
             (17, 8, 32),
             (100, 64, 128),

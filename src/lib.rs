@@ -92,6 +92,8 @@ mod process;
 mod registry;
 #[cfg(not(loom))]
 mod report;
+#[cfg(feature = "secure")]
+mod secure;
 mod segment;
 mod segment_cache;
 mod size_class;

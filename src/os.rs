@@ -247,6 +247,73 @@ mod test_backend {
     }
 }
 
+/// Fills `buf` with random bytes for secure mode's keys and seeds, without
+/// allocating: `getrandom(2)`, else a read of `/dev/urandom`, else a mix of
+/// the clocks and of stack and code addresses (weak, but never fails).
+#[cfg(feature = "secure")]
+pub(crate) fn random_bytes(buf: &mut [u8]) {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is a writable buffer of `rest.len()` bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n <= 0 {
+            break;
+        }
+        filled += n.unsigned_abs();
+    }
+    if filled == buf.len() {
+        return;
+    }
+    // SAFETY: a NUL-terminated path; the flags need nothing else.
+    let fd = unsafe { libc::open(c"/dev/urandom".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd >= 0 {
+        while filled < buf.len() {
+            let rest = &mut buf[filled..];
+            // SAFETY: our descriptor; `rest` is writable for its length.
+            let n = unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) };
+            if n <= 0 {
+                break;
+            }
+            filled += n.unsigned_abs();
+        }
+        // SAFETY: our descriptor, closed once.
+        unsafe { libc::close(fd) };
+    }
+    if filled == buf.len() {
+        return;
+    }
+    // Last resort: clocks and addresses (ASLR), mixed with splitmix64.
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &raw mut ts) };
+    let mut state = (ts.tv_sec as u64) << 32
+        ^ ts.tv_nsec as u64
+        ^ (&raw const ts).addr() as u64
+        ^ (random_bytes as fn(&mut [u8]) as usize as u64);
+    for byte in &mut buf[filled..] {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        *byte = (z ^ (z >> 31)) as u8;
+    }
+}
+
+/// Makes `[ptr, ptr + size)` inaccessible (`PROT_NONE`): a guard page that
+/// turns an overflow into a fault. Returns whether it worked.
+///
+/// # Safety
+/// The range is page-aligned, inside one of our mappings, and holds no block.
+#[cfg(all(feature = "secure", not(any(loom, miri))))]
+pub(crate) unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
+    // SAFETY: the caller guarantees the range is ours and unused.
+    unsafe { libc::mprotect(ptr.cast(), size, libc::PROT_NONE) == 0 }
+}
+
 /// Returns the current resident set size of the process in bytes, read from
 /// `/proc/self/statm` with raw system calls (no allocation).
 #[cfg(not(any(loom, miri)))]

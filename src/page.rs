@@ -43,7 +43,60 @@ impl Block {
     pub(crate) unsafe fn next(block: *mut Block) -> *mut Block {
         // SAFETY: the caller guarantees the block is valid and not being
         // written concurrently.
-        unsafe { (*block).next.with(|p| *p) }
+        let stored = unsafe { (*block).next.with(|p| *p) };
+        #[cfg(feature = "secure")]
+        // SAFETY: a free block of ours (caller): decode and validate (same page).
+        let stored = unsafe { crate::secure::checked_next(block, stored) };
+        stored
+    }
+
+    /// [`Block::next`] for a block of `page` (secure builds: no page lookup).
+    ///
+    /// # Safety
+    /// As for [`Block::next`]; `block` is a block of `page`.
+    #[cfg(feature = "secure")]
+    #[inline(always)]
+    pub(crate) unsafe fn next_in(page: &Page, block: *mut Block) -> *mut Block {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            crate::secure::checked_next_in(
+                ptr::from_ref(page).cast_mut(),
+                block,
+                (*block).next.with(|p| *p),
+            )
+        }
+    }
+
+    /// [`Block::set_next`] for a block of `page` (secure builds: no page
+    /// lookup).
+    ///
+    /// # Safety
+    /// As for [`Block::set_next`]; `block` is a block of `page`.
+    #[cfg(feature = "secure")]
+    #[inline(always)]
+    pub(crate) unsafe fn set_next_in(page: &Page, block: *mut Block, next: *mut Block) {
+        let next = crate::secure::encode(page.keys.get(), block, next);
+        // SAFETY: the caller guarantees exclusive ownership of the block.
+        unsafe { (*block).next.with_mut(|p| *p = next) }
+    }
+
+    /// Reads the link of a block on a heap's delayed list, whose next block
+    /// may be of another page (secure builds validate it accordingly).
+    ///
+    /// # Safety
+    /// As for [`Block::next`].
+    #[inline(always)]
+    pub(crate) unsafe fn next_delayed(block: *mut Block) -> *mut Block {
+        #[cfg(feature = "secure")]
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            crate::secure::checked_next_any(block, (*block).next.with(|p| *p))
+        }
+        #[cfg(not(feature = "secure"))]
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            Block::next(block)
+        }
     }
 
     /// Writes the link of a block this thread owns (about to be freed).
@@ -52,6 +105,9 @@ impl Block {
     /// `block` is a block of ours that this thread exclusively owns.
     #[inline(always)]
     pub(crate) unsafe fn set_next(block: *mut Block, next: *mut Block) {
+        #[cfg(feature = "secure")]
+        // SAFETY: a block of ours (caller): its page's keys are set.
+        let next = crate::secure::encode(unsafe { crate::secure::keys_of(block) }, block, next);
         // SAFETY: the caller guarantees exclusive ownership of the block.
         unsafe { (*block).next.with_mut(|p| *p = next) }
     }
@@ -63,6 +119,9 @@ impl Block {
     /// memory that hold no live block.
     #[inline(always)]
     unsafe fn init(block: *mut Block, next: *mut Block) {
+        #[cfg(all(loom, feature = "secure"))]
+        // SAFETY: a block of ours (caller): its page's keys are set.
+        let next = crate::secure::encode(unsafe { crate::secure::keys_of(block) }, block, next);
         #[cfg(loom)]
         // SAFETY: the caller guarantees the memory is writable and unused.
         unsafe {
@@ -182,6 +241,11 @@ const MIN_EXTEND: usize = 4;
 /// but kept allocating fresh memory while freed, cache-warm blocks waited).
 const EXTEND_BYTES: usize = 4096;
 
+/// Most blocks one extension shuffles (4096 B of 16 B blocks; larger runs,
+/// of 8 B blocks, stay in address order).
+#[cfg(feature = "secure")]
+const SHUFFLE_MAX: usize = EXTEND_BYTES / 16;
+
 /// What a remote free of a block left to do (see [`Page::free_remote`]).
 #[must_use]
 pub(crate) enum RemoteFree {
@@ -253,6 +317,14 @@ pub(crate) struct Page {
     /// moment. Empty otherwise.
     pub(crate) reaped_delayed: Cell<*mut Block>,
     pub(crate) reaped_delayed_count: Cell<u32>,
+    /// Secure mode: the keys encoding the links stored in this page's free
+    /// blocks and their freed canaries; drawn afresh by every `init`.
+    #[cfg(feature = "secure")]
+    pub(crate) keys: Cell<[usize; 2]>,
+    /// Secure mode: the block-boundary test's multiplier
+    /// (`secure::boundary_multiplier`), set with `block_size`.
+    #[cfg(feature = "secure")]
+    pub(crate) boundary_m: Cell<usize>,
 }
 
 #[cfg(not(loom))]
@@ -387,6 +459,10 @@ impl Page {
             reset_at: Cell::new(0),
             reaped_delayed: Cell::new(ptr::null_mut()),
             reaped_delayed_count: Cell::new(0),
+            #[cfg(feature = "secure")]
+            keys: Cell::new([0; 2]),
+            #[cfg(feature = "secure")]
+            boundary_m: Cell::new(1),
         }
     }
 
@@ -434,6 +510,14 @@ impl Page {
             // soon as it is freed, not when its neighbours are.
             reserved = reserved.min(1);
         }
+        #[cfg(feature = "secure")]
+        {
+            self.keys.set(crate::secure::new_keys());
+            self.boundary_m.set(crate::secure::boundary_multiplier(
+                block_size,
+                u32::try_from(reserved).unwrap_or(u32::MAX),
+            ));
+        }
         self.free.set(ptr::null_mut());
         self.local_free.set(ptr::null_mut());
         self.used.set(0);
@@ -473,6 +557,11 @@ impl Page {
         block: *mut u8,
         usable: usize,
     ) {
+        #[cfg(feature = "secure")]
+        {
+            self.keys.set(crate::secure::new_keys());
+            self.boundary_m.set(1);
+        }
         // SAFETY: the block is fresh memory of ours, at least a word long.
         unsafe { Block::init(block.cast(), ptr::null_mut()) };
         self.free.set(ptr::null_mut());
@@ -486,6 +575,14 @@ impl Page {
         self.retire_expire.set(0);
         self.block_size.set(usable);
         self.page_start.set(block);
+        #[cfg(all(feature = "secure", not(loom)))]
+        // SAFETY: the block is ours and longer than two words. A live block's
+        // link word means nothing, and a fresh huge block must read as zero
+        // (the encoded null link is not 0); a reused spare still carries its
+        // old freed canary.
+        unsafe {
+            block.cast::<[usize; 2]>().write([0; 2])
+        };
         self.next.set(ptr::null_mut());
         self.prev.set(ptr::null_mut());
         // Relaxed, as in `init`. A huge page is always "full": its one remote
@@ -511,8 +608,17 @@ impl Page {
         if !block.is_null() {
             // SAFETY: blocks on `free` are free blocks of this page, and only
             // the owner (this thread) touches `free` lists.
+            #[cfg(not(feature = "secure"))]
             self.free.set(unsafe { Block::next(block) });
+            #[cfg(feature = "secure")]
+            // SAFETY: as above; the block is a free block of this page.
+            self.free.set(unsafe { Block::next_in(self, block) });
             self.used.set(self.used.get() + 1);
+            #[cfg(feature = "secure")]
+            // SAFETY: just taken off our list.
+            unsafe {
+                crate::secure::clear_canary(ptr::from_ref(self).cast_mut(), block)
+            };
         }
         block
     }
@@ -531,6 +637,13 @@ impl Page {
         let size = self.block_size.get();
         let count = (EXTEND_BYTES / size).max(MIN_EXTEND).min(remaining);
         let start = self.page_start.get();
+        #[cfg(feature = "secure")]
+        if count <= SHUFFLE_MAX {
+            // SAFETY: as below.
+            unsafe { self.extend_shuffled(start, capacity, count, size) };
+            self.capacity.set((capacity + count) as u32);
+            return;
+        }
         // SAFETY: blocks `capacity .. capacity + count` lie inside the page
         // (count ≤ reserved − capacity) and have never been handed out.
         unsafe {
@@ -547,14 +660,53 @@ impl Page {
         self.capacity.set((capacity + count) as u32);
     }
 
+    /// Secure mode's extension: the new blocks are threaded in a random
+    /// order (Fisher–Yates over their indices), so addresses handed out are
+    /// not predictable from earlier ones.
+    ///
+    /// # Safety
+    /// As for `extend`'s loop: blocks `capacity .. capacity + count` of the
+    /// page (count ≤ `SHUFFLE_MAX`) lie inside it and were never handed out.
+    #[cfg(feature = "secure")]
+    unsafe fn extend_shuffled(&self, start: *mut u8, capacity: usize, count: usize, size: usize) {
+        let mut order = [0u16; SHUFFLE_MAX];
+        for (i, slot) in order.iter_mut().enumerate().take(count) {
+            *slot = i as u16;
+        }
+        let mut rng = crate::secure::LocalRng::new();
+        for i in (1..count).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        let block_at = |i: u16| {
+            // SAFETY: index below `count` (caller's range).
+            unsafe { start.add((capacity + i as usize) * size).cast::<Block>() }
+        };
+        let mut next = self.free.get();
+        for &i in order[..count].iter().rev() {
+            let block = block_at(i);
+            // SAFETY: a never-used block of this page (caller).
+            unsafe { Block::init(block, next) };
+            next = block;
+        }
+        self.free.set(next);
+    }
+
     /// Pushes a block freed by the owner; returns the new `used`.
     ///
     /// # Safety
     /// Owner only; `block` is a live block of this page.
     #[inline(always)]
     pub(crate) unsafe fn push_local(&self, block: *mut Block) -> u32 {
+        #[cfg(not(feature = "secure"))]
         // SAFETY: the caller hands us the block.
-        unsafe { Block::set_next(block, self.local_free.get()) };
+        unsafe {
+            Block::set_next(block, self.local_free.get())
+        };
+        #[cfg(feature = "secure")]
+        // SAFETY: the caller hands us the block, of this page.
+        unsafe {
+            Block::set_next_in(self, block, self.local_free.get())
+        };
         self.local_free.set(block);
         let used = self.used.get().wrapping_sub(1);
         self.used.set(used);
@@ -997,7 +1149,7 @@ mod tests {
         // SAFETY: the page is ours.
         unsafe {
             let page = &*page;
-            let (_, len) = Segment::page_area(segment, 0);
+            let (_, len) = Segment::page_area(segment, Segment::page_index(segment, page));
             assert_eq!(page.reserved.get() as usize, len / 64);
             assert_eq!(
                 page.capacity.get() as usize,
@@ -1010,10 +1162,21 @@ mod tests {
                 blocks.push(block.addr());
             }
             assert_eq!(blocks.len(), EXTEND_BYTES / 64);
+            #[cfg(not(feature = "secure"))]
             assert!(
                 blocks.windows(2).all(|w| w[1] == w[0] + 64),
                 "sequential order"
             );
+            #[cfg(feature = "secure")]
+            {
+                let mut sorted = blocks.clone();
+                sorted.sort_unstable();
+                assert!(
+                    sorted.windows(2).all(|w| w[1] == w[0] + 64),
+                    "a permutation"
+                );
+                assert_ne!(sorted, blocks, "shuffled");
+            }
             assert_eq!(page.used.get() as usize, blocks.len());
             page.extend();
             assert_eq!(page.capacity.get() as usize, 2 * EXTEND_BYTES / 64);

@@ -52,6 +52,30 @@ pub(crate) const HEADER_SIZE: usize = match checked_align_up(size_of::<Segment>(
     None => panic!("segment header size overflows"),
 };
 
+/// Secure builds end every segment with a guard page (`PROT_NONE`): an
+/// overflow running off the last block of a segment faults before it
+/// reaches the next segment. Not under loom or Miri (no real mappings).
+#[cfg(all(feature = "secure", not(any(loom, miri))))]
+const GUARD_SIZE: usize = OS_PAGE_SIZE;
+#[cfg(not(all(feature = "secure", not(any(loom, miri)))))]
+const GUARD_SIZE: usize = 0;
+
+/// Secure builds: the guard page at the end of `[base, base + size)`, and
+/// the segment entered in the segment map.
+#[cfg(feature = "secure")]
+fn secure_new_segment(base: NonNull<u8>, size: usize) {
+    #[cfg(not(any(loom, miri)))]
+    // SAFETY: the last OS page of a fresh mapping of ours, which no page
+    // area or block reaches (they end GUARD_SIZE before the mapping does).
+    // A refused mprotect only loses the guard.
+    unsafe {
+        os::protect_none(base.as_ptr().add(size - GUARD_SIZE), GUARD_SIZE)
+    };
+    #[cfg(any(loom, miri))]
+    let _ = size;
+    crate::secure::segment_map::insert(base.as_ptr().addr());
+}
+
 /// Largest huge request (128 TiB); anything larger is reported as out of
 /// memory without asking the OS.
 pub(crate) const HUGE_SIZE_MAX: usize = 1 << 47;
@@ -109,7 +133,7 @@ pub(crate) struct Segment {
     /// Immutable: the segment's page kind.
     pub(crate) kind: PageKind,
     /// Immutable: shift from an offset to a page index.
-    page_shift: usize,
+    pub(crate) page_shift: usize,
     /// Immutable: number of page slots.
     pub(crate) page_count: usize,
     /// Immutable: bytes mapped from the segment start.
@@ -231,6 +255,8 @@ impl Segment {
     ) -> Option<NonNull<Segment>> {
         let (page_shift, page_count) = Segment::layout_of(kind)?;
         let base = map_below_limit(SEGMENT_SIZE, SEGMENT_SIZE, 0)?;
+        #[cfg(feature = "secure")]
+        secure_new_segment(base, SEGMENT_SIZE);
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for the header.
         unsafe {
@@ -332,7 +358,8 @@ impl Segment {
         // SAFETY: forwarded from the caller.
         unsafe {
             if (*segment).kind == PageKind::Huge {
-                (*segment).size - HEADER_SIZE
+                // (Secure: the guard page never holds memory.)
+                (*segment).size - HEADER_SIZE - GUARD_SIZE
             } else {
                 Segment::page_memory(segment, page).1
             }
@@ -458,7 +485,7 @@ impl Segment {
         unsafe {
             let zero = os::reset(
                 segment.cast::<u8>().add(HEADER_SIZE),
-                SEGMENT_SIZE - HEADER_SIZE,
+                SEGMENT_SIZE - HEADER_SIZE - GUARD_SIZE,
             );
             if zero {
                 Segment::forget_committed(segment);
@@ -494,8 +521,11 @@ impl Segment {
             // masks to the header.
             (SEGMENT_SIZE, align, SEGMENT_SIZE)
         };
-        let total = checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)?;
+        let total = checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)?
+            .checked_add(GUARD_SIZE)?;
         let base = map_below_limit(total, map_align, map_offset)?;
+        #[cfg(feature = "secure")]
+        secure_new_segment(base, total);
         if total >= HUGE_OS_PAGE && options::huge_os_pages() {
             // SAFETY: our fresh mapping.
             unsafe { os::advise_huge_pages(base.as_ptr(), total) };
@@ -517,8 +547,8 @@ impl Segment {
             let block = base.as_ptr().add(block_offset);
             let page = Segment::page(segment.as_ptr(), 0);
             Segment::note_page_committed(segment.as_ptr(), page);
-            (*page).init_huge(heap, bin, block, total - block_offset);
-            stats::HUGE_LIVE.add(total - block_offset);
+            (*page).init_huge(heap, bin, block, total - block_offset - GUARD_SIZE);
+            stats::HUGE_LIVE.add(total - block_offset - GUARD_SIZE);
             (*segment.as_ptr()).used_pages.set(1);
             Some((segment, block))
         }
@@ -554,7 +584,7 @@ impl Segment {
             && map_align == SEGMENT_SIZE
             && Segment::huge_block_offset(align)
                 .and_then(|offset| offset.checked_add(size))
-                .is_some_and(|end| end <= total)
+                .is_some_and(|end| end <= total - GUARD_SIZE)
     }
 
     /// Sets a spare huge segment's page up again for a block of `size` bytes
@@ -578,13 +608,13 @@ impl Segment {
             let block = segment.cast::<u8>().add(offset);
             let page = Segment::page(segment, 0);
             let keep = checked_align_up(offset + size, OS_PAGE_SIZE).unwrap_or(total);
-            let tail = total.saturating_sub(keep);
+            let tail = (total - GUARD_SIZE).saturating_sub(keep);
             if tail >= TRIM_MIN.max(total / 2) {
                 os::reset(segment.cast::<u8>().add(keep), tail);
             }
-            (*page).init_huge(heap, bin, block, total - offset);
+            (*page).init_huge(heap, bin, block, total - offset - GUARD_SIZE);
             (*segment).used_pages.set(1);
-            stats::HUGE_LIVE.add(total - offset);
+            stats::HUGE_LIVE.add(total - offset - GUARD_SIZE);
             block
         }
     }
@@ -650,6 +680,8 @@ impl Segment {
             }
             let size = (*segment).size;
             let align = (*segment).map_align;
+            #[cfg(feature = "secure")]
+            crate::secure::segment_map::remove(segment.addr());
             os::unmap(NonNull::new_unchecked(segment.cast()), size, align);
         }
     }
@@ -665,7 +697,7 @@ impl Segment {
             let page_size = 1usize << shift;
             let start = index << shift;
             let begin = start.max(HEADER_SIZE);
-            let end = (start + page_size).min((*segment).size);
+            let end = (start + page_size).min((*segment).size - GUARD_SIZE);
             (segment.cast::<u8>().add(begin), end - begin)
         }
     }
@@ -687,7 +719,13 @@ impl Segment {
     pub(crate) unsafe fn claim_slot(segment: *mut Segment) -> *mut Page {
         // SAFETY: owner only (caller); indices are below page_count.
         unsafe {
+            // Secure: start the search at a random slot, so which page of a
+            // segment serves a size class is not predictable.
+            #[cfg(feature = "secure")]
+            let first = crate::secure::random_u64() as usize % (*segment).page_count;
             for index in 0..(*segment).page_count {
+                #[cfg(feature = "secure")]
+                let index = (index + first) % (*segment).page_count;
                 let page = Segment::page(segment, index);
                 if !(*page).in_use.get() {
                     (*segment).used_pages.set((*segment).used_pages.get() + 1);

@@ -83,7 +83,7 @@ impl RawHeap {
             // is us), which stays live while the block is unfreed.
             unsafe {
                 while !block.is_null() {
-                    let next = Block::next(block);
+                    let next = Block::next_delayed(block);
                     let segment = Segment::of(block.cast());
                     let page = Segment::page_of(segment, block.cast());
                     // First wait out a remote thread still in `Freeing` on this

@@ -194,7 +194,7 @@ impl RawHeap {
             // SAFETY: the taken chain is ours; each block's page and segment
             // stay live while the block is on a list (its owner still counts
             // it as used).
-            let next = unsafe { Block::next(block) };
+            let next = unsafe { Block::next_delayed(block) };
             let segment = Segment::of(block.cast());
             // SAFETY: as above; `kind` never changes.
             if unsafe { (*segment).kind } == PageKind::Huge {

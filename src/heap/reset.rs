@@ -314,7 +314,12 @@ impl RawHeap {
 pub(super) const INTERIOR_RESET_MARK: usize = 0x5EED_F4EE_B10C_0000;
 
 /// Where a free block keeps `INTERIOR_RESET_MARK`.
-pub(super) const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_of::<usize>());
+pub(super) const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_of::<usize>())
+    + if cfg!(feature = "secure") {
+        size_of::<usize>()
+    } else {
+        0
+    }; // secure: past the canary
 
 /// Gives back the OS pages inside a free block of `size` bytes, all but its
 /// first (which holds its link and the mark), unless the mark says it was

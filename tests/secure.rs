@@ -1,0 +1,561 @@
+//! Secure mode (`--features secure`): each misuse runs in a child process (this test binary run
+//! again with `SHARDALLOC_SECURE_CHILD=<name>`, selecting one `#[ignore]`d child test) and the
+//! parent asserts the outcome: an abort (SIGABRT) whose stderr names the misuse and the address,
+//! a fault (SIGSEGV) for overflows into guard pages, and never an attacker's address returned.
+//!
+//! Run: `cargo test --release --features secure --test secure`.
+#![cfg(feature = "secure")]
+
+use shardalloc::ShardAlloc;
+use std::alloc::{GlobalAlloc, Layout};
+use std::io::Write as _;
+use std::os::unix::process::ExitStatusExt as _;
+use std::process::Command;
+
+#[global_allocator]
+static GLOBAL: ShardAlloc = ShardAlloc;
+
+const CHILD_ENV: &str = "SHARDALLOC_SECURE_CHILD";
+
+/// What a child run ended with.
+struct Outcome {
+    signal: Option<i32>,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the `#[ignore]`d test `name` of this binary in a child process.
+fn run_child(name: &str) -> Outcome {
+    let exe = std::env::current_exe().expect("current_exe");
+    let out = Command::new(exe)
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, name)
+        .output()
+        .expect("spawn child");
+    Outcome {
+        signal: out.status.signal(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Whether this process is the child selected for `name`.
+fn is_child(name: &str) -> bool {
+    std::env::var(CHILD_ENV).as_deref() == Ok(name)
+}
+
+/// Tells the parent an address (it checks the abort message names it).
+fn report(tag: &str, addr: usize) {
+    let mut out = std::io::stdout();
+    writeln!(out, "{tag} {addr:#x}").unwrap();
+    out.flush().unwrap();
+}
+
+/// The address the child reported under `tag`.
+fn reported(outcome: &Outcome, tag: &str) -> String {
+    outcome
+        .stdout
+        .lines()
+        .find_map(|l| {
+            // (The harness may print "test <name> ... " on the same line first.)
+            let (_, rest) = l.split_once(&format!("{tag} "))?;
+            rest.split_whitespace().next().map(str::to_string)
+        })
+        .unwrap_or_else(|| panic!("child reported no {tag}: {}", outcome.stdout))
+}
+
+/// The child died of SIGABRT with exactly `shardalloc: <what> of <addr>; aborting`.
+fn assert_aborted(outcome: &Outcome, what: &str, addr: Option<&str>) {
+    assert_eq!(
+        outcome.signal,
+        Some(libc::SIGABRT),
+        "expected SIGABRT (exit code {:?}); stdout: {}; stderr: {}",
+        outcome.code,
+        outcome.stdout,
+        outcome.stderr
+    );
+    let expected = match addr {
+        Some(addr) => format!("shardalloc: {what} of {addr}; aborting"),
+        None => format!("shardalloc: {what} of 0x"),
+    };
+    assert!(
+        outcome.stderr.contains(&expected),
+        "stderr lacks {expected:?}: {}",
+        outcome.stderr
+    );
+    assert!(
+        !outcome.stdout.contains("ATTACKER"),
+        "an attacker's address was returned: {}",
+        outcome.stdout
+    );
+}
+
+fn layout(size: usize) -> Layout {
+    Layout::from_size_align(size, 8).unwrap()
+}
+
+/// A raw block from ShardAlloc.
+fn alloc(size: usize) -> *mut u8 {
+    // SAFETY: non-zero size.
+    let p = unsafe { ShardAlloc.alloc(layout(size)) };
+    assert!(!p.is_null());
+    p
+}
+
+/// Frees through ShardAlloc (misuse on purpose in the children).
+fn free(p: *mut u8) {
+    // SAFETY: not in general — the children misuse it on purpose; the allocator must catch it.
+    unsafe { shardalloc::free(p) }
+}
+
+/// Sends an address to another thread (raw pointers are not `Send`).
+#[derive(Clone, Copy)]
+struct Addr(usize);
+
+fn ptr_of(a: Addr) -> *mut u8 {
+    std::ptr::with_exposed_provenance_mut(a.0)
+}
+
+macro_rules! child {
+    ($name:ident, $body:block) => {
+        #[test]
+        #[ignore = "child process of a secure-mode test"]
+        fn $name() {
+            if !is_child(stringify!($name)) {
+                return;
+            }
+            $body
+        }
+    };
+}
+
+// ---- double frees ----------------------------------------------------------------------------
+
+child!(child_double_free_local_free, {
+    let keep = alloc(64); // the page stays in use
+    let p = alloc(64);
+    report("ADDR", p.addr());
+    free(p);
+    free(p); // still on `local_free`
+    std::hint::black_box(keep);
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_on_the_owner_thread_in_local_free_aborts() {
+    let o = run_child("child_double_free_local_free");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_double_free_free_list, {
+    // An alloc/free loop on the only page of a size class: the freed block goes straight back
+    // to the page's `free` list (retired page), where the second free finds it.
+    let p = alloc(2800);
+    free(p);
+    let q = alloc(2800);
+    free(q);
+    report("ADDR", q.addr());
+    free(q);
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_on_the_owner_thread_in_free_aborts() {
+    let o = run_child("child_double_free_free_list");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_double_free_owner_then_other, {
+    let keep = alloc(128);
+    let p = alloc(128);
+    report("ADDR", p.addr());
+    free(p);
+    let a = Addr(p.expose_provenance());
+    std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
+    std::hint::black_box(keep);
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_owner_then_other_thread_aborts() {
+    let o = run_child("child_double_free_owner_then_other");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_double_free_other_then_owner, {
+    let keep = alloc(128);
+    let p = alloc(128);
+    report("ADDR", p.addr());
+    let a = Addr(p.expose_provenance());
+    // The other thread frees first (onto the page's thread_free list) and exits.
+    std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
+    free(p);
+    std::hint::black_box(keep);
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_other_thread_then_owner_aborts() {
+    let o = run_child("child_double_free_other_then_owner");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_double_free_other_then_owner_collected, {
+    // As above, but the owner collects the remote free (the block moves to its own lists)
+    // before freeing again.
+    let keep = alloc(128); // the page stays in use
+    let p = alloc(128);
+    report("ADDR", p.addr());
+    let a = Addr(p.expose_provenance());
+    std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
+    shardalloc::collect(false);
+    free(p);
+    std::hint::black_box(keep);
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_other_thread_then_owner_after_collect_aborts() {
+    let o = run_child("child_double_free_other_then_owner_collected");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_double_free_after_page_emptied, {
+    // The only block of its page freed by another thread, collected (the page empties and goes
+    // back to its segment), then freed again by the owner.
+    let p = alloc(128);
+    report("ADDR", p.addr());
+    let a = Addr(p.expose_provenance());
+    std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
+    shardalloc::collect(true);
+    free(p);
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_after_the_page_emptied_aborts() {
+    let o = run_child("child_double_free_after_page_emptied");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_double_free_two_other_threads, {
+    let p = alloc(128);
+    report("ADDR", p.addr());
+    let a = Addr(p.expose_provenance());
+    std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
+    std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_by_two_other_threads_aborts() {
+    let o = run_child("child_double_free_two_other_threads");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_double_free_huge, {
+    let p = alloc(3 << 20);
+    report("ADDR", p.addr());
+    free(p); // kept as a spare for the reset delay
+    free(p);
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_of_a_huge_block_aborts() {
+    let o = run_child("child_double_free_huge");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+// ---- invalid frees ---------------------------------------------------------------------------
+
+child!(child_interior_free, {
+    let p = alloc(64);
+    report("ADDR", p.addr() + 16);
+    free(p.wrapping_add(16));
+    println!("SURVIVED");
+});
+
+#[test]
+fn free_of_an_interior_pointer_aborts() {
+    let o = run_child("child_interior_free");
+    assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_stack_free, {
+    let mut on_stack = [0u64; 8];
+    let p = on_stack.as_mut_ptr().cast::<u8>();
+    report("ADDR", p.addr());
+    free(p);
+    println!("SURVIVED {}", on_stack[0]);
+});
+
+#[test]
+fn free_of_a_stack_pointer_aborts() {
+    let o = run_child("child_stack_free");
+    assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_foreign_mmap_free, {
+    const LEN: usize = 64 << 20;
+    // SAFETY: an anonymous private mapping; no preconditions.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let base = base.cast::<u8>();
+    // A pointer whose 4 MiB-aligned address below lies inside our mapping: a "segment header"
+    // the attacker controls, filled with plausible garbage.
+    let seg = (base.addr() + (8 << 20)) & !((4 << 20) - 1);
+    // SAFETY: inside our own mapping.
+    unsafe { base.add(seg - base.addr()).write_bytes(0x01, 64 << 10) };
+    let p = base.wrapping_add(seg - base.addr() + (1 << 20));
+    report("ADDR", p.addr());
+    free(p);
+    println!("SURVIVED");
+});
+
+#[test]
+fn free_into_memory_mapped_by_the_program_aborts() {
+    let o = run_child("child_foreign_mmap_free");
+    assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
+}
+
+// ---- free-list poisoning ---------------------------------------------------------------------
+
+/// Allocates 64 B blocks until the allocator aborts or `limit` blocks are out; prints
+/// "ATTACKER" if `attacker` is ever returned.
+fn allocate_looking_for(attacker: usize, limit: usize) {
+    for _ in 0..limit {
+        let q = alloc(64);
+        if q.addr() == attacker {
+            println!("ATTACKER {:#x}", q.addr());
+            std::process::exit(3);
+        }
+    }
+}
+
+child!(child_uaf_link_overwrite_stack, {
+    let mut target = [0u64; 16];
+    let attacker = target.as_mut_ptr().addr();
+    let keep: Vec<*mut u8> = (0..8).map(|_| alloc(64)).collect();
+    let victim = alloc(64);
+    free(victim);
+    report("ADDR", victim.addr());
+    // Use after free: the attacker's address over the link.
+    // SAFETY: not safe — the misuse under test; the block's memory is still mapped.
+    unsafe { victim.cast::<usize>().write(attacker) };
+    allocate_looking_for(attacker, 20_000);
+    println!("SURVIVED {} {}", keep.len(), target[0]);
+});
+
+#[test]
+fn a_use_after_free_write_of_a_stack_address_never_returns_it() {
+    let o = run_child("child_uaf_link_overwrite_stack");
+    assert_aborted(
+        &o,
+        "free-list corruption in the free block",
+        Some(&reported(&o, "ADDR")),
+    );
+}
+
+child!(child_uaf_link_overwrite_live_block, {
+    // The attacker points the link at a live block, hoping for two overlapping live blocks.
+    let live: Vec<*mut u8> = (0..8).map(|_| alloc(64)).collect();
+    let victim = alloc(64);
+    free(victim);
+    report("ADDR", victim.addr());
+    let attacker = live[3].addr();
+    // SAFETY: not safe — the misuse under test.
+    unsafe { victim.cast::<usize>().write(attacker) };
+    allocate_looking_for(attacker, 20_000);
+    println!("SURVIVED");
+});
+
+#[test]
+fn a_use_after_free_write_of_a_live_block_address_never_returns_it() {
+    let o = run_child("child_uaf_link_overwrite_live_block");
+    assert_aborted(
+        &o,
+        "free-list corruption in the free block",
+        Some(&reported(&o, "ADDR")),
+    );
+}
+
+child!(child_linear_overflow, {
+    // Find two neighbours (the layout is randomized), free the upper one, overflow the lower.
+    let blocks: Vec<*mut u8> = (0..64).map(|_| alloc(64)).collect();
+    let mut sorted: Vec<usize> = blocks.iter().map(|p| p.addr()).collect();
+    sorted.sort_unstable();
+    let lower = sorted
+        .windows(2)
+        .find(|w| w[1] == w[0] + 64)
+        .expect("two neighbours")[0];
+    let lower = blocks.iter().copied().find(|p| p.addr() == lower).unwrap();
+    let upper = lower.wrapping_add(64);
+    free(upper);
+    report("ADDR", upper.addr());
+    // SAFETY: not safe — a 72-byte write into a 64-byte block, the misuse under test.
+    unsafe { lower.write_bytes(0x41, 72) };
+    allocate_looking_for(0x4141_4141_4141_4141, 20_000);
+    println!("SURVIVED");
+});
+
+#[test]
+fn a_linear_overflow_into_a_free_neighbours_link_is_caught() {
+    let o = run_child("child_linear_overflow");
+    assert_aborted(
+        &o,
+        "free-list corruption in the free block",
+        Some(&reported(&o, "ADDR")),
+    );
+}
+
+// ---- guard pages -----------------------------------------------------------------------------
+
+/// Writes past the end of `p` (of `size` bytes) in 4 KiB steps; before each write checks that
+/// the target is in none of `others` (exit 4 if it is: the overflow reached a live block).
+fn overflow(p: *mut u8, size: usize, others: &[(usize, usize)]) {
+    let mut offset = size;
+    loop {
+        let target = p.addr() + offset;
+        if others.iter().any(|&(s, l)| target >= s && target < s + l) {
+            println!("REACHED a live block at {target:#x}");
+            std::process::exit(4);
+        }
+        // SAFETY: not safe — the overflow under test; the guard page must stop it.
+        unsafe { p.wrapping_add(offset).write_volatile(0x5A) };
+        offset += 4096;
+        if offset > 64 << 20 {
+            println!("NO FAULT");
+            std::process::exit(5);
+        }
+    }
+}
+
+child!(child_overflow_large, {
+    let blocks: Vec<*mut u8> = (0..6).map(|_| alloc(1 << 20)).collect();
+    let spans: Vec<(usize, usize)> = blocks.iter().map(|p| (p.addr(), 1 << 20)).collect();
+    overflow(blocks[0], 1 << 20, &spans[1..]);
+});
+
+#[test]
+fn writing_past_a_1_mib_block_faults_before_another_block() {
+    let o = run_child("child_overflow_large");
+    assert_eq!(
+        o.signal,
+        Some(libc::SIGSEGV),
+        "code {:?}; stdout: {}",
+        o.code,
+        o.stdout
+    );
+}
+
+child!(child_overflow_huge, {
+    let blocks: Vec<*mut u8> = (0..4).map(|_| alloc(3 << 20)).collect();
+    let spans: Vec<(usize, usize)> = blocks.iter().map(|p| (p.addr(), 3 << 20)).collect();
+    overflow(blocks[0], 3 << 20, &spans[1..]);
+});
+
+#[test]
+fn writing_past_a_huge_block_faults_before_another_block() {
+    let o = run_child("child_overflow_huge");
+    assert_eq!(
+        o.signal,
+        Some(libc::SIGSEGV),
+        "code {:?}; stdout: {}",
+        o.code,
+        o.stdout
+    );
+}
+
+// ---- randomized layout -----------------------------------------------------------------------
+
+child!(child_layout, {
+    // Offsets inside the 4 MiB segment: the same in two runs unless the layout is randomized
+    // (the segments' own addresses differ anyway, by ASLR).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let blocks: Vec<*mut u8> = (0..10_000).map(|_| alloc(64)).collect();
+    for p in &blocks {
+        hash = (hash ^ (p.addr() & ((4 << 20) - 1)) as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    println!("LAYOUT {hash:#x}");
+});
+
+#[test]
+fn two_runs_get_different_address_sequences() {
+    let a = run_child("child_layout");
+    let b = run_child("child_layout");
+    assert_eq!(a.code, Some(0), "{}", a.stderr);
+    assert_eq!(b.code, Some(0), "{}", b.stderr);
+    let (a, b) = (reported(&a, "LAYOUT"), reported(&b, "LAYOUT"));
+    assert_ne!(a, b, "same in-segment address sequence twice");
+}
+
+// ---- correct programs are unaffected --------------------------------------------------------
+
+#[test]
+fn live_blocks_never_overlap_under_churn() {
+    // Many threads allocating, freeing locally and remotely; every live block is tagged with its
+    // address and checked before it is freed (an overlap would overwrite a tag).
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut live: Vec<(*mut u8, usize)> = Vec::new();
+                let mut x: u64 = 0x9E37_79B9 ^ t;
+                for _ in 0..200_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if live.len() < 512 && (x & 1 == 0 || live.is_empty()) {
+                        let size = 16 + (x as usize >> 8) % 2000;
+                        let p = alloc(size);
+                        // SAFETY: a fresh block of at least `size` bytes.
+                        unsafe { p.cast::<usize>().write_unaligned(p.addr()) };
+                        // SAFETY: as above.
+                        unsafe { p.add(size - 1).write(0xA5) };
+                        live.push((p, size));
+                    } else {
+                        let (p, size) = live.swap_remove((x as usize >> 16) % live.len());
+                        // SAFETY: a live block of ours.
+                        unsafe {
+                            assert_eq!(p.cast::<usize>().read_unaligned(), p.addr());
+                            assert_eq!(p.add(size - 1).read(), 0xA5);
+                        }
+                        free(p);
+                    }
+                }
+                live.into_iter()
+                    .map(|(p, s)| (p.expose_provenance(), s))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    // Each thread's survivors are freed by the main thread (remote frees).
+    for h in handles {
+        for (p, size) in h.join().unwrap() {
+            let p: *mut u8 = std::ptr::with_exposed_provenance_mut(p);
+            // SAFETY: a live block of ours.
+            unsafe {
+                assert_eq!(p.cast::<usize>().read_unaligned(), p.addr());
+                assert_eq!(p.add(size - 1).read(), 0xA5);
+            }
+            free(p);
+        }
+    }
+}
