@@ -196,16 +196,15 @@ const M_ARENA_MAX: c_int = -8;
 
 /// glibc's largest `M_MXFAST` (`80 * sizeof(size_t) / 4`).
 const MAX_FAST_SIZE: usize = 80 * size_of::<usize>() / 4;
-/// glibc's largest `M_MMAP_THRESHOLD` (`HEAP_MAX_SIZE / 2`, 32 MiB).
-const MMAP_THRESHOLD_MAX: usize = 32 << 20;
 
 /// `mallopt(3)`: accepts glibc's parameters. `M_TRIM_THRESHOLD` sets
 /// shardalloc's pending-reset limit (the empty-page memory a thread may
 /// keep before it goes back at once; a negative value, which glibc reads as
 /// a huge unsigned one, keeps everything for the reset delay); the others
-/// are accepted and ignored, with glibc's range checks (`M_MXFAST` at most
-/// 160, `M_MMAP_THRESHOLD` at most 32 MiB). Returns 1 on success, 0 for a
-/// value glibc rejects or an unknown parameter.
+/// are accepted and ignored, with glibc's range check on `M_MXFAST` (at
+/// most 160). Returns 1 on success, 0 for a value glibc rejects or an
+/// unknown parameter (glibc 2.36 returns 1 for an unknown parameter;
+/// mallopt(3) documents it as an error).
 #[unsafe(no_mangle)]
 pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
     // glibc converts the value to an unsigned size for its range checks.
@@ -216,8 +215,8 @@ pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
             1
         }
         M_MXFAST => c_int::from(unsigned <= MAX_FAST_SIZE),
-        M_MMAP_THRESHOLD => c_int::from(unsigned <= MMAP_THRESHOLD_MAX),
-        M_TOP_PAD | M_MMAP_MAX | M_CHECK_ACTION | M_PERTURB | M_ARENA_TEST | M_ARENA_MAX => 1,
+        M_MMAP_THRESHOLD | M_TOP_PAD | M_MMAP_MAX | M_CHECK_ACTION | M_PERTURB | M_ARENA_TEST
+        | M_ARENA_MAX => 1,
         _ => 0,
     }
 }
