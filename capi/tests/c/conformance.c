@@ -301,7 +301,14 @@ static int aligned_alloc_aligns(void) {
     for (size_t a = 1; a <= (4u << 20); a *= 2) {
         unsigned char *p = aligned_alloc(a, 3 * a);
         CHECK(p != NULL && aligned(p, a));
-        memset(p, 2, 3 * a);
+        size_t usable = malloc_usable_size(p);
+        CHECK(usable >= 3 * a);
+        memset(p, 2, usable); /* all of the usable size is the block's */
+        unsigned char *q = aligned_alloc(a, a);
+        CHECK(q != NULL && aligned(q, a));
+        memset(q, 3, malloc_usable_size(q));
+        CHECK(filled(p, usable, 2));
+        free(q);
         free(p);
     }
     return 0;
