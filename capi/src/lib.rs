@@ -42,6 +42,30 @@ mod text;
 #[global_allocator]
 static GLOBAL: ShardAlloc = ShardAlloc;
 
+/// Runs the core's once-per-process start-up (which registers its fork
+/// handlers with `pthread_atfork`) when the library is loaded, before the
+/// program's and most other libraries' constructors. Without it the first
+/// allocation would do it, and if that first allocation comes from inside
+/// glibc's `pthread_atfork` (whose handler list grows with `malloc` while
+/// it holds its lock, e.g. after a constructor registered dozens of
+/// handlers before anything allocated), the nested `pthread_atfork`
+/// would wait for that lock forever.
+extern "C" fn start_up() {
+    let block = malloc(1);
+    // SAFETY: a block just returned by `malloc` (or null).
+    unsafe { free(block) };
+}
+
+// SAFETY: `.init_array` holds pointers to functions the dynamic linker
+// (or the C runtime, for the static library) calls once at load time with
+// the C ABI; `start_up` is such a function, and needs nothing initialised
+// but the core's statics. Priority 90 (sections sort by name): before the
+// priorities programs may use (101 and up) and before Rust's own (99), so
+// in a program linked with the static library it runs first too.
+#[used]
+#[unsafe(link_section = ".init_array.00090")]
+static START_UP: extern "C" fn() = start_up;
+
 /// The alignment of a plain `malloc` request: blocks of 16 B or more are
 /// 16-byte aligned by their size class (glibc's `MALLOC_ALIGNMENT`); the
 /// 8 B class, which only requests of 8 B or less get, is 8-byte aligned,

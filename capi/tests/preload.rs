@@ -507,3 +507,66 @@ fn usual_tools_under_preload() {
         None,
     );
 }
+
+/// Runs `cmd` with `preload`, killing it (and failing) after `secs`.
+fn run_with_deadline(mut cmd: Command, preload: Option<&str>, secs: u64) -> Output {
+    use std::process::Stdio;
+    cmd.env_remove("LD_PRELOAD");
+    if let Some(p) = preload {
+        cmd.env("LD_PRELOAD", p);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{cmd:?} still running after {secs} s: deadlocked");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The process's first allocation made by glibc's `pthread_atfork` (with
+/// its lock held): the core's start-up, which registers fork handlers,
+/// must already have run (the library's load-time constructor), or it
+/// deadlocks. Preloaded, and linked statically.
+#[test]
+fn first_allocation_inside_pthread_atfork() {
+    library();
+    let src = c_source("atfork_first.c");
+    let dynamic = compile("atfork_first", &["-pthread", src.to_str().unwrap()]);
+    let out = run_with_deadline(Command::new(&dynamic), Some(&shardalloc()), 20);
+    assert_eq!(
+        text(&out.stdout),
+        "prepared 200 status 0\n",
+        "{}",
+        text(&out.stderr)
+    );
+    let archive = artifact_dir().join("libshardalloc.a");
+    let linked = compile(
+        "atfork_first_static",
+        &[
+            "-pthread",
+            src.to_str().unwrap(),
+            archive.to_str().unwrap(),
+            "-lgcc_s",
+            "-lutil",
+            "-lrt",
+            "-lm",
+            "-ldl",
+        ],
+    );
+    let out = run_with_deadline(Command::new(&linked), None, 20);
+    assert_eq!(
+        text(&out.stdout),
+        "prepared 200 status 0\n",
+        "{}",
+        text(&out.stderr)
+    );
+}
