@@ -22,11 +22,21 @@
 
 const char *ctor_lib_message(void);
 
+/* malloc then free, through a volatile pointer so the compiler cannot
+ * elide the pair (GCC removes an unused malloc/free pair). */
+static void alloc_free(size_t n) {
+    void *volatile p = malloc(n);
+    free(p);
+}
+
 /* ---- ctor: our own constructor (runs before main, after ctor_lib's). */
 static char *early;
 __attribute__((constructor(101))) static void early_init(void) {
     early = strdup("early constructor");
-    for (int i = 0; i < 1000; i++) free(malloc(i));
+    for (int i = 0; i < 1000; i++) {
+        void *volatile sink = malloc(i); /* volatile: not elided */
+        free(sink);
+    }
 }
 
 static size_t rss_bytes(void) {
@@ -67,7 +77,8 @@ static void destructor_a(void *value) {
 }
 static void destructor_b(void *value) {
     (void)value;
-    free(malloc(1 << 20));
+    void *volatile sink = malloc(1 << 20);
+    free(sink);
 }
 static void *tsd_thread(void *arg) {
     (void)arg;
@@ -163,7 +174,7 @@ static int mode_fork(void) {
         if (pid < 0) FAIL("fork");
         if (pid == 0) {
             free(before); /* a parent block, in the child */
-            for (int i = 0; i < 1000; i++) free(malloc(i * 7));
+            for (int i = 0; i < 1000; i++) alloc_free((size_t)i * 7);
             pthread_t t[4];
             for (int i = 0; i < 4; i++)
                 if (pthread_create(&t[i], NULL, child_thread, malloc(50))) _exit(2);
@@ -260,12 +271,15 @@ static int mode_crossfree(void) {
 /* ---- The founding notes' two glibc cases: memory freed comes back
  * without malloc_trim. Prints "baseline peak after" in KiB. */
 static void report_rss(size_t base, size_t peak) {
-    /* Give the reset delay (10 ms) time, then touch the allocator so the
-     * slow path runs its housekeeping, as a program would. */
-    usleep(50000);
-    for (int i = 0; i < 100; i++) free(malloc(100000));
-    usleep(50000);
-    free(malloc(100000));
+    /* Give the reset delay (10 ms) time, then allocate a little, as a
+     * program goes on doing: small blocks only (a free of 64 KiB or more
+     * would make glibc consolidate and trim, which is not the case). */
+    static void *keep[4000];
+    for (int round = 0; round < 2; round++) {
+        usleep(50000);
+        for (int i = 0; i < 4000; i++) keep[i] = malloc(16 + (size_t)(i % 50) * 8);
+        for (int i = 0; i < 4000; i++) free(keep[i]);
+    }
     size_t after = rss_bytes();
     printf("rss_kib %zu %zu %zu\n", base / 1024, peak / 1024, after / 1024);
 }

@@ -9,14 +9,15 @@ static char *kept;
 __attribute__((constructor)) static void lib_init(void) {
     kept = malloc(100);
     strcpy(kept, "constructed");
-    void *tmp = calloc(1000, 10);
+    void *volatile tmp = calloc(1000, 10);
     free(tmp);
 }
 
 __attribute__((destructor)) static void lib_fini(void) {
     kept = realloc(kept, 5000);
     free(kept);
-    free(malloc(64));
+    void *volatile sink = malloc(64);
+    free(sink);
 }
 
 const char *ctor_lib_message(void) { return kept; }
