@@ -26,7 +26,7 @@ MUTANTS = {
     ),
     # Remote push onto the page's thread-free list without Release.
     "push-relaxed": (
-        "src/page.rs",
+        "src/page/thread_free.rs",
         "                desired,\n                Ordering::Release,\n                Ordering::Relaxed,\n"
         "            ) {\n                Ok(_) => break delayed,",
         "                desired,\n                Ordering::Relaxed,\n                Ordering::Relaxed,\n"
@@ -42,14 +42,14 @@ MUTANTS = {
     ),
     # The owner stops waiting out a remote thread in `Freeing`.
     "owner-ignores-freeing": (
-        "src/page.rs",
+        "src/page/thread_free.rs",
         "            if current == DelayedMode::Freeing {",
         "            if false && current == DelayedMode::Freeing {",
         "teardown", "heap_teardown_races_remote_free",
     ),
     # Orphaning a huge page with a blind store instead of a CAS.
     "orphan-blind-store": (
-        "src/page.rs",
+        "src/page/thread_free.rs",
         "        self.thread_free\n            .compare_exchange(\n                idle,",
         "        self.thread_free.store(empty_list(DelayedMode::Never), Ordering::Release);\n"
         "        self.thread_free\n            .compare_exchange(\n                empty_list(DelayedMode::Never),",
@@ -114,7 +114,7 @@ MUTANTS = {
     ),
     # The reaper hands a page's remote-free chain back without Release.
     "remote-chain-relaxed": (
-        "src/page.rs",
+        "src/page/thread_free.rs",
         "                desired,\n                Ordering::Release,\n                Ordering::Relaxed,\n            ) {\n                Ok(_) => return,",
         "                desired,\n                Ordering::Relaxed,\n                Ordering::Relaxed,\n            ) {\n                Ok(_) => return,",
         "reaper", "reaper_hands_back_remote_frees_while_owner_collects",
@@ -122,7 +122,7 @@ MUTANTS = {
     # The reaper hands the chain back with only its own length, dropping
     # the count of frees pushed meanwhile.
     "remote-chain-drops-count": (
-        "src/page.rs",
+        "src/page/thread_free.rs",
         "let desired = pack(head, count_of(word) + count, DelayedMode::of(word));",
         "let desired = pack(head, count, DelayedMode::of(word));",
         "reaper", "reaper_hands_back_remote_frees_while_owner_collects",
