@@ -139,39 +139,19 @@ impl Ctx {
 
 // === random choices ===
 
-/// Sizes around every power of two from 8 B to 64 MiB: where size classes, page kinds and
-/// segment kinds change.
-fn boundary_sizes() -> Vec<usize> {
-    let mut v = Vec::new();
-    for k in 3..=26 {
-        let p = 1usize << k;
-        v.extend([p - 1, p, p + 1]);
-    }
-    v.retain(|&s| s <= MAX_SIZE);
-    v
-}
-
-/// A size drawn log-uniformly from `lo..=hi`.
-fn log_uniform(rng: &mut SmallRng, lo: usize, hi: usize) -> usize {
-    let k = rng.random_range(lo.ilog2()..=hi.ilog2());
-    let a = (1usize << k).max(lo);
-    let b = ((1usize << k) * 2 - 1).min(hi);
-    rng.random_range(a..=b)
-}
-
 /// 0 B–64 MiB, skewed small: mostly ≤ 1 KiB, some ≤ 64 KiB, some size-class boundaries, some
 /// medium and large (64 KiB–4 MiB), a few huge (4–64 MiB).
 fn pick_size(rng: &mut SmallRng, boundaries: &[usize]) -> usize {
     match rng.random_range(0..1000u32) {
         0..=14 => 0,
         15..=599 => rng.random_range(1..=KIB),
-        600..=829 => log_uniform(rng, KIB + 1, 64 * KIB),
+        600..=829 => common::log_uniform(rng, KIB + 1, 64 * KIB),
         830..=909 => {
             let small = boundaries.partition_point(|&s| s <= 4 * MIB + 1);
             boundaries[rng.random_range(0..small)]
         }
-        910..=989 => log_uniform(rng, 64 * KIB + 1, 4 * MIB),
-        _ => log_uniform(rng, 4 * MIB + 1, MAX_SIZE),
+        910..=989 => common::log_uniform(rng, 64 * KIB + 1, 4 * MIB),
+        _ => common::log_uniform(rng, 4 * MIB + 1, MAX_SIZE),
     }
 }
 
@@ -414,7 +394,7 @@ impl<'h> ApiModel<'h> {
             heap,
             ctx,
             rng,
-            boundaries: boundary_sizes(),
+            boundaries: common::boundary_sizes(MAX_SIZE),
             blocks: Vec::new(),
             live: LiveRanges::default(),
             live_bytes: 0,
@@ -833,7 +813,7 @@ fn allocate_zeroed_and_grow_zeroed_on_reused_blocks() {
     let mut ctx = Ctx::new("allocate_zeroed_and_grow_zeroed_on_reused_blocks");
     let owned = Heap::new();
     let heap = &owned;
-    let mut sizes: Vec<usize> = boundary_sizes()
+    let mut sizes: Vec<usize> = common::boundary_sizes(MAX_SIZE)
         .into_iter()
         .filter(|&s| s <= 4 * MIB + 1)
         .collect();
@@ -1071,7 +1051,7 @@ impl GlobalModel {
         GlobalModel {
             ctx,
             rng,
-            boundaries: boundary_sizes(),
+            boundaries: common::boundary_sizes(MAX_SIZE),
             blocks: Vec::new(),
             live: LiveRanges::default(),
             live_bytes: 0,
@@ -1389,7 +1369,7 @@ fn global_realloc_ladder_and_zeroed_boundaries() {
         unsafe { ShardAlloc.dealloc(p, l) };
     }
 
-    for size in boundary_sizes() {
+    for size in common::boundary_sizes(MAX_SIZE) {
         for align in [1, 16, 4096, MAX_ALIGN] {
             let l = layout(size, align);
             let count = (512 * KIB / size).clamp(2, 16);

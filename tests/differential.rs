@@ -62,27 +62,7 @@ fn max_layout_size(align: usize) -> usize {
     isize::MAX as usize - (align - 1)
 }
 
-/// Sizes around every power of two from 8 B to 64 MiB: where size classes, page kinds and
-/// segment kinds change.
-fn boundary_sizes() -> Vec<usize> {
-    let mut v = Vec::new();
-    for k in 3..=26 {
-        let p = 1usize << k;
-        v.extend([p - 1, p, p + 1]);
-    }
-    v.retain(|&s| s <= MAX_SIZE);
-    v
-}
-
 // === random choices ===
-
-/// A size drawn log-uniformly from `lo..=hi` (uniform exponent, then uniform within the octave).
-fn log_uniform(rng: &mut SmallRng, lo: usize, hi: usize) -> usize {
-    let k = rng.random_range(lo.ilog2()..=hi.ilog2());
-    let a = (1usize << k).max(lo);
-    let b = ((1usize << k) * 2 - 1).min(hi);
-    rng.random_range(a..=b)
-}
 
 /// Mostly ≤ 1 KiB, some ≤ 64 KiB, some boundaries, some ≤ 4 MiB, rarely up to 64 MiB.
 fn pick_size(rng: &mut SmallRng, boundaries: &[usize]) -> usize {
@@ -90,20 +70,20 @@ fn pick_size(rng: &mut SmallRng, boundaries: &[usize]) -> usize {
     let mid_boundaries = boundaries.partition_point(|&s| s <= 4 * MIB + 1);
     match rng.random_range(0..1000u32) {
         0..=649 => rng.random_range(1..=KIB),
-        650..=849 => log_uniform(rng, KIB + 1, 64 * KIB),
+        650..=849 => common::log_uniform(rng, KIB + 1, 64 * KIB),
         850..=939 => boundaries[rng.random_range(0..small_boundaries)],
         940..=997 => {
             if rng.random_bool(0.1) {
                 boundaries[rng.random_range(small_boundaries..mid_boundaries)]
             } else {
-                log_uniform(rng, 64 * KIB + 1, 4 * MIB)
+                common::log_uniform(rng, 64 * KIB + 1, 4 * MIB)
             }
         }
         _ => {
             if rng.random_bool(0.25) {
                 boundaries[rng.random_range(mid_boundaries..boundaries.len())]
             } else {
-                log_uniform(rng, 4 * MIB + 1, MAX_SIZE)
+                common::log_uniform(rng, 4 * MIB + 1, MAX_SIZE)
             }
         }
     }
@@ -215,7 +195,7 @@ impl Model {
             seed,
             step: 0,
             rng: SmallRng::seed_from_u64(seed),
-            boundaries: boundary_sizes(),
+            boundaries: common::boundary_sizes(MAX_SIZE),
             live: BTreeMap::new(),
             addrs: Vec::new(),
             live_bytes: 0,
@@ -624,7 +604,7 @@ fn zeroed_over_dirty_memory() {
 #[test]
 fn boundary_sizes_at_every_alignment() {
     let sizes: Vec<usize> = (1..=16)
-        .chain(boundary_sizes())
+        .chain(common::boundary_sizes(MAX_SIZE))
         .filter(|&s| s <= 4 * MIB + 1)
         .collect();
     for &size in &sizes {

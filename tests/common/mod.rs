@@ -380,3 +380,26 @@ pub(crate) fn page_size() -> usize {
 pub(crate) fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+// === random sizes ===
+
+/// Sizes around every power of two from 8 B up to `max`: where size classes, page kinds and
+/// segment kinds change.
+pub(crate) fn boundary_sizes(max: usize) -> Vec<usize> {
+    let mut v = Vec::new();
+    for k in 3..=26 {
+        let p = 1usize << k;
+        v.extend([p - 1, p, p + 1]);
+    }
+    v.retain(|&s| s <= max);
+    v
+}
+
+/// A size drawn log-uniformly from `lo..=hi` (uniform exponent, then uniform within the octave).
+pub(crate) fn log_uniform(rng: &mut rand::rngs::SmallRng, lo: usize, hi: usize) -> usize {
+    use rand::RngExt;
+    let k = rng.random_range(lo.ilog2()..=hi.ilog2());
+    let a = (1usize << k).max(lo);
+    let b = ((1usize << k) * 2 - 1).min(hi);
+    rng.random_range(a..=b)
+}
