@@ -77,6 +77,7 @@
 
 #![cfg_attr(loom, allow(dead_code, unreachable_pub))]
 
+mod decay;
 mod fatal;
 #[cfg(not(loom))]
 mod first_class;

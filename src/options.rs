@@ -6,9 +6,9 @@
 //!
 //! | variable | setter | default | meaning |
 //! |---|---|---|---|
-//! | `SHARDALLOC_RESET_DELAY_MS` | [`set_reset_delay_ms`] | 10 | how long an empty page's memory is kept before it is given back (0: at once) |
+//! | `SHARDALLOC_RESET_DELAY_MS` | [`set_reset_delay_ms`] | 500 | the decay time: unused page memory goes back gradually over it (smootherstep; little in its first tenth, half by its middle, all by its end), memory reused within it is never given back (0: at once) |
 //! | `SHARDALLOC_RESET_MODE` | [`set_reset_mode`] | `dontneed` | `dontneed` (RSS drops at once) or `free` (`MADV_FREE`: cheaper, RSS drops only under memory pressure) |
-//! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 16384 | per thread, empty-page memory waiting for its delay beyond which the oldest is given back at once |
+//! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 65536 | the floor of the process-wide warm budget: unused memory waiting on the decay curve beyond both this and the memory in use goes back at once, oldest first |
 //! | `SHARDALLOC_SEGMENT_CACHE` | [`set_segment_cache`] | 4 | empty segments (4 MiB of address space each, their memory already given back) kept for reuse, at most 16 |
 //! | `SHARDALLOC_HUGE_OS_PAGES` | [`set_huge_os_pages`] | `1` | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) on huge blocks of 2 MiB or more; `0`: never |
 //!
@@ -56,15 +56,15 @@ pub const MAX_RESET_DELAY_MS: u64 = 60_000;
 /// Largest accepted segment cache.
 pub const MAX_SEGMENT_CACHE: usize = 16;
 
-static RESET_DELAY_MS: AtomicUsize = AtomicUsize::new(10);
+static RESET_DELAY_MS: AtomicUsize = AtomicUsize::new(500);
 static RESET_MODE_FREE: AtomicUsize = AtomicUsize::new(0);
-static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(16 << 20);
+static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(64 << 20);
 static HUGE_OS_PAGES: AtomicUsize = AtomicUsize::new(1);
 static SEGMENT_CACHE: AtomicUsize = AtomicUsize::new(4);
 
-/// Sets how long (in milliseconds, at most [`MAX_RESET_DELAY_MS`]) an empty
-/// page keeps its memory before it is given back to the OS; 0 gives it back
-/// at once.
+/// Sets the decay time (in milliseconds, at most [`MAX_RESET_DELAY_MS`]):
+/// unused page memory goes back to the OS gradually over it, and none is
+/// kept longer; 0 gives it back at once.
 pub fn set_reset_delay_ms(ms: u64) -> Result<(), OptionError> {
     if ms > MAX_RESET_DELAY_MS {
         return Err(OptionError {
@@ -77,7 +77,7 @@ pub fn set_reset_delay_ms(ms: u64) -> Result<(), OptionError> {
     Ok(())
 }
 
-/// The reset delay in milliseconds.
+/// The decay time (the reset delay) in milliseconds.
 pub fn reset_delay_ms() -> u64 {
     // Relaxed: see the module documentation.
     RESET_DELAY_MS.load(Ordering::Relaxed) as u64
@@ -99,14 +99,15 @@ pub fn reset_mode() -> ResetMode {
     }
 }
 
-/// Sets the per-thread amount of empty-page memory (in bytes) that may wait
-/// for the reset delay; beyond it the oldest is given back at once.
+/// Sets the floor of the process-wide warm budget (in bytes): unused page
+/// memory waiting on the decay curve may exceed the memory in use up to this
+/// much; beyond both, the heap adding to it gives back its oldest at once.
 pub fn set_pending_reset_limit(bytes: usize) {
     // Relaxed: see the module documentation.
     PENDING_RESET_LIMIT.store(bytes, Ordering::Relaxed);
 }
 
-/// The pending-reset limit in bytes.
+/// The floor of the warm budget in bytes.
 pub fn pending_reset_limit() -> usize {
     // Relaxed: see the module documentation.
     PENDING_RESET_LIMIT.load(Ordering::Relaxed)

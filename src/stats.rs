@@ -12,7 +12,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) struct Counter(AtomicUsize);
 
 impl Counter {
-    const fn new() -> Counter {
+    pub(crate) const fn new() -> Counter {
         Counter(AtomicUsize::new(0))
     }
 

@@ -381,7 +381,7 @@ pub(super) unsafe fn collect_abandoned(segment: *mut Segment) {
                     // queue), caches it, or resets the slot once it has
                     // waited a reset delay (`reset_unused_slots` stamps it).
                     Segment::release_slot(segment, page);
-                    (*page).reset_at.set(0);
+                    (*page).emptied_at.set(0);
                 }
             }
         }
@@ -389,9 +389,10 @@ pub(super) unsafe fn collect_abandoned(segment: *mut Segment) {
 }
 
 /// Gives back the memory of the unused slots of a segment that stays
-/// abandoned whose time is up at `now_ms`; a slot seen unused for the first
-/// time (`reset_at` 0, as `collect_abandoned` leaves it) gets `delay` ms;
-/// a slot a heap's reset queue held keeps the time it was due there.
+/// abandoned once they have been unused for the decay time `delay` at
+/// `now_ms` (`u64::MAX`: all of them); a slot seen unused for the first time
+/// (`emptied_at` 0, as `collect_abandoned` leaves it) is stamped now; a slot
+/// a heap's reset queue held keeps the time it emptied there.
 ///
 /// # Safety
 /// The caller exclusively owns the abandoned segment.
@@ -406,10 +407,10 @@ pub(super) unsafe fn reset_unused_slots(segment: *mut Segment, now_ms: u64, dela
             if (*page).in_use.get() || (*page).memory_is_zero.get() {
                 continue;
             }
-            let due = (*page).reset_at.get();
-            if due == 0 && now_ms != u64::MAX {
-                (*page).reset_at.set(now_ms.saturating_add(delay).max(1));
-            } else if due <= now_ms {
+            let emptied = (*page).emptied_at.get();
+            if emptied == 0 && now_ms != u64::MAX {
+                (*page).emptied_at.set(now_ms.max(1));
+            } else if emptied.saturating_add(delay) <= now_ms {
                 Segment::reset_page(segment, page);
             }
         }

@@ -81,6 +81,9 @@ pub(crate) struct RawHeap {
     reset_queue: PageQueue,
     /// Bytes of page memory on `reset_queue` (huge spares excluded).
     pending_reset: Cell<usize>,
+    /// When the heap next applies the decay curve to its reset queue
+    /// (`os::now_ms`; meaningful while the queue is not empty).
+    next_decay_ms: Cell<u64>,
     /// Freed huge segments kept for reuse (they sit on `reset_queue`, and
     /// are unmapped when due), and their bytes.
     huge_spares: Cell<usize>,
@@ -142,6 +145,7 @@ macro_rules! heap_value {
             slow_calls: Cell::new(0),
             reset_queue: PageQueue::new(),
             pending_reset: Cell::new(0),
+            next_decay_ms: Cell::new(0),
             huge_spares: Cell::new(0),
             huge_spare_bytes: Cell::new(0),
             retired_min: Cell::new(BIN_COUNT),
@@ -346,7 +350,7 @@ impl RawHeap {
                     self.segment_free(segment);
                 } else {
                     self.empty_segment(segment);
-                    (*heir).take_over_empty_segment(segment, delay);
+                    (*heir).take_over_empty_segment(segment);
                 }
                 segment = next;
             }

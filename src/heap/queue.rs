@@ -4,7 +4,6 @@
 //! retired for reuse or given back to its segment.
 
 use super::RawHeap;
-use crate::options;
 use crate::page::{DelayedMode, IN_FULL, Page, empty_page};
 use crate::segment::Segment;
 use crate::size_class::{
@@ -321,7 +320,7 @@ impl RawHeap {
     /// `page_free` by whoever holds the lock (the owner, or a reaper).
     /// With `defer`, the slot only joins the reset queue (no reset, and so
     /// no segment freed, now): a reaper walking the segments calls
-    /// `enforce_pending_limit` and `reset_expired` when it is done.
+    /// `enforce_warm_budget` and `reset_expired` when it is done.
     ///
     /// # Safety
     /// The caller holds the heap's lock; `page` is ours, on one of our
@@ -359,7 +358,7 @@ impl RawHeap {
         unsafe {
             self.list_free_slot(segment);
             if defer {
-                self.enqueue_reset(page_ptr, options::reset_delay_ms());
+                self.enqueue_reset(page_ptr);
             } else {
                 self.schedule_reset(page_ptr);
             }

@@ -6,6 +6,7 @@
 use super::RawHeap;
 use super::reset::INTERIOR_RESET_MIN;
 use super::reset::reset_block_interior;
+use crate::decay;
 use crate::options;
 use crate::os;
 use crate::page::{Block, Page};
@@ -15,19 +16,25 @@ use crate::size_class::PageKind;
 use crate::sync::Ordering;
 use core::ptr;
 
-/// A heap whose owner has not passed a slow path for this many reset delays
-/// counts as idle: reapers give back the memory inside blocks other threads
-/// freed into its pages.
-pub(super) const IDLE_FACTOR: usize = 10;
+/// A heap whose owner has not passed a slow path for this share of the decay
+/// time counts as idle (100 ms at the default 500 ms): reapers give back the
+/// memory inside blocks other threads freed into its pages. Reclaim passes
+/// over the abandoned segments run at the same period.
+const IDLE_DIVISOR: u64 = 5;
+
+/// The idle period for a decay time of `decay_ms` (at least one epoch).
+pub(super) fn idle_ms(decay_ms: u64) -> usize {
+    usize::try_from((decay_ms / IDLE_DIVISOR).max(decay::epoch_ms(decay_ms))).unwrap_or(usize::MAX)
+}
 
 impl RawHeap {
-    /// The reaper: gives back, for heaps of other threads, the memory of
-    /// empty page slots whose reset is overdue by a whole reset delay (their
-    /// owner has not passed through a slow path since), or of every waiting
-    /// entry with `force`. At most one pass per reset delay across the
-    /// process unless `force`; heaps whose lock is busy are skipped. A
-    /// pass also looks through the abandoned segments (`reclaim`, adopting
-    /// nothing).
+    /// The reaper: applies the decay curve for heaps of other threads whose
+    /// decay step is overdue by a whole epoch (their owner has not passed
+    /// through a slow path since), or gives back every waiting slot with
+    /// `force`. At most one pass per epoch across the process unless
+    /// `force`; heaps whose lock is busy are skipped. A pass also looks
+    /// through the abandoned segments (`reclaim`, adopting nothing) once
+    /// per idle period.
     ///
     /// # Safety
     /// Owner thread.
@@ -36,11 +43,13 @@ impl RawHeap {
         if shared.is_null() {
             return;
         }
-        let delay = usize::try_from(options::reset_delay_ms()).unwrap_or(usize::MAX);
+        let decay_ms = options::reset_delay_ms();
+        let epoch = usize::try_from(decay::epoch_ms(decay_ms)).unwrap_or(usize::MAX);
+        let idle_period = idle_ms(decay_ms);
         let now = usize::try_from(os::now_ms()).unwrap_or(usize::MAX);
         // SAFETY: `shared` outlives every heap.
         let registry = unsafe { &(*shared).heaps };
-        if !force && !registry.reap_is_due(now, delay.max(1)) {
+        if !force && !registry.reap_is_due(now, epoch) {
             return;
         }
         // SAFETY: as above.
@@ -51,8 +60,8 @@ impl RawHeap {
         );
         // Abandoned segments: the emptied ones go to the cache, and the
         // empty slots of the others give their memory back. A walk over all
-        // of them, so only every ten reset delays.
-        if !force && registry.reclaim_is_due(now, IDLE_FACTOR * delay.max(1)) {
+        // of them, so only once per idle period.
+        if !force && registry.reclaim_is_due(now, idle_period) {
             // SAFETY: owner thread (caller).
             let _ = unsafe { self.reclaim(None, false) };
         }
@@ -61,10 +70,10 @@ impl RawHeap {
                 continue;
             }
             let due = entry.reset_due();
-            let resets_due = due != NOTHING_DUE && (force || due.saturating_add(delay) <= now);
+            let resets_due = due != NOTHING_DUE && (force || due.saturating_add(epoch) <= now);
             // An owner idle for a while: the memory inside the blocks other
             // threads freed into its pages goes back too.
-            let idle = force || entry.active().saturating_add(IDLE_FACTOR * delay.max(1)) <= now;
+            let idle = force || entry.active().saturating_add(idle_period) <= now;
             if !(resets_due || idle) {
                 continue;
             }
@@ -172,7 +181,7 @@ impl RawHeap {
         //    (now that no segment is being walked, one may go).
         // SAFETY: we hold the lock.
         unsafe {
-            self.enforce_pending_limit();
+            self.enforce_warm_budget();
             self.reset_expired(false);
         }
     }

@@ -4,6 +4,7 @@
 //! `collect(true)` gives back the OS pages inside large free blocks.
 
 use super::RawHeap;
+use crate::decay;
 use crate::options;
 use crate::os;
 use crate::os::OS_PAGE_SIZE;
@@ -14,9 +15,9 @@ use crate::size_class::{BIN_COUNT, BIN_HUGE, PageKind};
 use core::ptr;
 
 impl RawHeap {
-    /// An unused page slot's memory goes back to the OS after the reset
-    /// delay (at once with a delay of 0, or when this heap already has more
-    /// than the pending limit waiting).
+    /// An unused page slot's memory goes back to the OS along the decay
+    /// curve (`decay`): at once with a decay time of 0, or when the process
+    /// keeps more warm memory than its budget allows.
     ///
     /// # Safety
     /// Owner thread; `page` is an unused slot of one of our segments, on no
@@ -28,23 +29,23 @@ impl RawHeap {
             if (*page).is_reset_pending() {
                 return;
             }
-            let delay = options::reset_delay_ms();
-            if (*page).memory_is_zero.get() || delay == 0 {
+            if (*page).memory_is_zero.get() || options::reset_delay_ms() == 0 {
                 Segment::reset_page(segment, page);
                 self.segment_free_if_empty(segment);
                 return;
             }
-            self.enqueue_reset(page, delay);
-            self.enforce_pending_limit();
+            self.enqueue_reset(page);
+            self.enforce_warm_budget();
         }
     }
 
-    /// Puts an unused, dirty slot on the reset queue, due in `delay` ms.
+    /// Puts an unused, dirty slot at the young end of the reset queue,
+    /// stamped with the time it emptied.
     ///
     /// # Safety
     /// Owner thread holding the lock; `page` is an unused slot of one of our
     /// segments, on no queue and not pending.
-    pub(super) unsafe fn enqueue_reset(&self, page: *mut Page, delay: u64) {
+    pub(super) unsafe fn enqueue_reset(&self, page: *mut Page) {
         // SAFETY: owner thread (caller); the slot is ours and unused.
         unsafe {
             let segment = Segment::of(page.cast());
@@ -52,21 +53,28 @@ impl RawHeap {
             (*segment)
                 .pending_pages
                 .set((*segment).pending_pages.get() + 1);
-            (*page).reset_at.set(os::now_ms().saturating_add(delay));
+            let now = os::now_ms();
+            (*page).emptied_at.set(now);
             let _ = self.reset_queue.push_back(page);
-            self.pending_reset
-                .set(self.pending_reset.get() + Segment::page_memory(segment, page).1);
+            let bytes = Segment::page_memory(segment, page).1;
+            self.pending_reset.set(self.pending_reset.get() + bytes);
+            decay::WARM.add(bytes);
+            if self.reset_queue.first.get() == page {
+                self.next_decay_ms
+                    .set(now.saturating_add(decay::epoch_ms(options::reset_delay_ms())));
+                self.publish_reset_due();
+            }
         }
     }
 
-    /// Gives back the oldest pending slots while more than the pending limit
-    /// waits, then publishes the new due time.
+    /// Gives back the oldest pending slots (and spares) while the process
+    /// keeps more warm memory than its budget (`decay::over_budget`).
     ///
     /// # Safety
     /// Owner thread holding the lock.
-    pub(super) unsafe fn enforce_pending_limit(&self) {
-        let limit = options::pending_reset_limit();
-        while self.pending_reset.get() > limit {
+    pub(super) unsafe fn enforce_warm_budget(&self) {
+        let floor = options::pending_reset_limit();
+        while decay::over_budget(floor) {
             let oldest = self.reset_queue.first.get();
             if oldest.is_null() {
                 break;
@@ -77,40 +85,34 @@ impl RawHeap {
         self.publish_reset_due();
     }
 
-    /// When the oldest slot on the reset queue is due ([`NOTHING_DUE`] if
-    /// none): a hint, read without the lock (a reaper may change the queue
-    /// of a registered heap, and keeps the slot's copy of the hint true).
+    /// When the heap next applies the decay curve ([`NOTHING_DUE`] if its
+    /// reset queue is empty): a hint, read without the lock (a reaper may
+    /// change the queue of a registered heap, and keeps the entry's copy of
+    /// the hint true).
     pub(super) fn reset_due_hint(&self) -> usize {
         match self.entry() {
             Some(entry) => entry.reset_due(),
-            None => {
-                let first = self.reset_queue.first.get();
-                if first.is_null() {
-                    NOTHING_DUE
-                } else {
-                    // SAFETY: slots on the reset queue are live; no reaper
-                    // reaches an unregistered heap.
-                    usize::try_from(unsafe { (*first).reset_at.get() }).unwrap_or(NOTHING_DUE)
-                }
-            }
+            None => self.decay_due(),
         }
     }
 
-    /// Tells reapers when the oldest slot on the reset queue is due.
+    /// The next decay step's time, or [`NOTHING_DUE`] with nothing waiting.
+    fn decay_due(&self) -> usize {
+        if self.reset_queue.first.get().is_null() {
+            NOTHING_DUE
+        } else {
+            usize::try_from(self.next_decay_ms.get()).unwrap_or(NOTHING_DUE)
+        }
+    }
+
+    /// Tells reapers when the heap next applies the decay curve.
     fn publish_reset_due(&self) {
         let entry = self.entry.get();
         if entry.is_null() {
             return;
         }
-        let first = self.reset_queue.first.get();
-        let due = if first.is_null() {
-            NOTHING_DUE
-        } else {
-            // SAFETY: slots on our reset queue are live (we hold the lock).
-            usize::try_from(unsafe { (*first).reset_at.get() }).unwrap_or(NOTHING_DUE)
-        };
         // SAFETY: a registered heap's registry entry outlives it (see `lock`).
-        unsafe { (*entry).set_reset_due(due) };
+        unsafe { (*entry).set_reset_due(self.decay_due()) };
     }
 
     /// Takes a slot off the reset queue (it is being reused, or its segment
@@ -134,11 +136,13 @@ impl RawHeap {
             self.huge_spares.set(self.huge_spares.get() - 1);
             self.huge_spare_bytes
                 .set(self.huge_spare_bytes.get() - segment.size);
+            decay::WARM.sub(segment.size);
         } else {
             // SAFETY: a slot of that segment.
             let bytes = unsafe { Segment::page_memory(segment_ptr, page) }.1;
             self.pending_reset
                 .set(self.pending_reset.get().saturating_sub(bytes));
+            decay::WARM.sub(bytes);
         }
         self.publish_reset_due();
     }
@@ -163,47 +167,38 @@ impl RawHeap {
     }
 
     /// Keeps a freed huge segment (its page just released) for a later huge
-    /// allocation, until the reset delay passes; false when it should go
-    /// now (a delay of 0, or bigger than the spare limit).
+    /// allocation, warm memory on the reset queue like any empty slot (it is
+    /// unmapped when the decay curve or the warm budget reaches it); false
+    /// when it should go now (a decay time of 0, or an over-aligned mapping).
     ///
     /// # Safety
     /// Owner thread holding the lock; the segment is ours, huge, on our
     /// segment list, its page unused.
     pub(super) unsafe fn keep_huge_spare(&self, segment: *mut Segment, page: *mut Page) -> bool {
-        let delay = options::reset_delay_ms();
-        // Spares are whole blocks that a program replacing a buffer asks for
-        // again at once; they get twice the small pages' allowance.
-        let limit = options::pending_reset_limit().saturating_mul(2);
         // SAFETY: our live segment and its unused page (caller); their
         // fields are cells the lock holder writes.
         let (header, slot) = unsafe { (&*segment, &*page) };
         let size = header.size;
-        if delay == 0 || size > limit || header.map_align != SEGMENT_SIZE {
+        if options::reset_delay_ms() == 0 || header.map_align != SEGMENT_SIZE {
             return false;
         }
         // SAFETY: the owner's (lock holder's) reset state of our slot.
         unsafe { slot.replace_reset_pending(true) };
         header.pending_pages.set(1);
-        slot.reset_at.set(os::now_ms().saturating_add(delay));
+        let now = os::now_ms();
+        slot.emptied_at.set(now);
         // SAFETY: an unused slot on no queue.
         let _ = unsafe { self.reset_queue.push_back(page) };
         self.huge_spares.set(self.huge_spares.get() + 1);
         self.huge_spare_bytes
             .set(self.huge_spare_bytes.get() + size);
-        // Over the limit: unmap the oldest spares.
-        let mut oldest = self.reset_queue.first.get();
-        while self.huge_spare_bytes.get() > limit && !oldest.is_null() {
-            // SAFETY: slots on our reset queue are slots of live segments
-            // of ours; `next` is read before the slot may go.
-            unsafe {
-                let next = (*oldest).next.get();
-                if (*Segment::of(oldest.cast())).kind == PageKind::Huge {
-                    self.reset_pending_page(oldest);
-                }
-                oldest = next;
-            }
+        decay::WARM.add(size);
+        if self.reset_queue.first.get() == page {
+            self.next_decay_ms
+                .set(now.saturating_add(decay::epoch_ms(options::reset_delay_ms())));
         }
-        self.publish_reset_due();
+        // SAFETY: owner thread holding the lock (caller).
+        unsafe { self.enforce_warm_budget() };
         true
     }
 
@@ -257,23 +252,66 @@ impl RawHeap {
         }
     }
 
-    /// Gives back the memory of pending slots whose delay has expired (all
-    /// of them with `force`).
+    /// Applies the decay curve: gives back the oldest pending slots (and
+    /// spares) until the bytes given back cover the share of the queue that
+    /// is due (`decay::due_bytes` of each slot's age), or everything with
+    /// `force`. Reused slots left the queue, so they never count.
     ///
     /// # Safety
-    /// Owner thread.
+    /// Owner thread, or a reaper holding the lock.
     pub(super) unsafe fn reset_expired(&self, force: bool) {
-        let mut page = self.reset_queue.first.get();
-        if page.is_null() {
-            return;
+        let decay_ms = options::reset_delay_ms();
+        let now = os::now_ms();
+        let mut due = if force { usize::MAX } else { 0 };
+        if !force {
+            let mut page = self.reset_queue.first.get();
+            // SAFETY: queued pages are slots of our live segments (caller).
+            unsafe {
+                while !page.is_null() {
+                    let age = now.saturating_sub((*page).emptied_at.get());
+                    if decay::due_share(age, decay_ms) == 0 {
+                        // Younger slots (further back) are not due either.
+                        break;
+                    }
+                    due = due.saturating_add(decay::due_bytes(
+                        Self::queued_bytes(page),
+                        age,
+                        decay_ms,
+                    ));
+                    page = (*page).next.get();
+                }
+            }
         }
-        let now = if force { u64::MAX } else { os::now_ms() };
-        // SAFETY: owner thread (caller); queued pages are our slots.
+        let mut given = 0usize;
+        while given < due {
+            let oldest = self.reset_queue.first.get();
+            if oldest.is_null() {
+                break;
+            }
+            // SAFETY: a slot on our queue (caller).
+            unsafe {
+                given = given.saturating_add(Self::queued_bytes(oldest));
+                self.reset_pending_page(oldest);
+            }
+        }
+        self.next_decay_ms
+            .set(now.saturating_add(decay::epoch_ms(decay_ms)));
+        self.publish_reset_due();
+    }
+
+    /// The warm bytes a slot on the reset queue stands for: a huge spare's
+    /// whole segment, or a slot's page memory.
+    ///
+    /// # Safety
+    /// `page` is on the reset queue of a heap the caller may act for.
+    unsafe fn queued_bytes(page: *mut Page) -> usize {
+        let segment = Segment::of(page.cast());
+        // SAFETY: a queued slot of a live segment (caller).
         unsafe {
-            while !page.is_null() && (*page).reset_at.get() <= now {
-                let next = (*page).next.get();
-                self.reset_pending_page(page);
-                page = next;
+            if (*segment).kind == PageKind::Huge {
+                (*segment).size
+            } else {
+                Segment::page_memory(segment, page).1
             }
         }
     }

@@ -201,7 +201,7 @@ impl RawHeap {
     /// Owner thread (the segment's owner id is ours); the segment has no
     /// page in use, belongs to no heap and is on no list; the reset delay
     /// is nonzero.
-    pub(super) unsafe fn take_over_empty_segment(&self, segment: *mut Segment, delay: u64) {
+    pub(super) unsafe fn take_over_empty_segment(&self, segment: *mut Segment) {
         let _guard = self.lock();
         // SAFETY: exclusively ours (caller); the header fields are cells.
         let header = unsafe { &*segment };
@@ -218,7 +218,7 @@ impl RawHeap {
             unsafe {
                 let page = Segment::page(segment, index);
                 if !(*page).memory_is_zero.get() {
-                    self.enqueue_reset(page, delay);
+                    self.enqueue_reset(page);
                     dirty += 1;
                 }
             }
@@ -233,7 +233,7 @@ impl RawHeap {
         // frees it (`reset_pending_page`), so the segment must not be
         // touched after this.
         // SAFETY: owner thread holding the lock.
-        unsafe { self.enforce_pending_limit() };
+        unsafe { self.enforce_warm_budget() };
     }
 
     /// Hands an empty segment of `kind` (no page in use) over to a

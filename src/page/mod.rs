@@ -213,8 +213,9 @@ pub(crate) struct Page {
     /// of the heap's lock (a reaper); an `UnsafeCell` so that loom checks
     /// that the lock orders the two.
     reset_pending: UnsafeCell<bool>,
-    /// When a pending slot's memory goes back to the OS (`os::now_ms`).
-    pub(crate) reset_at: Cell<u64>,
+    /// When an unused slot emptied (`os::now_ms`): its age on the decay
+    /// curve. 0 for a slot of an abandoned segment not yet seen unused.
+    pub(crate) emptied_at: Cell<u64>,
     /// Scratch of a reaper holding the heap's lock (`reset_remote_frees`):
     /// the blocks of this page it took from the heap's delayed list for the
     /// moment. Empty otherwise.
@@ -359,7 +360,7 @@ impl Page {
             in_use: Cell::new(false),
             memory_is_zero: Cell::new(true),
             reset_pending: UnsafeCell::new(false),
-            reset_at: Cell::new(0),
+            emptied_at: Cell::new(0),
             reaped_delayed: Cell::new(ptr::null_mut()),
             reaped_delayed_count: Cell::new(0),
             #[cfg(feature = "secure")]
