@@ -90,6 +90,8 @@ pub mod options;
 mod os;
 mod page;
 mod process;
+#[cfg(not(any(loom, miri)))]
+mod purge_thread;
 mod registry;
 #[cfg(not(loom))]
 mod report;

@@ -145,7 +145,7 @@ mod tests {
     use crate::size_class::PageKind;
 
     fn segment() -> *mut Segment {
-        Segment::create(PageKind::Small, 9, ptr::null_mut())
+        Segment::create(PageKind::Small, 9, ptr::null_mut(), false)
             .expect("segment")
             .as_ptr()
     }

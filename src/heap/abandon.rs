@@ -26,6 +26,7 @@
 use super::RawHeap;
 use super::segments::SegmentLinks;
 use super::segments::cache_or_release;
+use crate::decay;
 use crate::options;
 use crate::os;
 use crate::page::DelayedMode;
@@ -197,9 +198,15 @@ impl RawHeap {
         // hand-off to a reclaiming thread is ordered by the list's Release
         // push.
         segment.thread_id.store(0, Ordering::Relaxed);
+        // Its empty slots stay warm for the thread that adopts it, within
+        // the process's warm budget.
         // SAFETY: ours, off every list of the heap; `shared` outlives every
         // heap.
         unsafe {
+            if decay::over_budget(options::pending_reset_limit()) {
+                reset_unused_slots(segment_ptr, u64::MAX, 0);
+            }
+            Segment::count_warm(segment_ptr);
             note_abandoned_live(segment_ptr);
             (*self.shared.get()).abandoned.push(segment_ptr);
         }
@@ -264,6 +271,8 @@ impl RawHeap {
             let header = unsafe { &*segment };
             stats::ABANDONED_LIVE.sub(header.abandoned_live.replace(0));
             // SAFETY: as above.
+            unsafe { Segment::uncount_warm(segment) };
+            // SAFETY: as above.
             unsafe { collect_abandoned(segment) };
             if header.used_pages.get() == 0 {
                 // SAFETY: ours, empty, on no list; `shared` outlives heaps.
@@ -277,7 +286,9 @@ impl RawHeap {
                 // they have waited a reset delay.
                 // SAFETY: ours until pushed back below.
                 unsafe {
-                    reset_unused_slots(segment, now, delay);
+                    let over = decay::over_budget(options::pending_reset_limit());
+                    reset_unused_slots(segment, if over { u64::MAX } else { now }, delay);
+                    Segment::count_warm(segment);
                     note_abandoned_live(segment);
                 }
                 if keep_first.is_null() {

@@ -4,6 +4,7 @@
 //! thread's default heap, or to the OS).
 
 use super::RawHeap;
+use crate::decay;
 use crate::heap::Shared;
 use crate::options;
 use crate::os;
@@ -152,10 +153,27 @@ impl RawHeap {
         }
         let cached = cache.take();
         if cached.is_null() {
-            return Segment::create(kind, self.thread_id(), self.as_ptr());
+            let dense = self.has_segment_of(kind);
+            return Segment::create(kind, self.thread_id(), self.as_ptr(), dense);
         }
         // SAFETY: `take` made us the cached segment's only owner.
         unsafe { Segment::reuse(cached, kind, self.thread_id(), self.as_ptr()) }
+    }
+
+    /// The heap already holds a segment of `kind`: it is about to fill a
+    /// second one, dense enough for transparent huge pages from the start.
+    fn has_segment_of(&self, kind: PageKind) -> bool {
+        let mut segment = self.segments.first.get();
+        while !segment.is_null() {
+            // SAFETY: segments on the heap's list are live (owner thread).
+            unsafe {
+                if (*segment).kind == kind {
+                    return true;
+                }
+                segment = (*segment).all.next.get();
+            }
+        }
+        false
     }
 
     /// Takes a segment of ours off the heap's segment lists.
@@ -310,7 +328,7 @@ pub(super) unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segme
         unsafe {
             if !Segment::all_pages_zero(segment) {
                 let delay = options::reset_delay_ms();
-                if delay == 0 {
+                if delay == 0 || decay::over_budget(options::pending_reset_limit()) {
                     Segment::reset_pages(segment);
                 } else {
                     // The next heap may well reuse it soon; a reaper's sweep
