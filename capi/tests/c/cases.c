@@ -292,7 +292,11 @@ static int mode_rss_top(void) {
         p[i] = malloc(1000);
         memset(p[i], 1, 1000);
     }
-    void *top = malloc(1000); /* stays live, above everything else */
+    /* Stays live, above everything else. volatile and written: GCC removes
+     * a malloc whose result only reaches free, which at -O1 and up made
+     * this block vanish, and glibc's heap then shrank with brk. */
+    char *volatile top = malloc(1000);
+    memset(top, 2, 1000);
     size_t peak = rss_bytes();
     for (int i = 0; i < N; i++) free(p[i]);
     report_rss(base, peak);
