@@ -126,8 +126,11 @@ cc -O2 -pthread -o "$work/cases" capi/tests/c/cases.c capi/tests/c/ctor_lib.c -l
     { cc -O2 -shared -fPIC -o "$work/libctor_lib.so" capi/tests/c/ctor_lib.c;
       cc -O2 -pthread -o "$work/cases" capi/tests/c/cases.c -L"$work" -lctor_lib -Wl,-rpath,"$work" -ldl; }
 
+# The interpreter itself, not a wrapper script in front of it (pyenv's
+# shim is a bash script that would run, preloaded, in every measurement).
+python=$(python3 -c 'import sys; print(sys.executable)')
 programs=(
-    "python3 (PYTHONMALLOC=malloc)|env PYTHONMALLOC=malloc python3 $work/work.py"
+    "python3 (PYTHONMALLOC=malloc)|env PYTHONMALLOC=malloc $python $work/work.py"
     "git log -p (300 commits)|git -C $work/repo log -p"
     "sort -k2n (1M lines)|sort -k2,2n -k1,1 $work/lines.txt"
     "gzip -6 (1M lines)|gzip -6 -c $work/lines.txt"
@@ -135,20 +138,29 @@ programs=(
     "C: 6000 short-lived threads|$work/cases churn"
 )
 
-declare -A times rss
+# Each round runs every program under every allocator, the allocators in
+# a rotated order (so none always runs first or right after another).
+declare -A times rss cpu
+n=${#order[@]}
 for ((r = 0; r < rounds; r++)); do
     for p in "${programs[@]}"; do
         label=${p%%|*}; cmd=${p#*|}
-        for a in "${order[@]}"; do
-            out=$(LD_PRELOAD=${libs[$a]} /usr/bin/time -f "%e %M" $cmd 2>&1 >/dev/null | tail -1)
-            times[$label|$a]+="${out% *} "
-            rss[$label|$a]+="${out#* } "
+        for ((k = 0; k < n; k++)); do
+            a=${order[$(((k + r) % n))]}
+            out=$(LD_PRELOAD=${libs[$a]} /usr/bin/time -f "%e %M %U %S" $cmd 2>&1 >/dev/null | tail -1)
+            read -r e m u s <<<"$out"
+            times[$label|$a]+="$e "
+            rss[$label|$a]+="$m "
+            cpu[$label|$a]+="$(echo "$u + $s" | bc -l) "
         done
     done
     echo "round $((r + 1))/$rounds done (load $(cut -d' ' -f1-3 /proc/loadavg))" >&2
 done
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+# Wall time and peak RSS, then CPU time (user + system, all threads): on a
+# shared machine a program that waits on the scheduler (thread creation)
+# has a noisy wall time and a steadier CPU time.
 printf "| program |"; for a in "${order[@]}"; do printf " %s s | %s MiB |" "$a" "$a"; done; echo
 printf "|---|"; for a in "${order[@]}"; do printf -- "---:|---:|"; done; echo
 for p in "${programs[@]}"; do
@@ -161,3 +173,15 @@ for p in "${programs[@]}"; do
     done
     echo
 done
+echo
+printf "| program (CPU s, user + sys) |"; for a in "${order[@]}"; do printf " %s |" "$a"; done; echo
+printf "|---|"; for a in "${order[@]}"; do printf -- "---:|"; done; echo
+for p in "${programs[@]}"; do
+    label=${p%%|*}
+    printf "| %s |" "$label"
+    for a in "${order[@]}"; do
+        printf " %.2f |" "$(echo "${cpu[$label|$a]}" | median)"
+    done
+    echo
+done
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
