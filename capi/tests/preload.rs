@@ -223,7 +223,10 @@ fn founding_case(mode: &str) {
     println!(
         "{mode}: glibc base {gb} peak {gp} after {ga} KiB; shardalloc base {b} peak {p} after {a} KiB"
     );
-    assert!(gp > gb + 64 * 1024, "the case must use memory: {gb} -> {gp}");
+    assert!(
+        gp > gb + 64 * 1024,
+        "the case must use memory: {gb} -> {gp}"
+    );
     assert!(
         ga > gb + (gp - gb) / 2,
         "{mode} does not reproduce glibc's retention: after freeing {ga} KiB, \
