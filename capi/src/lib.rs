@@ -149,10 +149,15 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    let saved = errno();
+    // SAFETY: `__errno_location` returns the calling thread's errno slot,
+    // valid for the thread's life; asked once for the save and the restore.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *slot };
     // SAFETY: a live block of ours (caller).
     unsafe { shardalloc_core::free(ptr.cast()) };
-    set_errno(saved);
+    // SAFETY: as above.
+    unsafe { *slot = saved };
 }
 
 /// `calloc(3)`: `count * size` zeroed bytes; null with `errno = ENOMEM` when
