@@ -10,7 +10,7 @@
 //! | `SHARDALLOC_RESET_MODE` | [`set_reset_mode`] | `dontneed` | `dontneed` (RSS drops at once) or `free` (`MADV_FREE`: cheaper, RSS drops only under memory pressure) |
 //! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 32768 | the floor of the process-wide warm budget: unused memory waiting on the decay curve beyond both this and the memory in use goes back at once, oldest first |
 //! | `SHARDALLOC_SEGMENT_CACHE` | [`set_segment_cache`] | 4 | empty segments (4 MiB of address space each, their memory already given back) kept for reuse, at most 16 |
-//! | `SHARDALLOC_PURGE_THREAD` | [`set_purge_thread`] | `1` | `1`: a background thread gives warm memory back along the decay curve when no thread calls the allocator (started at the first warm memory, asleep while there is none); `0`: memory goes back on allocator calls only |
+//! | `SHARDALLOC_PURGE_THREAD` | [`set_purge_thread`] | `1` (C library: `0`) | `1`: a background thread gives warm memory back along the decay curve when no thread calls the allocator (started at the first warm memory; in the C library, when it loads), asleep while there is none; `0`: memory goes back on allocator calls only |
 //! | `SHARDALLOC_HUGE_OS_PAGES` | [`set_huge_os_pages`] | `1` | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) on huge blocks of 2 MiB or more; `0`: never |
 //!
 //! Options are plain atomics read with `Relaxed` ordering: a change takes
@@ -62,7 +62,8 @@ static RESET_MODE_FREE: AtomicUsize = AtomicUsize::new(0);
 static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(32 << 20);
 static HUGE_OS_PAGES: AtomicUsize = AtomicUsize::new(1);
 static SEGMENT_CACHE: AtomicUsize = AtomicUsize::new(4);
-static PURGE_THREAD: AtomicUsize = AtomicUsize::new(1);
+static PURGE_THREAD: AtomicUsize =
+    AtomicUsize::new(if cfg!(feature = "c-library") { 0 } else { 1 });
 
 /// Sets the decay time (in milliseconds, at most [`MAX_RESET_DELAY_MS`]):
 /// unused page memory goes back to the OS gradually over it, and none is

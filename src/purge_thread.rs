@@ -15,11 +15,15 @@
 //! `reaper_races_owner_reuse`). Its sleep and wake-up are the protocol of
 //! [`Sleeper`].
 //!
-//! * **Started** from `RawHeap::heartbeat_work`, outside the heap's lock and
-//!   before the slow path has changed anything, so the `malloc` calls that
-//!   `pthread_create` makes (ours when the C library is preloaded) find a
-//!   consistent heap; the state moves `IDLE → RUNNING` first, so those
-//!   nested calls do not start a second thread.
+//! * **Started** from a slow path (`RawHeap::heartbeat_work`, or a free
+//!   that emptied a page), outside the heap's lock and with the heap
+//!   consistent; the state moves `IDLE → RUNNING` first. `pthread_create`
+//!   allocates through the C `malloc`, which in a Rust program is not
+//!   ours. In the C library (feature `c-library`) it is ours, and the
+//!   allocator never calls `malloc` from inside itself: there the thread is
+//!   off by default, and `SHARDALLOC_PURGE_THREAD=1` starts it when the
+//!   library loads ([`start_at_load`]) — not by default, since a thread in
+//!   every process would, for instance, make `unshare(CLONE_NEWUSER)` fail.
 //! * **Signals**: created with every signal blocked, so process-directed
 //!   signals are never delivered on it.
 //! * **fork**: the child has no purge thread; its `atfork` handler
@@ -55,10 +59,21 @@ static SLEEPER: Sleeper = Sleeper::new();
 /// heap's lock, with the heap consistent.
 #[inline]
 pub(crate) fn start_if_needed() {
+    if cfg!(feature = "c-library") {
+        // Our `malloc` is the process's: `pthread_create` would call it
+        // from inside an allocation ([`start_at_load`] instead).
+        return;
+    }
     // Relaxed: a hint; the CAS below decides.
     if STATE.load(Ordering::Relaxed) != IDLE || decay::WARM.get() == 0 {
         return;
     }
+    start();
+}
+
+/// Starts the purge thread now if the option allows (the C library calls
+/// this from its load-time constructor, outside any allocation).
+pub(crate) fn start_at_load() {
     start();
 }
 
@@ -102,7 +117,12 @@ fn spawn() -> bool {
         libc::sigfillset(&raw mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &raw const all, &raw mut old);
         let mut thread: libc::pthread_t = 0;
-        let created = libc::pthread_create(&raw mut thread, &raw const attr, purge_main, ptr::null_mut()) == 0;
+        let created = libc::pthread_create(
+            &raw mut thread,
+            &raw const attr,
+            purge_main,
+            ptr::null_mut(),
+        ) == 0;
         libc::pthread_sigmask(libc::SIG_SETMASK, &raw const old, ptr::null_mut());
         libc::pthread_attr_destroy(&raw mut attr);
         created

@@ -50,10 +50,15 @@ static GLOBAL: ShardAlloc = ShardAlloc;
 /// it holds its lock, e.g. after a constructor registered dozens of
 /// handlers before anything allocated), the nested `pthread_atfork`
 /// would wait for that lock forever.
+///
+/// Then, if `SHARDALLOC_PURGE_THREAD=1` asked for it, it starts the purge
+/// thread: here, because `pthread_create` calls `malloc` and the allocator
+/// never calls `malloc` from inside itself (design §10).
 extern "C" fn start_up() {
     let block = malloc(1);
     // SAFETY: a block just returned by `malloc` (or null).
     unsafe { free(block) };
+    shardalloc_core::start_purge_thread();
 }
 
 // SAFETY: `.init_array` holds pointers to functions the dynamic linker
