@@ -168,9 +168,25 @@ unsafe fn after_local_free(page: *mut Page) {
         // allocation takes the fast path instead of collecting.
         // (`used` is atomic and only the owner writes it.)
         if (*page).used.get() == 0 && (*page).flags.get() == 0 && (*page).retire_expire.get() != 0 {
+            // (No lock even for a page with interiors: reapers skip
+            // retired pages, see `page::OwnerList`.)
             (*page).reuse_local_free();
             return;
         }
+        retire_or_unfull(page);
+    }
+}
+
+/// The rest of `after_local_free`: the page emptied (retire it) or left
+/// the full state.
+///
+/// # Safety
+/// As for `after_local_free`.
+#[cold]
+#[inline(never)]
+unsafe fn retire_or_unfull(page: *mut Page) {
+    // SAFETY: as in `after_local_free`.
+    unsafe {
         // Relaxed: set by us; only a reaper that freed this (full) page
         // for us stores null, and then there is nothing left to do.
         let heap = (*page).heap.load(Ordering::Relaxed);

@@ -54,7 +54,7 @@ fn an_idle_threads_empty_pages_are_given_back_by_other_threads() {
     let start = Instant::now();
     let mut after = before;
     while start.elapsed() < Duration::from_secs(2) {
-        let blocks: Vec<Box<[u8; 64 << 10]>> = (0..20).map(|_| Box::new([1u8; 64 << 10])).collect();
+        let blocks: Vec<Box<[u8; 16 << 10]>> = (0..8).map(|_| Box::new([1u8; 16 << 10])).collect();
         drop(blocks);
         after = rss_bytes();
         if before.saturating_sub(after) >= BYTES * 3 / 4 {

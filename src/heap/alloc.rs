@@ -190,6 +190,9 @@ impl RawHeap {
             // caller); their list and count fields are cells.
             let page = unsafe { &*page_ptr };
             let next = page.next.get();
+            // A page whose `local_free` a reaper may read is collected under
+            // the lock (`page::OwnerList`).
+            let _guard = page.has_interiors().then(|| self.lock());
             // SAFETY: as above; the page's lists are the owner's to collect
             // and extend.
             unsafe {

@@ -165,7 +165,7 @@ macro_rules! heap_value {
 }
 
 /// A section of the owner holding its heap's lock.
-struct HeapGuard<'a> {
+pub(crate) struct HeapGuard<'a> {
     heap: &'a RawHeap,
 }
 
@@ -223,7 +223,7 @@ impl RawHeap {
     /// page slots, segments or the reset queue; re-entrant, and a no-op for
     /// a heap outside the registry. Owner thread only.
     #[inline]
-    fn lock(&self) -> HeapGuard<'_> {
+    pub(crate) fn lock(&self) -> HeapGuard<'_> {
         let depth = self.lock_depth.get();
         if depth == 0
             && let Some(entry) = self.entry()

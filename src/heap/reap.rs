@@ -4,12 +4,11 @@
 //! lock (see `registry` and `docs/design.md` §4.5).
 
 use super::RawHeap;
-use super::reset::INTERIOR_RESET_MIN;
 use super::reset::reset_block_interior;
 use crate::decay;
 use crate::options;
 use crate::os;
-use crate::page::{Block, Page};
+use crate::page::{Block, INTERIOR_RESET_MIN, Page};
 use crate::registry::NOTHING_DUE;
 use crate::segment::Segment;
 use crate::size_class::PageKind;
@@ -173,6 +172,18 @@ impl RawHeap {
                         // delayed blocks filed by `file_delayed_by_page`.
                         unsafe { self.reap_page_remote_frees(page) };
                     }
+                    // SAFETY: as above (the page may have been freed just
+                    // now: `in_use` says).
+                    // A retired page moves its `local_free` without the
+                    // lock (`page::OwnerList`): skipped.
+                    if unsafe {
+                        (*page).in_use.get()
+                            && (*page).has_interiors()
+                            && (*page).retire_expire.get() == 0
+                    } {
+                        // SAFETY: a page in use of ours, under the lock.
+                        unsafe { reset_local_free_interiors(&*page) };
+                    }
                 }
             }
             segment_ptr = next_segment;
@@ -280,6 +291,32 @@ impl RawHeap {
                 // blocks long, handed back to its page.
                 unsafe { page.return_remote_chain(head, tail, count) };
             }
+        }
+    }
+}
+
+/// Gives back the OS pages inside the blocks the owner freed into `page`
+/// (its `local_free`), all but each block's first: an idle owner's own
+/// frees no longer keep their memory (design §6). Safe without the owner's
+/// cooperation because the owner only prepends to `local_free` without the
+/// lock, and takes blocks off it only under the lock we hold
+/// (`page::OwnerList`): the chain read here stays free and untouched by
+/// the owner until we unlock. The `Acquire` read of the head pairs with the
+/// owner's `Release` store of it, so the links are there.
+///
+/// # Safety
+/// The caller holds the lock of the heap owning `page`, a page in use whose
+/// blocks are at least `INTERIOR_RESET_MIN` bytes.
+unsafe fn reset_local_free_interiors(page: &Page) {
+    let size = page.block_size.get();
+    let mut block = page.local_free.get_acquire();
+    while !block.is_null() {
+        // SAFETY: a free block on the page's `local_free`, which nobody
+        // takes from while we hold the lock (caller); `size` ≥
+        // INTERIOR_RESET_MIN (caller).
+        unsafe {
+            reset_block_interior(block, size);
+            block = Block::next(block);
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::decay;
 use crate::options;
 use crate::os;
 use crate::os::OS_PAGE_SIZE;
-use crate::page::{Block, Page};
+use crate::page::{Block, INTERIOR_RESET_MARK, INTERIOR_RESET_MIN, MARK_OFFSET, Page};
 use crate::registry::NOTHING_DUE;
 use crate::segment::{SEGMENT_SIZE, Segment};
 use crate::size_class::{BIN_COUNT, BIN_HUGE, PageKind};
@@ -394,19 +394,6 @@ impl RawHeap {
     }
 }
 
-/// A free block's second word (past the link; past the link's tracked cell
-/// under loom) holds this, mixed with the block's address, once the OS
-/// pages inside the block were given back: a later reaper pass skips it.
-pub(super) const INTERIOR_RESET_MARK: usize = 0x5EED_F4EE_B10C_0000;
-
-/// Where a free block keeps `INTERIOR_RESET_MARK`.
-pub(super) const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_of::<usize>())
-    + if cfg!(feature = "secure") {
-        size_of::<usize>()
-    } else {
-        0
-    }; // secure: past the canary
-
 /// Gives back the OS pages inside a free block of `size` bytes, all but its
 /// first (which holds its link and the mark), unless the mark says it was
 /// done already.
@@ -430,7 +417,3 @@ pub(super) unsafe fn reset_block_interior(block: *mut Block, size: usize) {
         mark.write(expected);
     }
 }
-
-/// Blocks at least this large have whole OS pages past their first one,
-/// which `collect(true)` gives back while the block sits free.
-pub(super) const INTERIOR_RESET_MIN: usize = 2 * OS_PAGE_SIZE;

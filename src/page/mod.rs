@@ -147,6 +147,29 @@ impl Block {
 /// `flags` bit: the page sits in its heap's full queue.
 pub(crate) const IN_FULL: u8 = 1;
 
+/// Blocks at least this large have whole OS pages past their first one,
+/// which go back to the OS while the block sits free (`collect(true)`, and
+/// a reaper for an idle heap). Their pages' `local_free` is left only under
+/// the heap's lock ([`OwnerList`]).
+pub(crate) const INTERIOR_RESET_MIN: usize = 2 * crate::os::OS_PAGE_SIZE;
+
+/// A free block's word at [`MARK_OFFSET`] holds this, mixed with the
+/// block's address, once the OS pages inside the block were given back: a
+/// later pass skips it. Cleared (`clear_interior_marks`) whenever blocks
+/// become allocatable again, so a mark always means "free, and reset
+/// since".
+pub(crate) const INTERIOR_RESET_MARK: usize = 0x5EED_F4EE_B10C_0000;
+
+/// Where a free block keeps [`INTERIOR_RESET_MARK`]: the second word (past
+/// the link; past the link's tracked cell under loom; past the canary in
+/// secure builds).
+pub(crate) const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_of::<usize>())
+    + if cfg!(feature = "secure") {
+        size_of::<usize>()
+    } else {
+        0
+    };
+
 /// Minimum number of blocks threaded per extension.
 const MIN_EXTEND: usize = 4;
 /// Bytes of blocks threaded per extension: about one OS page, so page memory
@@ -177,8 +200,11 @@ pub(crate) struct Page {
     /// Blocks ready for allocation. First field: the empty-page sentinel
     /// (see [`empty_page`]) has only this one.
     pub(crate) free: Cell<*mut Block>,
-    /// Blocks freed by the owner.
-    pub(crate) local_free: Cell<*mut Block>,
+    /// Blocks freed by the owner. Only the owner pushes; the blocks leave
+    /// it only under the heap's lock for pages of blocks of 8 KiB and more,
+    /// whose chain a reaper may read to give back the blocks' interiors
+    /// (see [`OwnerList`]).
+    pub(crate) local_free: OwnerList,
     /// Blocks handed out, including those in `thread_free`.
     pub(crate) used: OwnerCount,
     /// Blocks threaded into the lists so far (lazy extension).
@@ -191,8 +217,11 @@ pub(crate) struct Page {
     pub(crate) flags: OwnerFlags,
     /// Every block on `free` is zero except its link word.
     pub(crate) free_is_zero: Cell<bool>,
-    /// Countdown of a retired (empty, kept) page; 0 when not retired.
-    pub(crate) retire_expire: Cell<u8>,
+    /// Countdown of a retired (empty, kept) page; 0 when not retired. Made
+    /// nonzero only under the heap's lock (`page_retire`); a reaper reads
+    /// it (a retired page's `local_free` moves to `free` without the lock:
+    /// see [`OwnerList`]).
+    pub(crate) retire_expire: OwnerFlags,
     /// Size of every block; for a huge page, the usable size of its block.
     pub(crate) block_size: Cell<usize>,
     /// Address of the first block.
@@ -288,6 +317,57 @@ impl OwnerCount {
     }
 }
 
+/// A list head only the owner writes (`local_free`), which a reaper holding
+/// the heap's lock may read: `Relaxed` loads and `Release` stores for the
+/// owner (plain moves on x86-64: the free fast path pays nothing), an
+/// `Acquire` load for the reaper, so the links of the blocks it finds were
+/// written before it reads them. The owner only ever *prepends* blocks
+/// without the lock; for pages whose blocks have interiors (the pages a
+/// reaper looks at, `reset_local_free_interiors`), everything that takes
+/// blocks off the list holds the lock — except the move to `free` of a
+/// retired page (an alloc/free loop on the only page of a class), which
+/// reapers skip: a page becomes retired only under the lock. So a chain a
+/// reaper read stays free and on the list while it holds the lock.
+pub(crate) struct OwnerList(core::sync::atomic::AtomicPtr<Block>);
+
+impl OwnerList {
+    /// A list starting at `head`.
+    pub(crate) const fn new(head: *mut Block) -> OwnerList {
+        OwnerList(core::sync::atomic::AtomicPtr::new(head))
+    }
+
+    /// The head (owner, or lock holder after `get_acquire`).
+    #[inline(always)]
+    pub(crate) fn get(&self) -> *mut Block {
+        // Relaxed: the owner's own stores are in program order.
+        self.0.load(core::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The head, with the links the owner wrote before publishing it (a
+    /// reaper).
+    #[inline]
+    pub(crate) fn get_acquire(&self) -> *mut Block {
+        // Acquire pairs with the Release of `set`.
+        self.0.load(core::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Sets the head (owner; or a lock holder of a page without owner).
+    #[inline(always)]
+    pub(crate) fn set(&self, head: *mut Block) {
+        // Release pairs with `get_acquire`: a reaper that reads the head
+        // sees the link written into it before.
+        self.0.store(head, core::sync::atomic::Ordering::Release);
+    }
+
+    /// Replaces the head, returning the old one (owner only).
+    #[inline(always)]
+    pub(crate) fn replace(&self, head: *mut Block) -> *mut Block {
+        let old = self.get();
+        self.set(head);
+        old
+    }
+}
+
 /// The page's flags: written by the owner, or by a reaper holding the heap's
 /// lock that frees a wholly freed full page; read by the owner's local free
 /// right after its `used` store, which may be just when such a reaper
@@ -343,14 +423,14 @@ impl Page {
     pub(crate) fn new() -> Page {
         Page {
             free: Cell::new(ptr::null_mut()),
-            local_free: Cell::new(ptr::null_mut()),
+            local_free: OwnerList::new(ptr::null_mut()),
             used: OwnerCount::new(0),
             capacity: Cell::new(0),
             reserved: Cell::new(0),
             bin: Cell::new(0),
             flags: OwnerFlags::new(0),
             free_is_zero: Cell::new(false),
-            retire_expire: Cell::new(0),
+            retire_expire: OwnerFlags::new(0),
             block_size: Cell::new(0),
             page_start: Cell::new(ptr::null_mut()),
             thread_free: AtomicPtr::new(empty_list(DelayedMode::NoDelayed)),
@@ -544,7 +624,10 @@ impl Page {
         #[cfg(feature = "secure")]
         if count <= SHUFFLE_MAX {
             // SAFETY: as below.
-            unsafe { self.extend_shuffled(start, capacity, count, size) };
+            unsafe {
+                self.extend_shuffled(start, capacity, count, size);
+                self.clear_interior_marks(self.free.get());
+            }
             self.capacity.set((capacity + count) as u32);
             return;
         }
@@ -560,6 +643,9 @@ impl Page {
             }
             Block::init(block, self.free.get());
             self.free.set(first);
+            // Memory a page of this size class left dirty may hold a
+            // block's mark at the same address.
+            self.clear_interior_marks(first);
         }
         self.capacity.set((capacity + count) as u32);
     }
@@ -628,12 +714,16 @@ impl Page {
             if !taken.is_null() {
                 // Allocate from the remotely freed blocks first: no walk,
                 // and `local_free` waits for the next turn.
+                // SAFETY: blocks of this page we now own (owner, caller).
+                unsafe { self.clear_interior_marks(taken) };
                 self.free.set(taken);
                 self.free_is_zero.set(false);
                 return;
             }
             let local = self.local_free.replace(ptr::null_mut());
             if !local.is_null() {
+                // SAFETY: as above.
+                unsafe { self.clear_interior_marks(local) };
                 self.free.set(local);
                 self.free_is_zero.set(false);
             }
@@ -650,10 +740,41 @@ impl Page {
         if self.free.get().is_null() {
             let local = self.local_free.replace(ptr::null_mut());
             if !local.is_null() {
+                // SAFETY: the owner's free blocks of this page (owner only).
+                unsafe { self.clear_interior_marks(local) };
                 self.free.set(local);
                 self.free_is_zero.set(false);
             }
         }
+    }
+
+    /// Blocks about to become allocatable again lose their
+    /// [`INTERIOR_RESET_MARK`] (only pages with interiors have marks): the
+    /// program may write the block's pages and leave the mark's word alone.
+    ///
+    /// # Safety
+    /// Owner only (or a lock holder acting for it); `list` is a chain of
+    /// free blocks of this page that the caller owns.
+    #[inline]
+    pub(crate) unsafe fn clear_interior_marks(&self, mut list: *mut Block) {
+        if !self.has_interiors() {
+            return;
+        }
+        while !list.is_null() {
+            // SAFETY: a free block of this page, at least
+            // `INTERIOR_RESET_MIN` bytes (so the word is inside it), ours.
+            unsafe {
+                list.cast::<u8>().add(MARK_OFFSET).cast::<usize>().write(0);
+                list = Block::next(list);
+            }
+        }
+    }
+
+    /// The page's free blocks have interiors a reaper may give back, so its
+    /// `local_free` is left only under the heap's lock.
+    #[inline]
+    pub(crate) fn has_interiors(&self) -> bool {
+        self.block_size.get() >= INTERIOR_RESET_MIN
     }
 
     /// The page is in its heap's full queue.
