@@ -16,6 +16,22 @@ import tempfile
 
 # name: (file, exact text to replace, replacement, test file, model)
 MUTANTS = {
+    # A reaper reads an idle owner's local_free without Acquire: the links
+    # of the blocks it walks are not ordered after the owner's writes.
+    "owner-list-acquire-relaxed": (
+        "src/page/mod.rs",
+        "        // Acquire pairs with the Release of `set`.\n        self.0.load(Ordering::Acquire)",
+        "        // Acquire pairs with the Release of `set`.\n        self.0.load(Ordering::Relaxed)",
+        "reaper", "reaper_leaves_a_full_page_with_live_blocks",
+    ),
+    # The owner collects a page of big blocks without the heap's lock: a
+    # reaper may walk local_free while the owner moves it to `free`.
+    "collect-big-page-unlocked": (
+        "src/heap/alloc.rs",
+        "let _guard = page.has_interiors().then(|| self.lock());",
+        "let _guard = (false && page.has_interiors()).then(|| self.lock());",
+        "reaper", "reaper_resets_local_free_interiors_while_owner_reuses_them",
+    ),
     # The start-up work published without Release: a racing caller may
     # return before the work's effects are visible.
     "run-once-relaxed": (

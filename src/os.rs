@@ -350,6 +350,55 @@ pub fn resident_bytes() -> Option<usize> {
     pages.checked_mul(usize::try_from(page).ok()?)
 }
 
+/// Returns the resident anonymous memory of the process that transparent
+/// huge pages back, in bytes (`AnonHugePages` of `/proc/self/smaps_rollup`,
+/// read with raw system calls: no allocation). `None` if unreadable.
+#[cfg(not(any(loom, miri)))]
+pub(crate) fn huge_page_bytes() -> Option<usize> {
+    const FIELD: &[u8] = b"AnonHugePages:";
+    let mut buf = [0u8; 4096];
+    // SAFETY: the path is a NUL-terminated literal.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/self/smaps_rollup".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    let mut len = 0;
+    while len < buf.len() {
+        let rest = &mut buf[len..];
+        // SAFETY: `rest` is writable for its whole length; `fd` is open.
+        let n = unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) };
+        match usize::try_from(n) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => len += n,
+        }
+    }
+    // SAFETY: `fd` is open and ours.
+    unsafe { libc::close(fd) };
+    let text = &buf[..len];
+    let at = text.windows(FIELD.len()).position(|w| w == FIELD)?;
+    let mut kib = 0usize;
+    let mut seen = false;
+    for &byte in &text[at + FIELD.len()..] {
+        match byte {
+            b' ' | b'\t' if !seen => {}
+            b'0'..=b'9' => {
+                seen = true;
+                kib = kib.checked_mul(10)?.checked_add(usize::from(byte - b'0'))?;
+            }
+            _ => break,
+        }
+    }
+    if !seen {
+        return None;
+    }
+    kib.checked_mul(1024)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +453,16 @@ mod tests {
     fn resident_bytes_reads_statm() {
         let rss = resident_bytes().expect("statm");
         assert!(rss > 0);
+    }
+
+    #[test]
+    #[cfg(not(miri))]
+    fn huge_page_bytes_reads_smaps_rollup() {
+        // Present on every kernel since 4.14; the value itself depends on
+        // the machine's THP setting, and is never above the resident set.
+        let huge = huge_page_bytes().expect("smaps_rollup");
+        let rss = resident_bytes().expect("statm");
+        assert!(huge <= rss + (2 << 20), "{huge} > {rss}");
+        assert_eq!(huge % 1024, 0);
     }
 }

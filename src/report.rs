@@ -45,6 +45,15 @@ pub struct Stats {
     /// have allocated, and live first-class heaps (up to the registry's
     /// capacity).
     pub heaps: usize,
+    /// Bytes of unused page memory kept warm for reuse (empty slots waiting
+    /// on the decay curve, huge spares, what exited threads left within the
+    /// warm budget): part of `committed`, given back within the decay time
+    /// (`options::reset_delay_ms`) unless reused.
+    pub warm: usize,
+    /// Resident anonymous memory of the whole process backed by transparent
+    /// huge pages (`AnonHugePages` of `/proc/self/smaps_rollup`), if
+    /// readable; with `resident`, the huge-page coverage.
+    pub huge_pages: Option<usize>,
 }
 
 /// How many times `stats` yields to a heap's owner busy in a slow path.
@@ -91,6 +100,11 @@ pub fn stats() -> Stats {
         resident: None,
         threads_without_exit_hook: THREADS_WITHOUT_EXIT_HOOK.get(),
         heaps: shared.heaps.heap_count(),
+        warm: crate::decay::WARM.get(),
+        #[cfg(not(miri))]
+        huge_pages: crate::os::huge_page_bytes(),
+        #[cfg(miri)]
+        huge_pages: None,
     }
 }
 
@@ -105,6 +119,8 @@ pub fn print_stats() {
         ("  committed     ", Some(s.committed)),
         ("  reserved      ", Some(s.reserved)),
         ("  resident      ", s.resident),
+        ("  huge pages    ", s.huge_pages),
+        ("  warm          ", Some(s.warm)),
         ("  reset (total) ", Some(s.reset)),
     ] {
         line.text(name);

@@ -252,3 +252,70 @@ fn reaper_leaves_a_full_page_with_live_blocks() {
         assert_all_released(baseline);
     });
 }
+
+/// An idle owner's own frees (design §6, `page::OwnerList`): the owner
+/// freed two blocks of 64 KiB into a page that keeps a live one, and a
+/// reaper (`force`: the owner counts as idle) gives back the OS pages inside
+/// the blocks on that page's `local_free`, while the owner allocates again —
+/// taking those very blocks once the page's `free` list runs out, writing
+/// them, and freeing one back. Afterwards:
+/// * the blocks the owner holds still read what it wrote (a reset of a block
+///   the owner had taken back would zero it);
+/// * loom saw every read of a link on `local_free` ordered after the write
+///   that made it (the lock, and `OwnerList`'s Release/Acquire);
+/// * every segment is released exactly once at the end.
+#[test]
+fn reaper_resets_local_free_interiors_while_owner_reuses_them() {
+    const BIG: usize = 64 << 10;
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let owner = ModelHeap::new_registered(&world, OWNER);
+        let keep = owner.alloc(BIG);
+        let (a, b) = (owner.alloc(BIG), owner.alloc(BIG));
+        // SAFETY: our own live blocks.
+        unsafe {
+            owner.free(a);
+            owner.free(b);
+        }
+        let reaper_world = Arc::clone(&world);
+        let reaper = thread::spawn(move || {
+            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
+            reaper.reap_others(true);
+            reaper.abandon();
+        });
+        // Allocate until the blocks freed above come back (the page's
+        // `free` list holds the rest of its first extension before them).
+        let mut held = Vec::new();
+        loop {
+            let block = owner.alloc(BIG);
+            // SAFETY: a live block of BIG bytes.
+            unsafe { block.add(LINK).write_bytes(PATTERN, BIG - LINK) };
+            held.push(block);
+            if block == a || block == b || held.len() > 8 {
+                break;
+            }
+        }
+        // One freed again while the reaper may be walking the list.
+        let last = held.pop().expect("allocated");
+        // SAFETY: our own live block.
+        unsafe { owner.free(last) };
+        reaper.join().unwrap();
+        for &block in &held {
+            // SAFETY: our own live blocks of BIG bytes.
+            let intact = unsafe { core::slice::from_raw_parts(block.add(LINK), BIG - LINK) }
+                .iter()
+                .all(|&byte| byte == PATTERN);
+            assert!(intact, "a block in use was reset");
+        }
+        for block in held.into_iter().chain([keep]) {
+            // SAFETY: our own live blocks.
+            unsafe { owner.free(block) };
+        }
+        owner.collect(true);
+        owner.abandon();
+        drop(owner);
+        drop(world);
+        assert_all_released(baseline);
+    });
+}

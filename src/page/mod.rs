@@ -328,19 +328,20 @@ impl OwnerCount {
 /// retired page (an alloc/free loop on the only page of a class), which
 /// reapers skip: a page becomes retired only under the lock. So a chain a
 /// reaper read stays free and on the list while it holds the lock.
-pub(crate) struct OwnerList(core::sync::atomic::AtomicPtr<Block>);
+/// A loom atomic under loom, so the models check the pairing.
+pub(crate) struct OwnerList(AtomicPtr<Block>);
 
 impl OwnerList {
     /// A list starting at `head`.
-    pub(crate) const fn new(head: *mut Block) -> OwnerList {
-        OwnerList(core::sync::atomic::AtomicPtr::new(head))
+    pub(crate) fn new(head: *mut Block) -> OwnerList {
+        OwnerList(AtomicPtr::new(head))
     }
 
     /// The head (owner, or lock holder after `get_acquire`).
     #[inline(always)]
     pub(crate) fn get(&self) -> *mut Block {
         // Relaxed: the owner's own stores are in program order.
-        self.0.load(core::sync::atomic::Ordering::Relaxed)
+        self.0.load(Ordering::Relaxed)
     }
 
     /// The head, with the links the owner wrote before publishing it (a
@@ -348,7 +349,7 @@ impl OwnerList {
     #[inline]
     pub(crate) fn get_acquire(&self) -> *mut Block {
         // Acquire pairs with the Release of `set`.
-        self.0.load(core::sync::atomic::Ordering::Acquire)
+        self.0.load(Ordering::Acquire)
     }
 
     /// Sets the head (owner; or a lock holder of a page without owner).
@@ -356,7 +357,7 @@ impl OwnerList {
     pub(crate) fn set(&self, head: *mut Block) {
         // Release pairs with `get_acquire`: a reaper that reads the head
         // sees the link written into it before.
-        self.0.store(head, core::sync::atomic::Ordering::Release);
+        self.0.store(head, Ordering::Release);
     }
 
     /// Replaces the head, returning the old one (owner only).
