@@ -29,11 +29,20 @@ use super::segments::cache_or_release;
 use crate::options;
 use crate::os;
 use crate::page::DelayedMode;
+use crate::process::PopFrom;
 use crate::segment::Segment;
 use crate::size_class::{BIN_HUGE, PageKind};
 use crate::stats;
 use crate::sync::Ordering;
 use core::ptr;
+
+/// Segments one reclaim on the allocation path pops at most before it
+/// gives up: each one popped is adopted, or empty and given back, so the
+/// work is paid for by what it removes, and bounded.
+const RECLAIM_POPS: usize = 4;
+
+/// Segments of each kind a (non-forced) reaping pass looks at.
+const PASS_SEGMENTS: usize = 8;
 
 impl RawHeap {
     /// Tears the heap down at thread exit: frees what is free and abandons
@@ -82,8 +91,20 @@ impl RawHeap {
         self.lock_depth.set(0);
         if let Some(entry) = self.entry() {
             self.entry.set(ptr::null());
-            entry.release();
+            // SAFETY: we hold the entry's lock (`forget(guard)` above), the
+            // heap is torn down.
+            unsafe { self.release_entry(entry) };
         }
+    }
+
+    /// Gives the heap's registry entry back to the registry it came from
+    /// (`shared`'s: a heap is registered only in its own process state).
+    ///
+    /// # Safety
+    /// The caller holds the entry's lock and the heap is torn down.
+    pub(super) unsafe fn release_entry(&self, entry: &crate::registry::Entry) {
+        // SAFETY: a registered heap's `shared` is non-null and outlives it.
+        unsafe { (*self.shared.get()).heaps.release(entry) };
     }
 
     /// Step 0 of `abandon`: huge blocks still out. Each segment is handed
@@ -227,76 +248,121 @@ impl RawHeap {
         }
     }
 
-    /// Looks through the abandoned segments: returns the empty ones to the
-    /// OS (through the segment cache), adopts one of `kind` (never a huge
-    /// one: a huge page must stay in `UseDelayed`, so it is left abandoned
-    /// until its block is freed), and gives back the memory of the unused
-    /// slots of the others once they have been unused for a reset delay
-    /// (all of it with `force`): a thread that starts soon after another
-    /// exited adopts warm slots instead of faulting fresh ones. Returns
-    /// whether one was adopted.
+    /// Looks through the abandoned segments. With `kind` (the allocation
+    /// slow path): pops segments of that kind, at most [`RECLAIM_POPS`],
+    /// until one still holds live blocks, and adopts it (never a huge one:
+    /// a huge page must stay in `UseDelayed`, so it is left abandoned until
+    /// its block is freed); the empty ones go back to the OS (through the
+    /// segment cache). A thread that starts soon after another exited adopts
+    /// warm slots instead of faulting fresh ones. Constant time, whatever the
+    /// number of abandoned segments. Without `kind` (a reaping pass, or
+    /// `collect(true)` with `force`): [`RawHeap::reclaim_pass`]. Returns
+    /// whether a segment was adopted.
     ///
     /// # Safety
     /// Owner thread.
     pub(super) unsafe fn reclaim(&self, kind: Option<PageKind>, force: bool) -> bool {
-        let _guard = self.lock();
-        let kind = kind.filter(|&kind| kind != PageKind::Huge);
-        // SAFETY: `shared` outlives every heap.
-        let abandoned = unsafe { &(*self.shared.get()).abandoned };
-        let mut segment = abandoned.take_all();
-        if segment.is_null() {
+        let Some(kind) = kind else {
+            // SAFETY: owner thread (caller).
+            unsafe { self.reclaim_pass(force) };
+            return false;
+        };
+        if kind == PageKind::Huge {
             return false;
         }
-        let mut adopted = false;
-        let now = if force { u64::MAX } else { os::now_ms() };
-        let delay = options::reset_delay_ms();
-        let (mut keep_first, mut keep_last, mut kept, mut taken) =
-            (ptr::null_mut::<Segment>(), ptr::null_mut::<Segment>(), 0, 0);
-        while !segment.is_null() {
-            taken += 1;
-            // SAFETY: `take_all` gave us exclusive ownership of every
-            // segment on the chain (so in the rest of this loop); remote
-            // frees into them only push onto page lists.
-            let next = unsafe { Segment::abandoned_next(segment) };
-            // SAFETY: as above.
-            unsafe { Segment::set_abandoned_next(segment, ptr::null_mut()) };
+        // SAFETY: `shared` outlives every heap.
+        let abandoned = unsafe { &(*self.shared.get()).abandoned };
+        if abandoned.len_of(kind) == 0 {
+            return false;
+        }
+        let _guard = self.lock();
+        for _ in 0..RECLAIM_POPS {
+            let segment = abandoned.pop(kind, PopFrom::Anywhere);
+            if segment.is_null() {
+                return false;
+            }
+            // SAFETY: `pop` made the segment exclusively ours; remote frees
+            // into it only push onto page lists.
+            unsafe { take_popped(segment) };
             // SAFETY: as above; the header fields are cells.
-            let header = unsafe { &*segment };
-            stats::ABANDONED_LIVE.sub(header.abandoned_live.replace(0));
-            // SAFETY: as above.
-            unsafe { collect_abandoned(segment) };
-            if header.used_pages.get() == 0 {
+            if unsafe { (*segment).used_pages.get() } == 0 {
                 // SAFETY: ours, empty, on no list; `shared` outlives heaps.
                 unsafe { cache_or_release(self.shared.get(), segment) };
-            } else if !adopted && Some(header.kind) == kind {
+            } else {
                 // SAFETY: owner thread (caller); ours, collected.
                 unsafe { self.adopt(segment) };
-                adopted = true;
-            } else {
-                // Nobody owns its emptied slots: their memory goes once
-                // they have waited a reset delay.
-                // SAFETY: ours until pushed back below.
-                unsafe {
-                    reset_unused_slots(segment, now, delay);
-                    note_abandoned_live(segment);
-                }
-                if keep_first.is_null() {
-                    keep_first = segment;
-                } else {
-                    // SAFETY: `keep_last` is ours too, kept on the chain.
-                    unsafe { Segment::set_abandoned_next(keep_last, segment) };
-                }
-                keep_last = segment;
-                kept += 1;
+                return true;
             }
-            segment = next;
         }
-        abandoned.note_removed(taken);
-        if !keep_first.is_null() {
-            // SAFETY: the chain of segments we kept, linked above, given up.
-            unsafe { abandoned.push_chain(keep_first, keep_last, kept) };
+        false
+    }
+
+    /// A reaping pass over the abandoned segments: collects each one's
+    /// pages, returns the segments that became empty to the OS (through the
+    /// segment cache), and gives back the memory of the unused slots of the
+    /// others once they have been unused for the decay time (all of it with
+    /// `force`). At most [`PASS_SEGMENTS`] segments of each kind per pass,
+    /// taking up where the last pass stopped (the `visited` round robin of
+    /// `AbandonedSegments`), so no single allocation pays for all of them;
+    /// with `force` (`collect(true)`), every segment.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn reclaim_pass(&self, force: bool) {
+        // SAFETY: `shared` outlives every heap.
+        let abandoned = unsafe { &(*self.shared.get()).abandoned };
+        if abandoned.len() == 0 {
+            return;
         }
-        adopted
+        // Held so that no pass is under way across a `fork` (which holds
+        // every heap's lock).
+        let _guard = self.lock();
+        let now = if force { u64::MAX } else { os::now_ms() };
+        let delay = options::reset_delay_ms();
+        for kind in [
+            PageKind::Small,
+            PageKind::Medium,
+            PageKind::Large,
+            PageKind::Huge,
+        ] {
+            let waiting = abandoned.len_of(kind);
+            if waiting == 0 {
+                continue;
+            }
+            // A new round of the round robin once every segment was seen;
+            // `force` looks at everything, so it starts one now.
+            if force || abandoned.incoming_is_empty(kind) {
+                abandoned.recycle(kind);
+            }
+            // With `force`, what waits now: a segment kept while another
+            // thread held the pop lock goes back onto `incoming` and would
+            // otherwise come round again.
+            let budget = if force { waiting } else { PASS_SEGMENTS };
+            for _ in 0..budget {
+                let segment = abandoned.pop(kind, PopFrom::Incoming);
+                if segment.is_null() {
+                    break;
+                }
+                // SAFETY: `pop` made the segment exclusively ours; remote
+                // frees into it only push onto page lists.
+                unsafe { take_popped(segment) };
+                // SAFETY: as above; the header fields are cells.
+                if unsafe { (*segment).used_pages.get() } == 0 {
+                    // SAFETY: ours, empty, on no list; `shared` outlives
+                    // heaps.
+                    unsafe { cache_or_release(self.shared.get(), segment) };
+                } else {
+                    // Nobody owns its emptied slots: their memory goes once
+                    // they have waited the decay time.
+                    // SAFETY: ours until kept, then given up.
+                    unsafe {
+                        reset_unused_slots(segment, now, delay);
+                        note_abandoned_live(segment);
+                        abandoned.keep(segment);
+                    }
+                }
+            }
+        }
     }
 
     /// Makes an abandoned segment (already collected) ours.
@@ -360,6 +426,19 @@ pub(super) unsafe fn note_abandoned_live(segment: *mut Segment) {
             stats::ABANDONED_LIVE.add(live);
         }
     }
+}
+
+/// Takes a segment just popped off the abandoned lists: its live bytes
+/// leave `stats::ABANDONED_LIVE` (counted again if it is kept), and its
+/// pages are collected.
+///
+/// # Safety
+/// The caller exclusively owns the segment (popped it).
+unsafe fn take_popped(segment: *mut Segment) {
+    // SAFETY: exclusively ours (caller); the header fields are cells.
+    stats::ABANDONED_LIVE.sub(unsafe { (*segment).abandoned_live.replace(0) });
+    // SAFETY: as above.
+    unsafe { collect_abandoned(segment) };
 }
 
 /// Collects every page of an abandoned segment and gives back the slots of
