@@ -353,6 +353,74 @@ impl AbandonedSegments {
         self.unlock();
     }
 
+    /// Takes every segment of `kind` (both lists) for a pass that looks
+    /// at all of them (`collect(true)`): the caller owns the returned chain
+    /// exclusively (linked through `abandoned_next`), and gives each segment
+    /// back with [`AbandonedSegments::keep_chain`] or accounts for it with
+    /// [`AbandonedSegments::note_removed`]. Waits for the pop lock (yielding,
+    /// bounded: null if it stays busy). One lock and one swap for the whole
+    /// list, where popping one by one would cost a few atomic operations
+    /// per segment.
+    pub(crate) fn take_all(&self, kind: PageKind) -> *mut Segment {
+        let queue = self.queue(kind);
+        // Relaxed: a hint.
+        if queue.len.load(Ordering::Relaxed) == 0 || !self.lock(FORK_LOCK_ROUNDS, true) {
+            return ptr::null_mut();
+        }
+        // Acquire pairs with the Release CAS of `link_chain`, as in
+        // `pop_incoming`.
+        let incoming = queue.incoming.swap(ptr::null_mut(), Ordering::Acquire);
+        // Relaxed (`visited`): ordered by the pop lock.
+        let visited = queue.visited.swap(ptr::null_mut(), Ordering::Relaxed);
+        let tail = queue.visited_tail.swap(ptr::null_mut(), Ordering::Relaxed);
+        let chain = if visited.is_null() {
+            incoming
+        } else {
+            // SAFETY: `tail` ends the `visited` chain, ours under the lock.
+            unsafe { Segment::set_abandoned_next(tail, incoming) };
+            visited
+        };
+        self.unlock();
+        chain
+    }
+
+    /// Gives back the chain `first ..= last` of segments of `kind` that a
+    /// [`AbandonedSegments::take_all`] took and keeps abandoned: onto
+    /// `visited`, or `incoming` if the pop lock stays busy.
+    ///
+    /// # Safety
+    /// The caller took the chain with `take_all` and gives it up; `last`
+    /// is reachable from `first`.
+    pub(crate) unsafe fn keep_chain(
+        &self,
+        kind: PageKind,
+        first: *mut Segment,
+        last: *mut Segment,
+    ) {
+        let queue = self.queue(kind);
+        if !self.lock(POP_LOCK_SPINS, false) {
+            // SAFETY: ours, given up (caller).
+            unsafe { Self::link_chain(queue, first, last) };
+            return;
+        }
+        // Relaxed (`visited`): ordered by the pop lock.
+        let top = queue.visited.load(Ordering::Relaxed);
+        // SAFETY: ours until linked in.
+        unsafe { Segment::set_abandoned_next(last, top) };
+        if top.is_null() {
+            queue.visited_tail.store(last, Ordering::Relaxed);
+        }
+        queue.visited.store(first, Ordering::Relaxed);
+        self.unlock();
+    }
+
+    /// Records that `count` segments of `kind` a `take_all` took were not
+    /// given back.
+    pub(crate) fn note_removed(&self, kind: PageKind, count: usize) {
+        // Relaxed: a hint.
+        self.queue(kind).len.fetch_sub(count, Ordering::Relaxed);
+    }
+
     /// Whether `incoming` of `kind` is empty (a hint).
     pub(crate) fn incoming_is_empty(&self, kind: PageKind) -> bool {
         // Relaxed: a hint.

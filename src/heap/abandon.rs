@@ -304,7 +304,8 @@ impl RawHeap {
     /// `force`). At most [`PASS_SEGMENTS`] segments of each kind per pass,
     /// taking up where the last pass stopped (the `visited` round robin of
     /// `AbandonedSegments`), so no single allocation pays for all of them;
-    /// with `force` (`collect(true)`), every segment.
+    /// with `force` (`collect(true)`), every segment, taken whole
+    /// (`reclaim_all`).
     ///
     /// # Safety
     /// Owner thread.
@@ -325,44 +326,95 @@ impl RawHeap {
             PageKind::Large,
             PageKind::Huge,
         ] {
-            let waiting = abandoned.len_of(kind);
-            if waiting == 0 {
+            if abandoned.len_of(kind) == 0 {
                 continue;
             }
-            // A new round of the round robin once every segment was seen;
-            // `force` looks at everything, so it starts one now.
-            if force || abandoned.incoming_is_empty(kind) {
+            if force {
+                // SAFETY: owner thread (caller).
+                unsafe { self.reclaim_all(kind, now, delay) };
+                continue;
+            }
+            // A new round of the round robin once every segment was seen.
+            if abandoned.incoming_is_empty(kind) {
                 abandoned.recycle(kind);
             }
-            // With `force`, what waits now: a segment kept while another
-            // thread held the pop lock goes back onto `incoming` and would
-            // otherwise come round again.
-            let budget = if force { waiting } else { PASS_SEGMENTS };
-            for _ in 0..budget {
+            for _ in 0..PASS_SEGMENTS {
                 let segment = abandoned.pop(kind, PopFrom::Incoming);
                 if segment.is_null() {
                     break;
                 }
                 // SAFETY: `pop` made the segment exclusively ours; remote
                 // frees into it only push onto page lists.
-                unsafe { take_popped(segment) };
-                // SAFETY: as above; the header fields are cells.
-                if unsafe { (*segment).used_pages.get() } == 0 {
-                    // SAFETY: ours, empty, on no list; `shared` outlives
-                    // heaps.
-                    unsafe { cache_or_release(self.shared.get(), segment) };
-                } else {
-                    // Nobody owns its emptied slots: their memory goes once
-                    // they have waited the decay time.
-                    // SAFETY: ours until kept, then given up.
-                    unsafe {
-                        reset_unused_slots(segment, now, delay);
-                        note_abandoned_live(segment);
-                        abandoned.keep(segment);
-                    }
+                if unsafe { self.reclaim_look(segment, now, delay) } {
+                    // SAFETY: ours, kept abandoned, given up.
+                    unsafe { abandoned.keep(segment) };
                 }
             }
         }
+    }
+
+    /// `reclaim_pass` with `force`, for one kind: takes every segment of
+    /// `kind` at once and looks at each.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn reclaim_all(&self, kind: PageKind, now: u64, delay: u64) {
+        // SAFETY: `shared` outlives every heap.
+        let abandoned = unsafe { &(*self.shared.get()).abandoned };
+        let mut segment = abandoned.take_all(kind);
+        let (mut first, mut last) = (ptr::null_mut::<Segment>(), ptr::null_mut::<Segment>());
+        let mut removed = 0;
+        while !segment.is_null() {
+            // SAFETY: `take_all` made every segment of the chain ours.
+            let next = unsafe { Segment::abandoned_next(segment) };
+            // SAFETY: as above.
+            if unsafe { self.reclaim_look(segment, now, delay) } {
+                if first.is_null() {
+                    first = segment;
+                } else {
+                    // SAFETY: `last` is ours too, kept on the new chain.
+                    unsafe { Segment::set_abandoned_next(last, segment) };
+                }
+                last = segment;
+            } else {
+                removed += 1;
+            }
+            segment = next;
+        }
+        abandoned.note_removed(kind, removed);
+        if !first.is_null() {
+            // SAFETY: the chain we kept, linked above, given up.
+            unsafe { abandoned.keep_chain(kind, first, last) };
+        }
+    }
+
+    /// A reclaim pass's look at one abandoned segment: collects its pages;
+    /// an empty segment goes back to the OS (through the segment cache),
+    /// the unused slots of another give their memory back once they have
+    /// waited the decay time (`now` `u64::MAX`: at once). Returns whether
+    /// the segment stays abandoned (the caller gives it back).
+    ///
+    /// # Safety
+    /// The caller owns the abandoned segment exclusively (popped or took
+    /// it).
+    unsafe fn reclaim_look(&self, segment: *mut Segment, now: u64, delay: u64) -> bool {
+        // SAFETY: ours (caller); remote frees into it only push onto page
+        // lists.
+        unsafe { take_popped(segment) };
+        // SAFETY: as above; the header fields are cells.
+        if unsafe { (*segment).used_pages.get() } == 0 {
+            // SAFETY: ours, empty, on no list; `shared` outlives heaps.
+            unsafe { cache_or_release(self.shared.get(), segment) };
+            return false;
+        }
+        // Nobody owns its emptied slots: their memory goes once they have
+        // waited the decay time.
+        // SAFETY: ours (caller).
+        unsafe {
+            reset_unused_slots(segment, now, delay);
+            note_abandoned_live(segment);
+        }
+        true
     }
 
     /// Makes an abandoned segment (already collected) ours.
