@@ -39,8 +39,8 @@
 //! lock-free stack (`free_top`, linked through each entry's `next_free`
 //! index); `claim` pops one, or, when the stack is empty, takes the next
 //! never-used entry (`next_unused`, bumped with a CAS after its chunk is
-//! mapped). The stack's top word packs a 32-bit tag above the entry's index
-//! + 1, and every push and pop bumps the tag, so a pop that read a stale
+//! mapped). The stack's top word packs a 32-bit tag above one plus the
+//! entry's index, and every push and pop bumps the tag, so a pop that read a stale
 //! `next_free` (the classic ABA: the entry was popped, others popped and it
 //! pushed back meanwhile) fails its CAS. Entries are never unmapped, so
 //! reading a stale `next_free` is harmless. No lock: a thread that vanishes

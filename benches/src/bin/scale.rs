@@ -122,17 +122,19 @@ fn pair_ns() -> f64 {
     start.elapsed().as_secs_f64() * 1e9 / PAIRS as f64
 }
 
-/// `collect(true)`, median of 5 calls, µs.
+/// `collect(true)`, median of 5 calls, µs (each call listed on stderr with `SCALE_VERBOSE`).
 fn collect_us() -> f64 {
-    median(
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                shardalloc::collect(true);
-                us(t.elapsed())
-            })
-            .collect(),
-    )
+    let times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            shardalloc::collect(true);
+            us(t.elapsed())
+        })
+        .collect();
+    if std::env::var_os("SCALE_VERBOSE").is_some() {
+        eprintln!("collect(true) calls, µs: {times:?}");
+    }
+    median(times)
 }
 
 /// `stats()`, per call, median of 11 batches of 100, µs.
@@ -171,7 +173,7 @@ fn thread_cpu_ns() -> u64 {
         tv_nsec: 0,
     };
     // SAFETY: a valid out-pointer; the clock id exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
     assert_eq!(rc, 0, "clock_gettime");
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
