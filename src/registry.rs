@@ -98,7 +98,7 @@ const CAPACITY: usize = FIRST_CHUNK * ((1 << CHUNKS) - 1);
 
 /// Entries a non-forced reaping pass looks at (see `reap_batch`).
 #[cfg(not(loom))]
-pub(crate) const REAP_BATCH: usize = 256;
+pub(crate) const REAP_BATCH: usize = 64;
 #[cfg(loom)]
 pub(crate) const REAP_BATCH: usize = 2;
 
