@@ -7,18 +7,21 @@
 //! `AbandonedSegments` list (`process`). Frees into an abandoned segment keep working
 //! (they are "remote" for every thread).
 //!
-//! A live thread that needs a fresh page *reclaims*: it takes the whole
-//! list at once (one atomic swap, so it owns every segment on it
-//! exclusively), collects each segment's pages, returns the segments that
-//! became empty to the OS, adopts one segment of the kind it needs, and
-//! pushes the rest back.
+//! A live thread that needs a fresh page *reclaims*: it pops a segment of
+//! the kind it needs off the abandoned lists (`AbandonedSegments`, one
+//! queue per kind, `process`), collects its pages, returns it to the OS if
+//! it became empty (and pops another, at most four), or adopts it. A
+//! reaping pass (once per idle period) looks at a few segments of each kind,
+//! round robin, to give back what they no longer use; `collect(true)` looks
+//! at all of them. So no allocation walks the abandoned segments: its cost
+//! does not depend on how many there are.
 //!
-//! Taking the whole list (instead of popping one segment) is what makes the
-//! list safe without tags or epochs: a segment is only ever read by the
-//! thread that took it, so it cannot be unmapped under a reader and no ABA
-//! can occur. The loom models `abandoned_list_push_races_take_all` (the
-//! list) and `abandon_races_remote_free_and_reclaim` (`loom-tests/tests/
-//! abandon.rs`) check it.
+//! Only the holder of the lists' pop lock takes segments off them, so a
+//! segment whose link a popper reads cannot be unmapped under it, and no
+//! ABA can occur (see `process`). The loom models
+//! `abandoned_list_push_races_pop`, `abandoned_list_pops_race_pushes_and_keeps`
+//! (the lists) and `abandon_and_reclaim_race_remote_frees`
+//! (`loom-tests/tests/abandon.rs`) check it.
 //!
 //! In a forked child, the heaps of parent threads that do not exist there
 //! are abandoned the same way (`abandon_after_fork`, design §5).

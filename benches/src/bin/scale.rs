@@ -122,9 +122,14 @@ fn pair_ns() -> f64 {
     start.elapsed().as_secs_f64() * 1e9 / PAIRS as f64
 }
 
-/// `collect(true)`, median of 5 calls, µs (each call listed on stderr with `SCALE_VERBOSE`).
+/// `collect(true)`, median of 5 calls (`SCALE_COLLECTS` to change), µs (each call listed on
+/// stderr with `SCALE_VERBOSE`).
 fn collect_us() -> f64 {
-    let times: Vec<f64> = (0..5)
+    let calls = std::env::var("SCALE_COLLECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let times: Vec<f64> = (0..calls)
         .map(|_| {
             let t = Instant::now();
             shardalloc::collect(true);
