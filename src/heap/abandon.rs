@@ -550,3 +550,107 @@ pub(super) unsafe fn reset_unused_slots(segment: *mut Segment, now_ms: u64, dela
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::free::free_block;
+    use crate::process::Shared;
+
+    const OWNER: usize = 0x5100;
+    const OTHER: usize = 0x5200;
+    const THIRD: usize = 0x5300;
+    /// A large block: a large segment of its own.
+    const LARGE: usize = 600 << 10;
+
+    /// `n` large segments abandoned by a heap that exits, each holding one
+    /// block (returned, for the caller to free).
+    ///
+    /// # Safety
+    /// `shared` outlives the segments' use.
+    unsafe fn abandon_large(shared: &Shared, n: usize) -> Vec<*mut u8> {
+        let dying = RawHeap::new(OWNER, &raw const *shared);
+        // SAFETY: owner thread (this one, as `OWNER`).
+        unsafe {
+            let blocks = (0..n).map(|_| dying.malloc_generic(LARGE, false)).collect();
+            dying.abandon();
+            blocks
+        }
+    }
+
+    /// Issue 12 point 7: a reclaim for a page of one kind pops only
+    /// segments of that kind, however many of another kind wait.
+    #[test]
+    fn a_reclaim_for_small_pages_leaves_large_segments_alone() {
+        let shared = Shared::new();
+        // SAFETY: test-owned heaps and blocks; ids stand for threads.
+        unsafe {
+            let blocks = abandon_large(&shared, 40);
+            assert_eq!(shared.abandoned.len_of(PageKind::Large), 40);
+            let other = RawHeap::new(OTHER, &raw const shared);
+            assert!(!other.reclaim(Some(PageKind::Small), false));
+            assert_eq!(shared.abandoned.len_of(PageKind::Large), 40, "none popped");
+            assert!(other.reclaim(Some(PageKind::Large), false), "one adopted");
+            assert_eq!(shared.abandoned.len_of(PageKind::Large), 39);
+            for p in blocks {
+                free_block(p, THIRD);
+            }
+            other.collect(true);
+            assert_eq!(shared.abandoned.len(), 0);
+            other.abandon();
+        }
+    }
+
+    /// A reaping pass looks at `PASS_SEGMENTS` segments of a kind, and the
+    /// next passes at the others (round robin): 30 abandoned segments whose
+    /// blocks were all freed go back 8 per pass, every one of them in four
+    /// passes.
+    #[test]
+    fn reclaim_passes_are_bounded_and_come_round_to_every_segment() {
+        let shared = Shared::new();
+        // SAFETY: as above.
+        unsafe {
+            let blocks = abandon_large(&shared, 30);
+            for p in blocks {
+                free_block(p, THIRD);
+            }
+            let other = RawHeap::new(OTHER, &raw const shared);
+            let mut left = vec![30];
+            for _ in 0..4 {
+                other.reclaim(None, false);
+                left.push(shared.abandoned.len_of(PageKind::Large));
+            }
+            assert_eq!(left, [30, 22, 14, 6, 0]);
+            other.abandon();
+        }
+    }
+
+    /// Kept segments come round again: segments that stay abandoned (live
+    /// blocks) are looked at 8 per pass, and once each has been seen the
+    /// next pass starts over (a segment emptied meanwhile is then found).
+    #[test]
+    fn a_pass_finds_a_segment_emptied_after_it_was_kept() {
+        let shared = Shared::new();
+        // SAFETY: as above.
+        unsafe {
+            let blocks = abandon_large(&shared, 20);
+            let other = RawHeap::new(OTHER, &raw const shared);
+            for _ in 0..3 {
+                other.reclaim(None, false);
+            }
+            assert_eq!(shared.abandoned.len_of(PageKind::Large), 20, "all kept");
+            for &p in &blocks {
+                free_block(p, THIRD);
+            }
+            for _ in 0..3 {
+                other.reclaim(None, false);
+            }
+            assert_eq!(
+                shared.abandoned.len_of(PageKind::Large),
+                0,
+                "every segment came round and went back"
+            );
+            other.abandon();
+        }
+    }
+}
