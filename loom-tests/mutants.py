@@ -77,6 +77,14 @@ MUTANTS = {
         "            if true {",
         "abandon", "abandoned_list_pops_race_pushes_and_keeps",
     ),
+    # `collect(true)` takes a list whole without Acquire: its walk reads
+    # links before the pushes that wrote them.
+    "abandon-take-all-relaxed": (
+        "src/process.rs",
+        "let incoming = queue.incoming.swap(ptr::null_mut(), Ordering::Acquire);",
+        "let incoming = queue.incoming.swap(ptr::null_mut(), Ordering::Relaxed);",
+        "abandon", "abandoned_list_take_all_races_push_and_pop",
+    ),
     # Reclaim without collecting the abandoned pages' remote frees first.
     "reclaim-skips-collect": (
         "src/heap/abandon.rs",

@@ -262,6 +262,26 @@ impl AbandonedList {
         Some(address)
     }
 
+    /// What `collect(true)` does: takes both lists whole (null if the pop
+    /// lock stays busy), walks the chain, and keeps every segment (one
+    /// chain back onto `visited`). Returns the addresses walked.
+    pub fn take_all_and_keep(&self) -> Vec<usize> {
+        let mut walked = Vec::new();
+        let first = self.list.take_all(PageKind::Small);
+        let (mut last, mut segment) = (first, first);
+        while !segment.is_null() {
+            walked.push(segment.expose_provenance());
+            last = segment;
+            // SAFETY: `take_all` made the chain ours.
+            segment = unsafe { Segment::abandoned_next(segment) };
+        }
+        if !first.is_null() {
+            // SAFETY: the chain we took, `last` its tail, given back.
+            unsafe { self.list.keep_chain(PageKind::Small, first, last) };
+        }
+        walked
+    }
+
     /// Moves the kept segments back onto `incoming`.
     pub fn recycle(&self) {
         self.list.recycle(PageKind::Small);

@@ -25,8 +25,9 @@
 //! nobody waits for it long: a reclaim that finds it busy spins a little and
 //! gives up (the allocation maps a fresh page instead), and a pass that
 //! cannot take it to keep a segment pushes the segment onto `incoming`
-//! lock-free. Pushes never wait. The loom model
-//! `abandoned_list_pops_race_pushes_and_keeps` checks it; abandon and
+//! lock-free. Pushes never wait. The loom models
+//! `abandoned_list_push_races_pop`, `abandoned_list_pops_race_pushes_and_keeps`
+//! and `abandoned_list_take_all_races_push_and_pop` check it; abandon and
 //! reclaim themselves are the heap's (`heap/abandon.rs`).
 
 use crate::registry::HeapRegistry;

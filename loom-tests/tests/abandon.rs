@@ -119,3 +119,33 @@ fn abandoned_list_pops_race_pushes_and_keeps() {
         assert_all_released(baseline);
     });
 }
+
+/// `collect(true)`'s way: one thread takes both lists whole and gives the
+/// chain back onto `visited` while another pushes a segment and a third
+/// pops one and unmaps it. Every segment ends up popped exactly once, and
+/// the walk of the taken chain reads each link after its push.
+#[test]
+fn abandoned_list_take_all_races_push_and_pop() {
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let list = Arc::new(AbandonedList::new());
+        let mut expected = vec![list.push_new()];
+        let taker = {
+            let list = Arc::clone(&list);
+            thread::spawn(move || list.take_all_and_keep())
+        };
+        let pusher = {
+            let list = Arc::clone(&list);
+            thread::spawn(move || list.push_new())
+        };
+        let mut taken: Vec<usize> = list.pop_and_release().into_iter().collect();
+        taker.join().unwrap();
+        expected.push(pusher.join().unwrap());
+        taken.extend(list.drain());
+        taken.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(taken, expected, "every segment popped exactly once");
+        drop(list);
+        assert_all_released(baseline);
+    });
+}
