@@ -227,7 +227,7 @@ impl AbandonedList {
 
     /// Maps a fresh small segment and pushes it; returns its address.
     pub fn push_new(&self) -> usize {
-        let segment = Segment::create(PageKind::Small, 0, core::ptr::null_mut())
+        let segment = Segment::create(PageKind::Small, 0, core::ptr::null_mut(), false)
             .expect("test backend map")
             .as_ptr();
         // SAFETY: the fresh segment is ours and handed to the list.
@@ -388,7 +388,7 @@ impl SegmentCacheModel {
     /// returns its address, or None if the cache was full (then it is
     /// released at once).
     pub fn put_new(&self, limit: usize) -> Option<usize> {
-        let segment = Segment::create(PageKind::Large, 0, core::ptr::null_mut())
+        let segment = Segment::create(PageKind::Large, 0, core::ptr::null_mut(), false)
             .expect("test backend map")
             .as_ptr();
         // SAFETY: a fresh empty segment, ours.

@@ -10,13 +10,14 @@
 //! tenth of `T`, half by `T / 2`, all by `T`. A slot reused before then is
 //! simply taken off the queue: memory reused within the decay time is never
 //! given back. The heap's owner applies the curve on its slow paths once per
-//! [`epoch_ms`], a reaper or the purge thread for an owner that has gone
-//! quiet (`heap/reap.rs`, `purge_thread.rs`).
+//! [`epoch_ms`], a reaper (another thread's slow path, or the purge thread
+//! when the whole program is quiet) for an owner that has gone quiet
+//! (`heap/reap.rs`, `purge_thread.rs`).
 //!
 //! The warm memory is also bounded process-wide, not per heap: [`WARM`]
 //! counts the bytes every heap keeps unused and dirty (its reset queue's
 //! slots and huge spares). While it is above both the floor
-//! (`options::pending_reset_limit`, 64 MiB by default) and the memory in use
+//! (`options::pending_reset_limit`, 32 MiB by default) and the memory in use
 //! (`stats::COMMITTED − WARM`), the heap that adds to it gives back its own
 //! oldest slots at once. So a program that drops a structure as large as the
 //! one it keeps finds all of it warm for the next build, and one that drops
@@ -28,6 +29,14 @@ use crate::stats::{COMMITTED, Counter};
 /// reset queues and huge spares. Statistics ordering (`Relaxed`): a budget,
 /// read on its own.
 pub(crate) static WARM: Counter = Counter::new();
+
+/// Adds `bytes` to [`WARM`], and tells the purge thread, which may be asleep.
+#[inline]
+pub(crate) fn add_warm(bytes: usize) {
+    WARM.add(bytes);
+    #[cfg(not(any(loom, miri)))]
+    crate::purge_thread::note_warm_added();
+}
 
 /// Fixed-point one: shares are in `0..=ONE`.
 pub(crate) const ONE: u64 = 1 << 16;

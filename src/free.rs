@@ -179,4 +179,10 @@ unsafe fn after_local_free(page: *mut Page) {
         }
         (*heap).page_after_free(page);
     }
+    // The page may have become warm memory, and this free may be the
+    // program's last call for a while: the purge thread must exist. (Here
+    // the heap is consistent and its lock free, so the `malloc` calls of
+    // `pthread_create` may come back in.)
+    #[cfg(not(any(loom, miri)))]
+    crate::purge_thread::start_if_needed();
 }

@@ -90,6 +90,8 @@ pub mod options;
 mod os;
 mod page;
 mod process;
+#[cfg(not(any(loom, miri)))]
+mod purge_thread;
 mod registry;
 #[cfg(not(loom))]
 mod report;
@@ -114,6 +116,16 @@ pub use report::{Stats, print_stats, stats};
 
 #[cfg(not(any(loom, miri)))]
 pub use os::resident_bytes;
+
+/// Starts the purge thread if `SHARDALLOC_PURGE_THREAD` (or
+/// `options::set_purge_thread`) allows it and none runs: for the C library's
+/// load-time constructor, which must not start it from inside `malloc`.
+/// A Rust program never needs it (the thread starts by itself).
+#[cfg(not(any(loom, miri)))]
+#[doc(hidden)]
+pub fn start_purge_thread() {
+    purge_thread::start_at_load();
+}
 
 #[cfg(loom)]
 #[doc(hidden)]

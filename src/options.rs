@@ -8,8 +8,9 @@
 //! |---|---|---|---|
 //! | `SHARDALLOC_RESET_DELAY_MS` | [`set_reset_delay_ms`] | 500 | the decay time: unused page memory goes back gradually over it (smootherstep; little in its first tenth, half by its middle, all by its end), memory reused within it is never given back (0: at once) |
 //! | `SHARDALLOC_RESET_MODE` | [`set_reset_mode`] | `dontneed` | `dontneed` (RSS drops at once) or `free` (`MADV_FREE`: cheaper, RSS drops only under memory pressure) |
-//! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 65536 | the floor of the process-wide warm budget: unused memory waiting on the decay curve beyond both this and the memory in use goes back at once, oldest first |
+//! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 32768 | the floor of the process-wide warm budget: unused memory waiting on the decay curve beyond both this and the memory in use goes back at once, oldest first |
 //! | `SHARDALLOC_SEGMENT_CACHE` | [`set_segment_cache`] | 4 | empty segments (4 MiB of address space each, their memory already given back) kept for reuse, at most 16 |
+//! | `SHARDALLOC_PURGE_THREAD` | [`set_purge_thread`] | `1` (C library: `0`) | `1`: a background thread gives warm memory back along the decay curve when no thread calls the allocator (started at the first warm memory; in the C library, when it loads), asleep while there is none; `0`: memory goes back on allocator calls only |
 //! | `SHARDALLOC_HUGE_OS_PAGES` | [`set_huge_os_pages`] | `1` | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) on huge blocks of 2 MiB or more; `0`: never |
 //!
 //! Options are plain atomics read with `Relaxed` ordering: a change takes
@@ -58,9 +59,11 @@ pub const MAX_SEGMENT_CACHE: usize = 16;
 
 static RESET_DELAY_MS: AtomicUsize = AtomicUsize::new(500);
 static RESET_MODE_FREE: AtomicUsize = AtomicUsize::new(0);
-static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(64 << 20);
+static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(32 << 20);
 static HUGE_OS_PAGES: AtomicUsize = AtomicUsize::new(1);
 static SEGMENT_CACHE: AtomicUsize = AtomicUsize::new(4);
+static PURGE_THREAD: AtomicUsize =
+    AtomicUsize::new(if cfg!(feature = "c-library") { 0 } else { 1 });
 
 /// Sets the decay time (in milliseconds, at most [`MAX_RESET_DELAY_MS`]):
 /// unused page memory goes back to the OS gradually over it, and none is
@@ -111,6 +114,21 @@ pub fn set_pending_reset_limit(bytes: usize) {
 pub fn pending_reset_limit() -> usize {
     // Relaxed: see the module documentation.
     PENDING_RESET_LIMIT.load(Ordering::Relaxed)
+}
+
+/// Enables or disables the purge thread (`purge_thread`): with it, memory
+/// goes back along the decay curve even when no thread calls the
+/// allocator. Disabling it does not stop a thread already started; it then
+/// stays asleep only once no memory is warm.
+pub fn set_purge_thread(enabled: bool) {
+    // Relaxed: see the module documentation.
+    PURGE_THREAD.store(usize::from(enabled), Ordering::Relaxed);
+}
+
+/// Whether a purge thread may be started.
+pub fn purge_thread() -> bool {
+    // Relaxed: see the module documentation.
+    PURGE_THREAD.load(Ordering::Relaxed) != 0
 }
 
 /// Sets how many empty segments are kept for reuse (at most
@@ -185,6 +203,13 @@ pub(crate) fn read_environment() {
             b"1" => set_huge_os_pages(true),
             b"0" => set_huge_os_pages(false),
             _ => report(b"SHARDALLOC_HUGE_OS_PAGES", value, b"0 or 1"),
+        }
+    }
+    if let Some(value) = env(c"SHARDALLOC_PURGE_THREAD") {
+        match value {
+            b"1" => set_purge_thread(true),
+            b"0" => set_purge_thread(false),
+            _ => report(b"SHARDALLOC_PURGE_THREAD", value, b"0 or 1"),
         }
     }
     if let Some(value) = env(c"SHARDALLOC_SEGMENT_CACHE") {

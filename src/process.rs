@@ -468,7 +468,7 @@ mod tests {
     use super::*;
 
     fn segment(kind: PageKind) -> *mut Segment {
-        Segment::create(kind, 9, ptr::null_mut())
+        Segment::create(kind, 9, ptr::null_mut(), false)
             .expect("segment")
             .as_ptr()
     }

@@ -19,6 +19,7 @@
 //! always starts within the first `SEGMENT_SIZE` bytes (plus one), so the
 //! mask still finds the header.
 
+use crate::decay;
 use crate::heap::RawHeap;
 use crate::options;
 use crate::os::{self, OS_PAGE_SIZE, checked_align_up};
@@ -136,8 +137,13 @@ pub(crate) struct Segment {
     pub(crate) page_shift: usize,
     /// Immutable: number of page slots.
     pub(crate) page_count: usize,
-    /// Immutable: bytes mapped from the segment start.
+    /// Immutable: bytes of the segment from its start (header, block or
+    /// pages, guard).
     pub(crate) size: usize,
+    /// Immutable: bytes mapped from the segment start: `size`, or for a
+    /// huge segment backed by huge pages `size` rounded up to whole huge
+    /// pages (the slack is never handed out).
+    map_size: usize,
     /// Immutable: the alignment the mapping was requested with.
     pub(crate) map_align: usize,
     /// Page slots in use.
@@ -157,12 +163,20 @@ pub(crate) struct Segment {
     /// While abandoned: the bytes of its live blocks counted in
     /// `stats::ABANDONED_LIVE` (as of the last look at the segment).
     pub(crate) abandoned_live: Cell<usize>,
+    /// While the segment belongs to no heap (abandoned or cached): the bytes
+    /// of its unused slots not known to be zero, counted in `decay::WARM`
+    /// on its behalf ([`Segment::count_warm`]).
+    warm_bytes: Cell<usize>,
     /// Next segment on the abandoned list (written before publication).
     abandoned_next: UnsafeCell<*mut Segment>,
     /// While in the segment cache with its memory not given back yet: when
     /// it is due for the reset (`os::now_ms`). Written before the cache's
     /// Release `put`, read after its Acquire `take`.
     cache_due_ms: Cell<u64>,
+    /// Which 2 MiB halves of the mapping were advised `MADV_HUGEPAGE` (bit
+    /// 0: the lower, bit 1: the upper): the advice belongs to the mapping,
+    /// so it survives the segment's reuse from the cache.
+    huge_halves: Cell<u8>,
     /// Page descriptors; only the first `page_count` are initialised.
     pages: [Page; MAX_PAGES],
 }
@@ -247,16 +261,29 @@ impl Segment {
     }
 
     /// Maps and initialises a segment of `kind` (not huge) owned by `heap`
-    /// on thread `thread_id`. Returns `None` when the OS refuses.
+    /// on thread `thread_id`. A `dense` segment (its heap already filled
+    /// one of this kind) is backed by transparent huge pages from the start
+    /// where the option allows ([`Segment::advise_huge_halves`]). Returns
+    /// `None` when the OS refuses.
     pub(crate) fn create(
         kind: PageKind,
         thread_id: usize,
         heap: *mut RawHeap,
+        dense: bool,
     ) -> Option<NonNull<Segment>> {
         let (page_shift, page_count) = Segment::layout_of(kind)?;
         let base = map_below_limit(SEGMENT_SIZE, SEGMENT_SIZE, 0)?;
         #[cfg(feature = "secure")]
         secure_new_segment(base, SEGMENT_SIZE);
+        // Advised before the header's first write, so its fault already
+        // maps a huge page.
+        let halves = if dense && options::huge_os_pages() {
+            // SAFETY: the whole fresh mapping, ours and page-aligned.
+            unsafe { os::advise_huge_pages(base.as_ptr(), SEGMENT_SIZE) };
+            0b11
+        } else {
+            0
+        };
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for the header.
         unsafe {
@@ -270,7 +297,8 @@ impl Segment {
                 thread_id,
                 heap,
                 true,
-            )
+            );
+            (*segment.as_ptr()).huge_halves.set(halves);
         };
         Some(segment)
     }
@@ -293,7 +321,9 @@ impl Segment {
         let (page_shift, page_count) = Segment::layout_of(kind)?;
         // SAFETY: exclusively ours (caller); the header is rewritten in place.
         unsafe {
+            Segment::uncount_warm(segment);
             let zero = (*segment).pages_zero.get();
+            let halves = (*segment).huge_halves.get();
             if !zero {
                 // Cached with its memory (or its reset failed): the old
                 // layout's dirty slots stop counting, the new layout's all
@@ -311,6 +341,7 @@ impl Segment {
                 heap,
                 zero,
             );
+            (*segment).huge_halves.set(halves);
             if !zero {
                 for index in 0..page_count {
                     let page = Segment::page(segment, index);
@@ -446,7 +477,40 @@ impl Segment {
         unsafe {
             (*segment).pages_zero.set(false);
             (*segment).cache_due_ms.set(due_ms);
+            Segment::count_warm(segment);
         }
+    }
+
+    /// Counts the memory of the segment's unused, dirty slots in the
+    /// process's warm budget (`decay::WARM`) while it belongs to no heap
+    /// (abandoned or cached); replaces what it counted before.
+    ///
+    /// # Safety
+    /// `segment` is live, non-huge, and exclusively owned by the caller.
+    pub(crate) unsafe fn count_warm(segment: *mut Segment) {
+        // SAFETY: owned by the caller; indices below page_count.
+        unsafe {
+            Segment::uncount_warm(segment);
+            let mut warm = 0;
+            for index in 0..(*segment).page_count {
+                let page = Segment::page(segment, index);
+                if !(*page).in_use.get() && !(*page).memory_is_zero.get() {
+                    warm += Segment::page_memory(segment, page).1;
+                }
+            }
+            (*segment).warm_bytes.set(warm);
+            decay::add_warm(warm);
+        }
+    }
+
+    /// Takes what [`Segment::count_warm`] counted out of the warm budget
+    /// (the segment goes to a heap, is reset, or goes away).
+    ///
+    /// # Safety
+    /// `segment` is live and exclusively owned by the caller.
+    pub(crate) unsafe fn uncount_warm(segment: *mut Segment) {
+        // SAFETY: owned by the caller.
+        decay::WARM.sub(unsafe { (*segment).warm_bytes.replace(0) });
     }
 
     /// A cached segment whose memory is still there and due for its reset
@@ -492,6 +556,7 @@ impl Segment {
                 for index in 0..(*segment).page_count {
                     (*Segment::page(segment, index)).memory_is_zero.set(true);
                 }
+                Segment::uncount_warm(segment);
             }
             (*segment).pages_zero.set(zero);
         }
@@ -521,14 +586,23 @@ impl Segment {
             // masks to the header.
             (SEGMENT_SIZE, align, SEGMENT_SIZE)
         };
-        let total = checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)?
-            .checked_add(GUARD_SIZE)?;
-        let base = map_below_limit(total, map_align, map_offset)?;
+        let total = Segment::huge_total(block_offset, size)?;
+        let huge_pages = total >= HUGE_OS_PAGE && options::huge_os_pages();
+        // Backed by huge pages, the mapping ends on a huge page boundary, so
+        // the block's last huge page is a huge page too rather than 4 KiB
+        // faults. The slack past `total` is never handed out or counted;
+        // it becomes resident only with that last huge page.
+        let map_size = if huge_pages {
+            checked_align_up(total, HUGE_OS_PAGE)?
+        } else {
+            total
+        };
+        let base = map_below_limit(map_size, map_align, map_offset)?;
         #[cfg(feature = "secure")]
         secure_new_segment(base, total);
-        if total >= HUGE_OS_PAGE && options::huge_os_pages() {
+        if huge_pages {
             // SAFETY: our fresh mapping.
-            unsafe { os::advise_huge_pages(base.as_ptr(), total) };
+            unsafe { os::advise_huge_pages(base.as_ptr(), map_size) };
         }
         let segment = base.cast::<Segment>();
         // SAFETY: fresh, exclusively ours, large enough for header and block.
@@ -544,6 +618,7 @@ impl Segment {
                 heap,
                 true,
             );
+            (*segment.as_ptr()).map_size = map_size;
             let block = base.as_ptr().add(block_offset);
             let page = Segment::page(segment.as_ptr(), 0);
             Segment::note_page_committed(segment.as_ptr(), page);
@@ -569,7 +644,14 @@ impl Segment {
         } else {
             SEGMENT_SIZE
         };
-        Some(checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)? - HEADER_SIZE)
+        let total = Segment::huge_total(block_offset, size)?;
+        Some(total - HEADER_SIZE - GUARD_SIZE)
+    }
+
+    /// The mapping size of a huge segment whose block of `size` bytes starts
+    /// at `block_offset`: whole OS pages, and the guard.
+    fn huge_total(block_offset: usize, size: usize) -> Option<usize> {
+        checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)?.checked_add(GUARD_SIZE)
     }
 
     /// Whether the huge segment (a spare) can hold a block of `size` bytes
@@ -607,8 +689,19 @@ impl Segment {
             let total = (*segment).size;
             let block = segment.cast::<u8>().add(offset);
             let page = Segment::page(segment, 0);
-            let keep = checked_align_up(offset + size, OS_PAGE_SIZE).unwrap_or(total);
-            let tail = (total - GUARD_SIZE).saturating_sub(keep);
+            // A spare advised for huge pages is trimmed at a 2 MiB boundary:
+            // trimming inside a huge page would split it, and the next
+            // touch of the trimmed part would fault it back 4 KiB at a time.
+            let unit = if total >= HUGE_OS_PAGE && options::huge_os_pages() {
+                HUGE_OS_PAGE
+            } else {
+                OS_PAGE_SIZE
+            };
+            let keep = checked_align_up(offset + size, unit).unwrap_or(total);
+            // (A partial huge page at the end stays: it is 4 KiB pages,
+            // faulted in one by one if it ever went back.)
+            let end = (total - GUARD_SIZE) & !(unit - 1);
+            let tail = end.saturating_sub(keep);
             if tail >= TRIM_MIN.max(total / 2) {
                 os::reset(segment.cast::<u8>().add(keep), tail);
             }
@@ -641,6 +734,7 @@ impl Segment {
             ptr::addr_of_mut!((*segment).page_shift).write(page_shift);
             ptr::addr_of_mut!((*segment).page_count).write(page_count);
             ptr::addr_of_mut!((*segment).size).write(size);
+            ptr::addr_of_mut!((*segment).map_size).write(size);
             ptr::addr_of_mut!((*segment).map_align).write(map_align);
             ptr::addr_of_mut!((*segment).used_pages).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).heap).write(Cell::new(heap));
@@ -650,7 +744,9 @@ impl Segment {
             ptr::addr_of_mut!((*segment).pages_zero).write(Cell::new(false));
             ptr::addr_of_mut!((*segment).pending_pages).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).abandoned_live).write(Cell::new(0));
+            ptr::addr_of_mut!((*segment).warm_bytes).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).cache_due_ms).write(Cell::new(0));
+            ptr::addr_of_mut!((*segment).huge_halves).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).abandoned_next).write(UnsafeCell::new(ptr::null_mut()));
             for index in 0..page_count {
                 let page = Page::new();
@@ -678,7 +774,8 @@ impl Segment {
             if !(*segment).pages_zero.get() {
                 Segment::forget_committed(segment);
             }
-            let size = (*segment).size;
+            Segment::uncount_warm(segment);
+            let size = (*segment).map_size;
             let align = (*segment).map_align;
             #[cfg(feature = "secure")]
             crate::secure::segment_map::remove(segment.addr());
@@ -699,6 +796,108 @@ impl Segment {
             let begin = start.max(HEADER_SIZE);
             let end = (start + page_size).min((*segment).size - GUARD_SIZE);
             (segment.cast::<u8>().add(begin), end - begin)
+        }
+    }
+
+    /// The slots that share `page`'s 2 MiB half of a small or medium
+    /// segment (a transparent huge page when advised); `None` for a large
+    /// or huge segment, whose single page spans both halves.
+    ///
+    /// # Safety
+    /// `page` is a slot of the live `segment`.
+    pub(crate) unsafe fn half_of(
+        segment: *mut Segment,
+        page: *mut Page,
+    ) -> Option<core::ops::Range<usize>> {
+        // SAFETY: forwarded from the caller.
+        let (count, index) = unsafe { ((*segment).page_count, Segment::page_index(segment, page)) };
+        if count < 2 {
+            return None;
+        }
+        let half = count / 2;
+        let first = index / half * half;
+        Some(first..first + half)
+    }
+
+    /// `page`'s 2 MiB half is advised `MADV_HUGEPAGE` and some other slot of
+    /// it is in use: giving back `page` alone would split a huge page.
+    ///
+    /// # Safety
+    /// `page` is a slot of the live `segment`, whose slots the caller may
+    /// read (owner, or lock holder).
+    pub(crate) unsafe fn would_split_huge_page(segment: *mut Segment, page: *mut Page) -> bool {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            let Some(half) = Segment::half_of(segment, page) else {
+                return false;
+            };
+            let bit = if half.start == 0 { 0b01 } else { 0b10 };
+            (*segment).huge_halves.get() & bit != 0
+                && half
+                    .into_iter()
+                    .any(|index| (*Segment::page(segment, index)).in_use.get())
+        }
+    }
+
+    /// Gives back the memory of the unused slots `range` (one 2 MiB half,
+    /// [`Segment::half_of`]) in one call: a huge page backing the upper
+    /// half goes back whole instead of being split 64 KiB at a time.
+    /// Returns the bytes of the slots that were not zero already.
+    ///
+    /// # Safety
+    /// Every slot in `range` is an unused slot of `segment`, owned by the
+    /// caller and on no reset queue.
+    pub(crate) unsafe fn reset_slots(
+        segment: *mut Segment,
+        range: core::ops::Range<usize>,
+    ) -> usize {
+        // SAFETY: slots of the live segment, unused (caller): nothing lives
+        // in their areas, which are contiguous.
+        unsafe {
+            let (start, _) = Segment::page_memory(segment, Segment::page(segment, range.start));
+            let (last, last_len) =
+                Segment::page_memory(segment, Segment::page(segment, range.end - 1));
+            let len = last.addr() + last_len - start.addr();
+            if !os::reset(start, len) {
+                return 0;
+            }
+            let mut dirty = 0;
+            for index in range {
+                let page = Segment::page(segment, index);
+                if !(*page).memory_is_zero.get() {
+                    let bytes = Segment::page_memory(segment, page).1;
+                    stats::COMMITTED.sub(bytes);
+                    dirty += bytes;
+                    (*page).memory_is_zero.set(true);
+                }
+            }
+            dirty
+        }
+    }
+
+    /// A slot of the upper 2 MiB half is being claimed for the first time
+    /// while all of it is untouched: the heap has filled the lower half, so
+    /// the segment is dense, and the upper half is advised `MADV_HUGEPAGE`
+    /// (one fault maps all 2 MiB) where the option allows.
+    ///
+    /// # Safety
+    /// `segment` is live, owned by the caller; `index` a slot of it.
+    unsafe fn advise_upper_half_if_dense(segment: *mut Segment, index: usize) {
+        // SAFETY: owned by the caller; indices below page_count.
+        unsafe {
+            let count = (*segment).page_count;
+            let halves = (*segment).huge_halves.get();
+            if count < 2 || index < count / 2 || halves & 0b10 != 0 || !options::huge_os_pages() {
+                return;
+            }
+            if !(count / 2..count).all(|i| (*Segment::page(segment, i)).memory_is_zero.get()) {
+                return;
+            }
+            os::advise_huge_pages(
+                segment.cast::<u8>().add(SEGMENT_SIZE / 2),
+                SEGMENT_SIZE / 2 - GUARD_SIZE,
+            );
+            (*segment).huge_halves.set(halves | 0b10);
         }
     }
 
@@ -729,6 +928,7 @@ impl Segment {
                 let page = Segment::page(segment, index);
                 if !(*page).in_use.get() {
                     (*segment).used_pages.set((*segment).used_pages.get() + 1);
+                    Segment::advise_upper_half_if_dense(segment, index);
                     return page;
                 }
             }
@@ -765,7 +965,7 @@ mod tests {
             (PageKind::Medium, 8),
             (PageKind::Large, 1),
         ] {
-            let segment = Segment::create(kind, 42, ptr::null_mut())
+            let segment = Segment::create(kind, 42, ptr::null_mut(), false)
                 .expect("segment")
                 .as_ptr();
             assert_eq!(segment.addr() % SEGMENT_SIZE, 0);

@@ -188,6 +188,7 @@ extern "C" fn after_fork_in_parent() {
 ///   child's threads adopt, and their registry entries are free again. A heap
 ///   whose lock `before_fork` could not get is left as it is (leaked).
 extern "C" fn after_fork_in_child() {
+    crate::purge_thread::after_fork_in_child();
     SHARED.abandoned.unlock_after_fork();
     for_each_own_heap(|heap| {
         // SAFETY: our own heap, and no other thread exists.

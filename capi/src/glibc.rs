@@ -183,27 +183,21 @@ pub extern "C" fn mallinfo() -> Mallinfo {
     }
 }
 
-/// glibc's `mallopt` parameter numbers (`malloc.h`).
+/// glibc's `mallopt` parameter numbers (`malloc.h`) that do something here.
 const M_MXFAST: c_int = 1;
 const M_TRIM_THRESHOLD: c_int = -1;
-const M_TOP_PAD: c_int = -2;
-const M_MMAP_THRESHOLD: c_int = -3;
-const M_MMAP_MAX: c_int = -4;
-const M_CHECK_ACTION: c_int = -5;
-const M_PERTURB: c_int = -6;
-const M_ARENA_TEST: c_int = -7;
-const M_ARENA_MAX: c_int = -8;
 
 /// glibc's largest `M_MXFAST` (`80 * sizeof(size_t) / 4`).
 const MAX_FAST_SIZE: usize = 80 * size_of::<usize>() / 4;
 
-/// `mallopt(3)`: accepts glibc's parameters. `M_TRIM_THRESHOLD` sets
+/// `mallopt(3)` as glibc 2.36 does it: `M_TRIM_THRESHOLD` sets
 /// shardalloc's pending-reset limit (the empty-page memory a thread may
 /// keep before it goes back at once; a negative value, which glibc reads as
-/// a huge unsigned one, keeps everything for the reset delay); the others
-/// are accepted and ignored, with glibc's range check on `M_MXFAST` (at
-/// most 160). Returns 1 on success, 0 for a value glibc rejects or an
-/// unknown parameter (glibc 2.36 returns 1 for an unknown parameter;
+/// a huge unsigned one, keeps everything for the reset delay); every other
+/// parameter, known or not, is accepted and ignored. Returns 1, except 0
+/// for an `M_MXFAST` above 160 (glibc's one range check that fails: its
+/// `__libc_mallopt` starts from `res = 1` and only the helpers it calls may
+/// turn that into 0, so an unknown parameter returns 1 there too, although
 /// mallopt(3) documents it as an error).
 #[unsafe(no_mangle)]
 pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
@@ -215,8 +209,8 @@ pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
             1
         }
         M_MXFAST => c_int::from(unsigned <= MAX_FAST_SIZE),
-        M_MMAP_THRESHOLD | M_TOP_PAD | M_MMAP_MAX | M_CHECK_ACTION | M_PERTURB | M_ARENA_TEST
-        | M_ARENA_MAX => 1,
-        _ => 0,
+        // M_TOP_PAD, M_MMAP_THRESHOLD, M_MMAP_MAX, M_CHECK_ACTION,
+        // M_PERTURB, M_ARENA_TEST, M_ARENA_MAX and unknown parameters.
+        _ => 1,
     }
 }

@@ -50,10 +50,15 @@ static GLOBAL: ShardAlloc = ShardAlloc;
 /// it holds its lock, e.g. after a constructor registered dozens of
 /// handlers before anything allocated), the nested `pthread_atfork`
 /// would wait for that lock forever.
+///
+/// Then, if `SHARDALLOC_PURGE_THREAD=1` asked for it, it starts the purge
+/// thread: here, because `pthread_create` calls `malloc` and the allocator
+/// never calls `malloc` from inside itself (design §10).
 extern "C" fn start_up() {
     let block = malloc(1);
     // SAFETY: a block just returned by `malloc` (or null).
     unsafe { free(block) };
+    shardalloc_core::start_purge_thread();
 }
 
 // SAFETY: `.init_array` holds pointers to functions the dynamic linker
@@ -149,10 +154,15 @@ pub unsafe extern "C" fn free(ptr: *mut c_void) {
     if ptr.is_null() {
         return;
     }
-    let saved = errno();
+    // SAFETY: `__errno_location` returns the calling thread's errno slot,
+    // valid for the thread's life; asked once for the save and the restore.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *slot };
     // SAFETY: a live block of ours (caller).
     unsafe { shardalloc_core::free(ptr.cast()) };
-    set_errno(saved);
+    // SAFETY: as above.
+    unsafe { *slot = saved };
 }
 
 /// `calloc(3)`: `count * size` zeroed bytes; null with `errno = ENOMEM` when

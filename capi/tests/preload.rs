@@ -207,21 +207,31 @@ fn rss_case(mode: &str, preload: Option<&str>) -> (u64, u64, u64) {
         .lines()
         .find_map(|l| l.strip_prefix("rss_kib "))
         .expect("rss line");
-    let v: Vec<u64> = line.split(' ').map(|x| x.parse().unwrap()).collect();
+    let v: Vec<u64> = line.split(' ').filter_map(|x| x.parse().ok()).collect();
     (v[0], v[1], v[2])
 }
 
 /// The founding notes' glibc cases: freed memory comes back without
-/// `malloc_trim` (within the per-thread pending-reset limit, 16 MiB, plus
-/// slack). glibc's figures are printed for comparison: in case (b) it keeps
-/// everything (142 MB of 142 MB when measured); case (a) as written here
-/// does not reproduce its retention on glibc 2.36 (its RSS comes back too),
-/// so only shardalloc's side is asserted.
+/// `malloc_trim`, to within 24 MiB of the baseline, while the program goes
+/// on running (the C side waits up to 3 s, allocating a little, until
+/// fifteen sixteenths of it is back: the reset delay's time). Each case is first run on glibc's malloc, which must keep most
+/// of what was freed (the case reproduces the problem: measured, (a) keeps
+/// 200 MB of 200 MB behind the live top block, (b) 142 MB of 142 MB in its
+/// fast bins and tcache), then under shardalloc, which must give it back.
 fn founding_case(mode: &str) {
     let (gb, gp, ga) = rss_case(mode, None);
     let (b, p, a) = rss_case(mode, Some(&shardalloc()));
     println!(
         "{mode}: glibc base {gb} peak {gp} after {ga} KiB; shardalloc base {b} peak {p} after {a} KiB"
+    );
+    assert!(
+        gp > gb + 64 * 1024,
+        "the case must use memory: {gb} -> {gp}"
+    );
+    assert!(
+        ga > gb + (gp - gb) / 2,
+        "{mode} does not reproduce glibc's retention: after freeing {ga} KiB, \
+         baseline {gb} KiB, peak {gp} KiB"
     );
     assert!(p > b + 64 * 1024, "the case must use memory: {b} -> {p}");
     assert!(

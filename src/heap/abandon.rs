@@ -29,6 +29,7 @@
 use super::RawHeap;
 use super::segments::SegmentLinks;
 use super::segments::cache_or_release;
+use crate::decay;
 use crate::options;
 use crate::os;
 use crate::page::DelayedMode;
@@ -221,9 +222,15 @@ impl RawHeap {
         // hand-off to a reclaiming thread is ordered by the list's Release
         // push.
         segment.thread_id.store(0, Ordering::Relaxed);
+        // Its empty slots stay warm for the thread that adopts it, within
+        // the process's warm budget.
         // SAFETY: ours, off every list of the heap; `shared` outlives every
         // heap.
         unsafe {
+            if decay::over_budget(options::pending_reset_limit()) {
+                reset_unused_slots(segment_ptr, u64::MAX, 0);
+            }
+            Segment::count_warm(segment_ptr);
             note_abandoned_live(segment_ptr);
             (*self.shared.get()).abandoned.push(segment_ptr);
         }
@@ -411,10 +418,13 @@ impl RawHeap {
             return false;
         }
         // Nobody owns its emptied slots: their memory goes once they have
-        // waited the decay time.
+        // waited the decay time (at once if the process is over its warm
+        // budget).
+        let over = decay::over_budget(options::pending_reset_limit());
         // SAFETY: ours (caller).
         unsafe {
-            reset_unused_slots(segment, now, delay);
+            reset_unused_slots(segment, if over { u64::MAX } else { now }, delay);
+            Segment::count_warm(segment);
             note_abandoned_live(segment);
         }
         true
@@ -484,14 +494,16 @@ pub(super) unsafe fn note_abandoned_live(segment: *mut Segment) {
 }
 
 /// Takes a segment just popped off the abandoned lists: its live bytes
-/// leave `stats::ABANDONED_LIVE` (counted again if it is kept), and its
-/// pages are collected.
+/// leave `stats::ABANDONED_LIVE` and its warm slots the warm count (both
+/// counted again if it is kept), and its pages are collected.
 ///
 /// # Safety
 /// The caller exclusively owns the segment (popped it).
 unsafe fn take_popped(segment: *mut Segment) {
     // SAFETY: exclusively ours (caller); the header fields are cells.
     stats::ABANDONED_LIVE.sub(unsafe { (*segment).abandoned_live.replace(0) });
+    // SAFETY: as above.
+    unsafe { Segment::uncount_warm(segment) };
     // SAFETY: as above.
     unsafe { collect_abandoned(segment) };
 }

@@ -143,6 +143,12 @@ impl RawHeap {
             // SAFETY: owner thread (caller).
             unsafe { self.reap_idle_heaps(false) };
         }
+        // Outside the lock, before this slow path changed anything: the
+        // `malloc` calls of `pthread_create` may come back here.
+        #[cfg(not(any(loom, miri)))]
+        if self.lock_depth.get() == 0 {
+            crate::purge_thread::start_if_needed();
+        }
     }
 
     /// A page of `bin` with a free block, or null when out of memory.

@@ -58,7 +58,7 @@ impl RawHeap {
             let _ = self.reset_queue.push_back(page);
             let bytes = Segment::page_memory(segment, page).1;
             self.pending_reset.set(self.pending_reset.get() + bytes);
-            decay::WARM.add(bytes);
+            decay::add_warm(bytes);
             if self.reset_queue.first.get() == page {
                 self.next_decay_ms
                     .set(now.saturating_add(decay::epoch_ms(options::reset_delay_ms())));
@@ -147,22 +147,43 @@ impl RawHeap {
         self.publish_reset_due();
     }
 
-    /// Gives a pending slot's memory back now.
+    /// Gives a pending slot's memory back now; returns the warm bytes that
+    /// left the queue. When every other slot of its 2 MiB half is unused
+    /// too, their pending memory goes with it in one call (a huge page goes
+    /// back whole rather than split).
     ///
     /// # Safety
     /// Owner thread; `page` is on the reset queue.
-    unsafe fn reset_pending_page(&self, page: *mut Page) {
+    unsafe fn reset_pending_page(&self, page: *mut Page) -> usize {
         // SAFETY: owner thread (caller).
         unsafe {
+            let bytes = Self::queued_bytes(page);
             self.unschedule_reset(page);
             let segment = Segment::of(page.cast());
             if (*segment).kind == PageKind::Huge {
-                // A huge spare's delay is over: unmap it.
+                // A huge spare's time is up: unmap it.
                 self.segment_free(segment);
-                return;
+                return bytes;
             }
-            Segment::reset_page(segment, page);
+            let mut given = bytes;
+            match Segment::half_of(segment, page).filter(|half| {
+                half.clone()
+                    .all(|index| !(*Segment::page(segment, index)).in_use.get())
+            }) {
+                Some(half) => {
+                    for index in half.clone() {
+                        let other = Segment::page(segment, index);
+                        if (*other).is_reset_pending() {
+                            given += Self::queued_bytes(other);
+                            self.unschedule_reset(other);
+                        }
+                    }
+                    Segment::reset_slots(segment, half);
+                }
+                None => Segment::reset_page(segment, page),
+            }
             self.segment_free_if_empty(segment);
+            given
         }
     }
 
@@ -192,7 +213,7 @@ impl RawHeap {
         self.huge_spares.set(self.huge_spares.get() + 1);
         self.huge_spare_bytes
             .set(self.huge_spare_bytes.get() + size);
-        decay::WARM.add(size);
+        decay::add_warm(size);
         if self.reset_queue.first.get() == page {
             self.next_decay_ms
                 .set(now.saturating_add(decay::epoch_ms(options::reset_delay_ms())));
@@ -262,6 +283,10 @@ impl RawHeap {
     pub(super) unsafe fn reset_expired(&self, force: bool) {
         let decay_ms = options::reset_delay_ms();
         let now = os::now_ms();
+        if !force && now < self.next_decay_ms.get() {
+            // Once per epoch: a pass costs a walk of the queue.
+            return;
+        }
         let mut due = if force { usize::MAX } else { 0 };
         if !force {
             let mut page = self.reset_queue.first.get();
@@ -282,16 +307,39 @@ impl RawHeap {
                 }
             }
         }
+        // Oldest first, while the next slot fits in what is due (so a pass
+        // gives back no more than the curve asks; what is due but not given
+        // back stays on the queue and counts again, more, at the next pass).
+        // A slot whose time is up goes whatever it costs. Before that, a
+        // slot whose giving back would split a huge page (others of its
+        // 2 MiB half are in use) waits: whole halves go first. `kept` is
+        // the last slot left on the queue; a reset never takes it off (its
+        // half has a slot in use, and its segment a pending slot: neither
+        // changes while we hold the lock), so the walk resumes after it.
         let mut given = 0usize;
-        while given < due {
-            let oldest = self.reset_queue.first.get();
-            if oldest.is_null() {
-                break;
-            }
-            // SAFETY: a slot on our queue (caller).
+        let mut kept: *mut Page = ptr::null_mut();
+        let mut page = self.reset_queue.first.get();
+        while !page.is_null() && given < due {
+            // SAFETY: a slot on our queue (caller), of a live segment.
             unsafe {
-                given = given.saturating_add(Self::queued_bytes(oldest));
-                self.reset_pending_page(oldest);
+                let age = now.saturating_sub((*page).emptied_at.get());
+                let must_go = force || age >= decay_ms;
+                let splits = Segment::would_split_huge_page(Segment::of(page.cast()), page);
+                if !must_go && !splits && given.saturating_add(Self::queued_bytes(page)) > due {
+                    // The oldest whole unit left is more than is due now.
+                    break;
+                }
+                if must_go || !splits {
+                    given = given.saturating_add(self.reset_pending_page(page));
+                    page = if kept.is_null() {
+                        self.reset_queue.first.get()
+                    } else {
+                        (*kept).next.get()
+                    };
+                } else {
+                    kept = page;
+                    page = (*page).next.get();
+                }
             }
         }
         self.next_decay_ms

@@ -4,6 +4,7 @@
 //! thread's default heap, or to the OS).
 
 use super::RawHeap;
+use crate::decay;
 use crate::heap::Shared;
 use crate::options;
 use crate::os;
@@ -90,6 +91,10 @@ impl SegmentList {
     }
 }
 
+/// Segments of a kind a heap holds before its next one of that kind is
+/// backed by huge pages from the start (16 MiB of them).
+const DENSE_AFTER: usize = 4;
+
 impl RawHeap {
     /// The list of our segments of `kind` with an unused page slot.
     pub(super) fn slot_list(&self, kind: PageKind) -> Option<&SegmentList> {
@@ -152,10 +157,38 @@ impl RawHeap {
         }
         let cached = cache.take();
         if cached.is_null() {
-            return Segment::create(kind, self.thread_id(), self.as_ptr());
+            let dense = self.is_dense_in(kind);
+            return Segment::create(kind, self.thread_id(), self.as_ptr(), dense);
         }
         // SAFETY: `take` made us the cached segment's only owner.
         unsafe { Segment::reuse(cached, kind, self.thread_id(), self.as_ptr()) }
+    }
+
+    /// The heap already holds [`DENSE_AFTER`] small or medium segments of
+    /// `kind`: it is about to fill another one, dense enough for transparent
+    /// huge pages from the start (a small heap keeps 4 KiB pages: a huge
+    /// page is resident whole as soon as any byte of it is touched).
+    fn is_dense_in(&self, kind: PageKind) -> bool {
+        if kind == PageKind::Large {
+            // One page per segment, carved as blocks are needed: a huge
+            // page would make its untouched tail resident.
+            return false;
+        }
+        let mut count = 0;
+        let mut segment = self.segments.first.get();
+        while !segment.is_null() {
+            // SAFETY: segments on the heap's list are live (owner thread).
+            unsafe {
+                if (*segment).kind == kind {
+                    count += 1;
+                    if count >= DENSE_AFTER {
+                        return true;
+                    }
+                }
+                segment = (*segment).all.next.get();
+            }
+        }
+        false
     }
 
     /// Takes a segment of ours off the heap's segment lists.
@@ -310,7 +343,7 @@ pub(super) unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segme
         unsafe {
             if !Segment::all_pages_zero(segment) {
                 let delay = options::reset_delay_ms();
-                if delay == 0 {
+                if delay == 0 || decay::over_budget(options::pending_reset_limit()) {
                     Segment::reset_pages(segment);
                 } else {
                     // The next heap may well reuse it soon; a reaper's sweep

@@ -673,7 +673,7 @@ mod tests {
     /// A page of `block_size` blocks in the first slot of a fresh small segment
     /// (no heap: the tests drive the page directly).
     fn fresh_page(block_size: usize) -> (*mut Segment, *mut Page) {
-        let segment = Segment::create(PageKind::Small, 7, ptr::null_mut())
+        let segment = Segment::create(PageKind::Small, 7, ptr::null_mut(), false)
             .expect("segment")
             .as_ptr();
         // SAFETY: the segment is ours and fresh, so it has a free slot.

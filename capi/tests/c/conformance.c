@@ -1,5 +1,5 @@
 /* Conformance of the malloc family with glibc 2.36's documented rules
- * (malloc(3), posix_memalign(3), malloc_usable_size(3)). One check per
+ * (malloc(3), posix_memalign(3), malloc_usable_size(3), mallopt(3)). One check per
  * rule, each in a forked child so that a crash fails only its check.
  * Prints one line per check and "N passed, M failed" last; exits 1 if any
  * check failed. Run it plain (glibc) and under LD_PRELOAD=libshardalloc.so. */
@@ -435,6 +435,32 @@ static int blocks_do_not_overlap(void) {
     return 0;
 }
 
+/* mallopt(3): "On success, mallopt() returns 1. On error, it returns 0."
+ * What glibc 2.36 counts as an error: only M_MXFAST above
+ * 80 * sizeof(size_t) / 4 (a negative value is a huge size_t). Every other
+ * value of its parameters is accepted, and so is an unknown parameter:
+ * __libc_mallopt starts from res = 1 and has no default case. */
+static volatile int v_unknown_param = 12345;
+static int mallopt_returns_as_glibc(void) {
+    CHECK(mallopt(M_MXFAST, 0) == 1);
+    CHECK(mallopt(M_MXFAST, 80 * sizeof(size_t) / 4) == 1);
+    CHECK(mallopt(M_MXFAST, 80 * sizeof(size_t) / 4 + 1) == 0);
+    CHECK(mallopt(M_MXFAST, -1) == 0);
+    const int params[] = {M_TRIM_THRESHOLD, M_TOP_PAD,  M_MMAP_THRESHOLD,
+                          M_MMAP_MAX,       M_PERTURB,  M_ARENA_TEST,
+                          M_ARENA_MAX,      M_CHECK_ACTION};
+    for (unsigned i = 0; i < sizeof params / sizeof *params; i++) {
+        CHECK(mallopt(params[i], 0) == 1);
+        CHECK(mallopt(params[i], -1) == 1);
+        CHECK(mallopt(params[i], 1 << 30) == 1);
+    }
+    CHECK(mallopt(M_TRIM_THRESHOLD, 128 * 1024) == 1); /* glibc's default back */
+    CHECK(mallopt(v_unknown_param, 1) == 1);
+    CHECK(mallopt(0, 1) == 1);
+    CHECK(mallopt(-100, 1) == 1);
+    return 0;
+}
+
 struct check {
     const char *name;
     int (*run)(void);
@@ -455,7 +481,7 @@ static const struct check checks[] = {
     C(memalign_rejects_huge_alignment), C(memalign_failure_sets_enomem),
     C(valloc_page_aligned), C(pvalloc_rounds_to_pages),
     C(usable_size_is_usable), C(libc_aliases_are_the_allocator),
-    C(blocks_do_not_overlap),
+    C(blocks_do_not_overlap), C(mallopt_returns_as_glibc),
 };
 
 int main(void) {

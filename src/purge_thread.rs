@@ -1,0 +1,273 @@
+//! The purge thread: memory goes back when the whole program goes quiet.
+//!
+//! The decay curve (`decay`) is applied by each heap's owner on its slow
+//! paths, and by a reaper running on any other thread's slow path for an
+//! owner that has gone quiet (`heap/reap.rs`). Neither runs in a program
+//! that makes no allocator call at all after its last frees — a service
+//! waiting for its next request. So the process gets one background thread,
+//! started lazily on a slow path the first time warm memory exists, that
+//! runs the reaper once per epoch while any memory is warm and sleeps on a
+//! futex, with no wake-ups, while none is.
+//!
+//! The thread is an ordinary reaper: it has its own (empty) heap, takes
+//! other heaps' locks with `try_lock`, and does nothing an allocating
+//! thread's reaper would not (design §4.5, loom model
+//! `reaper_races_owner_reuse`). Its sleep and wake-up are the protocol of
+//! [`Sleeper`].
+//!
+//! * **Started** from a slow path (`RawHeap::heartbeat_work`, or a free
+//!   that emptied a page), outside the heap's lock and with the heap
+//!   consistent; the state moves `IDLE → RUNNING` first. `pthread_create`
+//!   allocates through the C `malloc`, which in a Rust program is not
+//!   ours. In the C library (feature `c-library`) it is ours, and the
+//!   allocator never calls `malloc` from inside itself: there the thread is
+//!   off by default, and `SHARDALLOC_PURGE_THREAD=1` starts it when the
+//!   library loads ([`start_at_load`]) — not by default, since a thread in
+//!   every process would, for instance, make `unshare(CLONE_NEWUSER)` fail.
+//! * **Signals**: created with every signal blocked, so process-directed
+//!   signals are never delivered on it.
+//! * **fork**: the child has no purge thread; its `atfork` handler
+//!   ([`after_fork_in_child`]) lets the next slow path start a new one.
+//! * **Opt out**: `SHARDALLOC_PURGE_THREAD=0` or
+//!   `options::set_purge_thread(false)`; memory then goes back only on
+//!   allocator calls (as before the thread existed), and `collect` still
+//!   gives everything back at once.
+
+use crate::decay;
+use crate::options;
+use core::ffi::c_void;
+use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering, fence};
+
+/// No purge thread yet (or none in this forked child).
+const IDLE: u32 = 0;
+/// The thread runs (or is being started).
+const RUNNING: u32 = 1;
+/// `pthread_create` failed: memory goes back on allocator calls only.
+const FAILED: u32 = 2;
+
+/// The purge thread's state.
+static STATE: AtomicU32 = AtomicU32::new(IDLE);
+
+/// The purge thread's sleep.
+static SLEEPER: Sleeper = Sleeper::new();
+
+/// Starts the purge thread if the process holds warm memory and has none.
+/// Cheap when there is nothing to do (one relaxed load).
+///
+/// Call only where a nested allocation on this thread is safe: outside the
+/// heap's lock, with the heap consistent.
+#[inline]
+pub(crate) fn start_if_needed() {
+    if cfg!(feature = "c-library") {
+        // Our `malloc` is the process's: `pthread_create` would call it
+        // from inside an allocation ([`start_at_load`] instead).
+        return;
+    }
+    // Relaxed: a hint; the CAS below decides.
+    if STATE.load(Ordering::Relaxed) != IDLE || decay::WARM.get() == 0 {
+        return;
+    }
+    start();
+}
+
+/// Starts the purge thread now if the option allows (the C library calls
+/// this from its load-time constructor, outside any allocation).
+pub(crate) fn start_at_load() {
+    start();
+}
+
+#[cold]
+#[inline(never)]
+fn start() {
+    if !options::purge_thread() {
+        return;
+    }
+    // Relaxed: only the winner proceeds; the thread's own data is ordered
+    // by `pthread_create`.
+    if STATE
+        .compare_exchange(IDLE, RUNNING, Ordering::Relaxed, Ordering::Relaxed)
+        .is_err()
+    {
+        return;
+    }
+    if !spawn() {
+        // Relaxed: as above.
+        STATE.store(FAILED, Ordering::Relaxed);
+    }
+}
+
+/// Creates the thread, detached, on a small stack, with every signal
+/// blocked. False if the OS refuses.
+fn spawn() -> bool {
+    /// The thread only runs the reaper: no deep recursion, no big frames.
+    const STACK_SIZE: usize = 256 << 10;
+    // SAFETY: plain libc calls on locals that outlive them; the attribute
+    // is destroyed on every path; the signal mask is restored before
+    // returning.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        if libc::pthread_attr_init(&raw mut attr) != 0 {
+            return false;
+        }
+        libc::pthread_attr_setdetachstate(&raw mut attr, libc::PTHREAD_CREATE_DETACHED);
+        libc::pthread_attr_setstacksize(&raw mut attr, STACK_SIZE.max(libc::PTHREAD_STACK_MIN));
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&raw mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &raw const all, &raw mut old);
+        let mut thread: libc::pthread_t = 0;
+        let created = libc::pthread_create(
+            &raw mut thread,
+            &raw const attr,
+            purge_main,
+            ptr::null_mut(),
+        ) == 0;
+        libc::pthread_sigmask(libc::SIG_SETMASK, &raw const old, ptr::null_mut());
+        libc::pthread_attr_destroy(&raw mut attr);
+        created
+    }
+}
+
+/// The thread: a reaper pass per epoch while memory is warm; asleep while
+/// none is.
+extern "C" fn purge_main(_: *mut c_void) -> *mut c_void {
+    // SAFETY: a NUL-terminated name of at most 16 bytes; no allocation.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"shardalloc-purge".as_ptr()) };
+    let heap = crate::thread::init_current();
+    if heap.is_null() {
+        // Relaxed: as in `start`.
+        STATE.store(FAILED, Ordering::Relaxed);
+        return ptr::null_mut();
+    }
+    let mut idle_passes = 0u32;
+    loop {
+        if decay::WARM.get() == 0 {
+            SLEEPER.sleep_while(|| decay::WARM.get() == 0);
+            idle_passes = 0;
+        }
+        let before = decay::WARM.get();
+        // SAFETY: our own heap, on its thread.
+        unsafe { (*heap).reap_idle_heaps(false) };
+        // A pass that gave nothing back (every owner busy, or memory not
+        // yet due): back off up to 16 epochs, so memory that stays warm
+        // for a while costs few wake-ups.
+        idle_passes = if decay::WARM.get() < before {
+            0
+        } else {
+            (idle_passes + 1).min(4)
+        };
+        let epoch = decay::epoch_ms(options::reset_delay_ms());
+        sleep_ms(epoch << idle_passes);
+    }
+}
+
+/// Tells the purge thread that warm memory was added (it may be asleep).
+/// Called after every addition to `decay::WARM`.
+#[inline]
+pub(crate) fn note_warm_added() {
+    SLEEPER.wake();
+}
+
+/// In a forked child: the parent's purge thread does not exist here; the
+/// next slow path that finds warm memory starts one.
+pub(crate) fn after_fork_in_child() {
+    // Relaxed: the child has one thread.
+    if STATE.load(Ordering::Relaxed) == RUNNING {
+        STATE.store(IDLE, Ordering::Relaxed);
+    }
+    SLEEPER.reset_after_fork();
+}
+
+fn sleep_ms(ms: u64) {
+    let ts = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    // SAFETY: a valid timespec; an interrupted sleep just ends early.
+    unsafe { libc::nanosleep(&raw const ts, ptr::null_mut()) };
+}
+
+/// A thread's sleep until there is work, and the wake-up from threads that
+/// make work: a flag and a futex.
+///
+/// The sleeper announces itself (`asleep = 1`), then checks for work; a
+/// producer publishes work, then checks for a sleeper. A `SeqCst` fence
+/// sits between the two steps on both sides, so at least one of them sees
+/// the other's first step (store buffering is ruled out): either the
+/// sleeper sees the work and does not sleep, or the producer sees `asleep`
+/// and wakes it. A wake-up sent before the sleeper reaches `futex_wait`
+/// makes the wait return at once (the futex word is no longer 1).
+pub(crate) struct Sleeper {
+    asleep: AtomicU32,
+}
+
+impl Sleeper {
+    pub(crate) const fn new() -> Sleeper {
+        Sleeper {
+            asleep: AtomicU32::new(0),
+        }
+    }
+
+    /// Sleeps until woken, as long as `no_work()` holds once announced.
+    pub(crate) fn sleep_while(&self, no_work: impl Fn() -> bool) {
+        // Relaxed store: ordered before the check by the fence below.
+        self.asleep.store(1, Ordering::Relaxed);
+        // SeqCst: pairs with the fence in `wake` (see the type's documentation).
+        fence(Ordering::SeqCst);
+        while no_work() {
+            futex_wait(&self.asleep, 1);
+            // Relaxed: a waker sets it to 0 before its futex_wake.
+            if self.asleep.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+        }
+        // Relaxed: only the sleeper and wakers touch it; a waker's swap
+        // finding 0 skips the system call.
+        self.asleep.store(0, Ordering::Relaxed);
+    }
+
+    /// Wakes the sleeper, if it sleeps (a fence and a load otherwise).
+    #[inline]
+    pub(crate) fn wake(&self) {
+        // SeqCst: pairs with the fence in `sleep_while`; orders the caller's
+        // publication of work before the check of `asleep`.
+        fence(Ordering::SeqCst);
+        // Relaxed: the fence orders it; the swap decides who wakes.
+        if self.asleep.load(Ordering::Relaxed) == 1 && self.asleep.swap(0, Ordering::Relaxed) == 1 {
+            futex_wake(&self.asleep);
+        }
+    }
+
+    fn reset_after_fork(&self) {
+        // Relaxed: the child has one thread.
+        self.asleep.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Waits while `word` holds `expected` (or until a spurious wake-up).
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; no timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+/// Wakes one waiter on `word`.
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        )
+    };
+}
