@@ -74,15 +74,38 @@ MUTANTS = {
     # Publishing an abandoned segment without Release.
     "abandon-push-relaxed": (
         "src/process.rs",
-        ".compare_exchange_weak(head, first, Ordering::Release, Ordering::Relaxed)",
-        ".compare_exchange_weak(head, first, Ordering::Relaxed, Ordering::Relaxed)",
-        "abandon", "abandoned_list_push_races_take_all",
+        "                first,\n                Ordering::Release,\n                Ordering::Relaxed,\n",
+        "                first,\n                Ordering::Relaxed,\n                Ordering::Relaxed,\n",
+        "abandon", "abandoned_list_push_races_pop",
+    ),
+    # Popping an abandoned segment without Acquire: its link is read
+    # before the push that wrote it.
+    "abandon-pop-relaxed": (
+        "src/process.rs",
+        "let mut top = queue.incoming.load(Ordering::Acquire);",
+        "let mut top = queue.incoming.load(Ordering::Relaxed);",
+        "abandon", "abandoned_list_push_races_pop",
+    ),
+    # The pop lock always "taken": pops and `visited` updates race.
+    "abandon-pop-skips-lock": (
+        "src/process.rs",
+        "            if self\n                .popping\n                .compare_exchange(0, 1, Ordering::Acquire, Ordering::Relaxed)\n                .is_ok()\n            {",
+        "            if true {",
+        "abandon", "abandoned_list_pops_race_pushes_and_keeps",
+    ),
+    # `collect(true)` takes a list whole without Acquire: its walk reads
+    # links before the pushes that wrote them.
+    "abandon-take-all-relaxed": (
+        "src/process.rs",
+        "let incoming = queue.incoming.swap(ptr::null_mut(), Ordering::Acquire);",
+        "let incoming = queue.incoming.swap(ptr::null_mut(), Ordering::Relaxed);",
+        "abandon", "abandoned_list_take_all_races_push_and_pop",
     ),
     # Reclaim without collecting the abandoned pages' remote frees first.
     "reclaim-skips-collect": (
         "src/heap/abandon.rs",
-        "            unsafe { collect_abandoned(segment) };\n",
-        "",
+        "    unsafe { collect_abandoned(segment) };\n}",
+        "}",
         "abandon", "abandon_and_reclaim_race_remote_frees",
     ),
     # Caching a segment with a blind store into the slot instead of a CAS.
@@ -105,6 +128,14 @@ MUTANTS = {
         "            if !entry.try_lock() {\n                continue;\n            }\n            let heap = entry.heap();\n",
         "            let heap = entry.heap();\n",
         "reaper", "reaper_races_owner_reuse",
+    ),
+    # The registry's free stack without its tag: a stale pop (ABA) puts
+    # an entry in use back on top.
+    "registry-free-stack-untagged": (
+        "src/registry.rs",
+        "    ((top >> TAG_SHIFT).wrapping_add(1) << TAG_SHIFT) | index_plus_one",
+        "    (top & !INDEX_MASK) | index_plus_one",
+        "registry", "registry_claims_race_releases_and_growth",
     ),
     # Taking a heap's lock without Acquire.
     "heap-lock-relaxed": (

@@ -11,7 +11,8 @@ use crate::free::free_block;
 use crate::heap::RawHeap;
 use crate::once::{Once, RunOnce};
 use crate::page::{Block, DelayedMode, Page};
-use crate::process::{AbandonedSegments, Shared};
+use crate::process::{AbandonedSegments, PopFrom, Shared};
+use crate::registry::HeapRegistry;
 use crate::segment::Segment;
 use crate::segment_cache::SegmentCache;
 use crate::size_class::PageKind;
@@ -45,13 +46,20 @@ impl Drop for World {
     fn drop(&mut self) {
         // Release whatever is still abandoned, so model iterations do not
         // accumulate memory.
-        let mut segment = self.shared.abandoned.take_all();
-        while !segment.is_null() {
-            // SAFETY: the model is over; we own every segment on the list.
-            unsafe {
-                let next = Segment::abandoned_next(segment);
-                Segment::release(segment);
-                segment = next;
+        for kind in [
+            PageKind::Small,
+            PageKind::Medium,
+            PageKind::Large,
+            PageKind::Huge,
+        ] {
+            self.shared.abandoned.recycle(kind);
+            loop {
+                let segment = self.shared.abandoned.pop(kind, PopFrom::Anywhere);
+                if segment.is_null() {
+                    break;
+                }
+                // SAFETY: the model is over; the pop made the segment ours.
+                unsafe { Segment::release(segment) };
             }
         }
     }
@@ -203,13 +211,14 @@ pub fn live_mappings() -> usize {
     crate::os::live_mappings()
 }
 
-/// The abandoned-segment list on its own, with real (empty) segments.
+/// The abandoned-segment lists on their own, with real (empty) small
+/// segments.
 pub struct AbandonedList {
     list: AbandonedSegments,
 }
 
 impl AbandonedList {
-    /// An empty list.
+    /// Empty lists.
     pub fn new() -> AbandonedList {
         AbandonedList {
             list: AbandonedSegments::new(),
@@ -226,28 +235,139 @@ impl AbandonedList {
         segment.expose_provenance()
     }
 
-    /// Takes every segment on the list, releases them, and returns their
-    /// addresses in list order.
-    pub fn take_all(&self) -> Vec<usize> {
-        let mut taken = Vec::new();
-        let mut segment = self.list.take_all();
-        while !segment.is_null() {
-            taken.push(segment.expose_provenance());
-            // SAFETY: `take_all` made us the sole owner of the chain.
-            unsafe {
-                let next = Segment::abandoned_next(segment);
-                Segment::release(segment);
-                segment = next;
-            }
+    /// What a reclaim pass does with one segment it keeps: pops one from
+    /// `incoming` (None if empty or the pop lock is busy), and gives it
+    /// back (`keep`). Returns its address.
+    pub fn pop_and_keep(&self) -> Option<usize> {
+        let segment = self.list.pop(PageKind::Small, PopFrom::Incoming);
+        if segment.is_null() {
+            return None;
         }
-        self.list.note_removed(taken.len());
+        // SAFETY: the pop made the segment ours; given back.
+        unsafe { self.list.keep(segment) };
+        Some(segment.expose_provenance())
+    }
+
+    /// What an adopting thread does: pops a segment from either list and
+    /// releases it (a popped segment may be unmapped at once). Returns its
+    /// address.
+    pub fn pop_and_release(&self) -> Option<usize> {
+        let segment = self.list.pop(PageKind::Small, PopFrom::Anywhere);
+        if segment.is_null() {
+            return None;
+        }
+        let address = segment.expose_provenance();
+        // SAFETY: the pop made the segment ours.
+        unsafe { Segment::release(segment) };
+        Some(address)
+    }
+
+    /// What `collect(true)` does: takes both lists whole (null if the pop
+    /// lock stays busy), walks the chain, and keeps every segment (one
+    /// chain back onto `visited`). Returns the addresses walked.
+    pub fn take_all_and_keep(&self) -> Vec<usize> {
+        let mut walked = Vec::new();
+        let first = self.list.take_all(PageKind::Small);
+        let (mut last, mut segment) = (first, first);
+        while !segment.is_null() {
+            walked.push(segment.expose_provenance());
+            last = segment;
+            // SAFETY: `take_all` made the chain ours.
+            segment = unsafe { Segment::abandoned_next(segment) };
+        }
+        if !first.is_null() {
+            // SAFETY: the chain we took, `last` its tail, given back.
+            unsafe { self.list.keep_chain(PageKind::Small, first, last) };
+        }
+        walked
+    }
+
+    /// Moves the kept segments back onto `incoming`.
+    pub fn recycle(&self) {
+        self.list.recycle(PageKind::Small);
+    }
+
+    /// Pops every segment left (recycling first), releases them, and
+    /// returns their addresses.
+    pub fn drain(&self) -> Vec<usize> {
+        self.recycle();
+        let mut taken = Vec::new();
+        while let Some(address) = self.pop_and_release() {
+            taken.push(address);
+        }
         taken
+    }
+
+    /// Segments on the lists.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether the lists are empty.
+    pub fn is_empty(&self) -> bool {
+        self.list.len() == 0
     }
 }
 
 impl Default for AbandonedList {
     fn default() -> AbandonedList {
         AbandonedList::new()
+    }
+}
+
+/// The heap registry on its own: entries claimed and released, with no
+/// heap behind them (the lock never dereferences the heap pointer).
+pub struct RegistryModel {
+    registry: HeapRegistry,
+}
+
+impl RegistryModel {
+    /// An empty registry (under loom its chunks hold 2, 4, 8 entries).
+    pub fn new() -> RegistryModel {
+        RegistryModel {
+            registry: HeapRegistry::new(),
+        }
+    }
+
+    /// `claim` + `publish`: the claimed entry's index, None if refused.
+    pub fn claim(&self) -> Option<usize> {
+        let entry = self.registry.claim()?;
+        entry.publish(core::ptr::dangling_mut());
+        Some(entry.index())
+    }
+
+    /// Locks the entry `index` (as its owner does before tearing its heap
+    /// down) and releases it.
+    pub fn release(&self, index: usize) {
+        let entry = self
+            .registry
+            .entries()
+            .find(|entry| entry.index() == index)
+            .expect("a claimed entry");
+        entry.lock();
+        self.registry.release(entry);
+    }
+
+    /// Indexes on the free stack, top first (at most 64, so a corrupted,
+    /// cyclic stack shows as repeats rather than a hang).
+    pub fn free_stack(&self) -> Vec<usize> {
+        self.registry.free_stack(64)
+    }
+
+    /// Entries ever used (what `entries()` iterates over).
+    pub fn entries(&self) -> usize {
+        self.registry.entries().count()
+    }
+
+    /// Entries holding a heap now.
+    pub fn heaps(&self) -> usize {
+        self.registry.heap_count()
+    }
+}
+
+impl Default for RegistryModel {
+    fn default() -> RegistryModel {
+        RegistryModel::new()
     }
 }
 

@@ -42,8 +42,8 @@ pub struct Stats {
     /// heaps are not torn down when they exit (their memory is leaked).
     pub threads_without_exit_hook: usize,
     /// Heaps in the registry now: the default heaps of live threads that
-    /// have allocated, and live first-class heaps (up to the registry's
-    /// capacity).
+    /// have allocated, and live first-class heaps (all of them: the
+    /// registry has no fixed capacity).
     pub heaps: usize,
     /// Bytes of unused page memory kept warm for reuse (empty slots waiting
     /// on the decay curve, huge spares, what exited threads left within the

@@ -165,12 +165,15 @@ extern "C" fn before_fork() {
             }
         });
     });
+    // Then the abandoned lists' pop lock: no pop half-way in the child.
+    SHARED.abandoned.lock_for_fork();
 }
 
 /// Runs after `fork` in the parent: ends [`before_fork`].
 extern "C" fn after_fork_in_parent() {
     // SAFETY: our own heaps.
     for_each_own_heap(|heap| unsafe { (*heap).unlock_after_fork() });
+    SHARED.abandoned.unlock_after_fork();
     SHARED.heaps.unlock_all_after_fork();
 }
 
@@ -186,6 +189,7 @@ extern "C" fn after_fork_in_parent() {
 ///   whose lock `before_fork` could not get is left as it is (leaked).
 extern "C" fn after_fork_in_child() {
     crate::purge_thread::after_fork_in_child();
+    SHARED.abandoned.unlock_after_fork();
     for_each_own_heap(|heap| {
         // SAFETY: our own heap, and no other thread exists.
         unsafe {
@@ -258,7 +262,7 @@ fn new_heap(thread_id: usize) -> *mut RawHeap {
     if heap.is_null() {
         let Some(memory) = os::map(HEAP_MAP_SIZE, OS_PAGE_SIZE, 0) else {
             if let Some(entry) = entry {
-                entry.release();
+                SHARED.heaps.release(entry);
             }
             return ptr::null_mut();
         };

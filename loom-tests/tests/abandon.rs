@@ -4,7 +4,7 @@
 
 use loom::thread;
 use shardalloc::__loom::{self as model, AbandonedList, ModelHeap, World};
-use shardalloc_loom_tests::{OWNER, REMOTE_A, REMOTE_B, SendPtr, builder};
+use shardalloc_loom_tests::{OWNER, REMOTE_A, REMOTE_B, SendPtr, assert_all_released, builder};
 use std::sync::Arc;
 
 /// Thread A exits (abandons its heap) holding a small segment with three
@@ -61,11 +61,14 @@ fn abandon_and_reclaim_race_remote_frees() {
     });
 }
 
-/// Two threads push segments onto the abandoned list while a third takes
-/// the whole list: every segment is taken exactly once.
+/// Two threads push segments onto the abandoned lists while a third pops
+/// one and unmaps it at once (what an adopting thread may do with an empty
+/// segment): every segment is popped exactly once, and the popper reads
+/// each link only after its pusher wrote it (links are loom-tracked cells).
 #[test]
-fn abandoned_list_push_races_take_all() {
+fn abandoned_list_push_races_pop() {
     builder().check(|| {
+        let baseline = model::live_mappings();
         let list = Arc::new(AbandonedList::new());
         let pushers: Vec<_> = (0..2)
             .map(|_| {
@@ -73,12 +76,76 @@ fn abandoned_list_push_races_take_all() {
                 thread::spawn(move || list.push_new())
             })
             .collect();
-        let mut taken = list.take_all();
+        let mut taken: Vec<usize> = list.pop_and_release().into_iter().collect();
         let pushed: Vec<usize> = pushers.into_iter().map(|t| t.join().unwrap()).collect();
-        taken.extend(list.take_all());
+        taken.extend(list.drain());
         taken.sort_unstable();
         let mut expected = pushed;
         expected.sort_unstable();
-        assert_eq!(taken, expected, "each pushed segment taken exactly once");
+        assert_eq!(taken, expected, "each pushed segment popped exactly once");
+        assert!(list.is_empty());
+        drop(list);
+        assert_all_released(baseline);
+    });
+}
+
+/// The round robin of reclaim passes: two segments wait; two threads each
+/// pop one off `incoming` and keep it (onto `visited`, under the pop lock)
+/// while a third pushes a new segment. Afterwards every segment is on the
+/// lists exactly once (none lost by racing `visited` updates, none popped
+/// twice), and each pop read its link after the push that wrote it.
+#[test]
+fn abandoned_list_pops_race_pushes_and_keeps() {
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let list = Arc::new(AbandonedList::new());
+        let mut expected = vec![list.push_new(), list.push_new()];
+        let keepers: Vec<_> = (0..2)
+            .map(|_| {
+                let list = Arc::clone(&list);
+                thread::spawn(move || list.pop_and_keep())
+            })
+            .collect();
+        expected.push(list.push_new());
+        for keeper in keepers {
+            keeper.join().unwrap();
+        }
+        assert_eq!(list.len(), 3);
+        let mut taken = list.drain();
+        taken.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(taken, expected, "every segment kept exactly once");
+        drop(list);
+        assert_all_released(baseline);
+    });
+}
+
+/// `collect(true)`'s way: one thread takes both lists whole and gives the
+/// chain back onto `visited` while another pushes a segment and a third
+/// pops one and unmaps it. Every segment ends up popped exactly once, and
+/// the walk of the taken chain reads each link after its push.
+#[test]
+fn abandoned_list_take_all_races_push_and_pop() {
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let list = Arc::new(AbandonedList::new());
+        let mut expected = vec![list.push_new()];
+        let taker = {
+            let list = Arc::clone(&list);
+            thread::spawn(move || list.take_all_and_keep())
+        };
+        let pusher = {
+            let list = Arc::clone(&list);
+            thread::spawn(move || list.push_new())
+        };
+        let mut taken: Vec<usize> = list.pop_and_release().into_iter().collect();
+        taker.join().unwrap();
+        expected.push(pusher.join().unwrap());
+        taken.extend(list.drain());
+        taken.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(taken, expected, "every segment popped exactly once");
+        drop(list);
+        assert_all_released(baseline);
     });
 }

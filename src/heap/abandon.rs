@@ -7,18 +7,21 @@
 //! `AbandonedSegments` list (`process`). Frees into an abandoned segment keep working
 //! (they are "remote" for every thread).
 //!
-//! A live thread that needs a fresh page *reclaims*: it takes the whole
-//! list at once (one atomic swap, so it owns every segment on it
-//! exclusively), collects each segment's pages, returns the segments that
-//! became empty to the OS, adopts one segment of the kind it needs, and
-//! pushes the rest back.
+//! A live thread that needs a fresh page *reclaims*: it pops a segment of
+//! the kind it needs off the abandoned lists (`AbandonedSegments`, one
+//! queue per kind, `process`), collects its pages, returns it to the OS if
+//! it became empty (and pops another, at most four), or adopts it. A
+//! reaping pass (once per idle period) looks at a few segments of each kind,
+//! round robin, to give back what they no longer use; `collect(true)` looks
+//! at all of them. So no allocation walks the abandoned segments: its cost
+//! does not depend on how many there are.
 //!
-//! Taking the whole list (instead of popping one segment) is what makes the
-//! list safe without tags or epochs: a segment is only ever read by the
-//! thread that took it, so it cannot be unmapped under a reader and no ABA
-//! can occur. The loom models `abandoned_list_push_races_take_all` (the
-//! list) and `abandon_races_remote_free_and_reclaim` (`loom-tests/tests/
-//! abandon.rs`) check it.
+//! Only the holder of the lists' pop lock takes segments off them, so a
+//! segment whose link a popper reads cannot be unmapped under it, and no
+//! ABA can occur (see `process`). The loom models
+//! `abandoned_list_push_races_pop`, `abandoned_list_pops_race_pushes_and_keeps`
+//! (the lists) and `abandon_and_reclaim_race_remote_frees`
+//! (`loom-tests/tests/abandon.rs`) check it.
 //!
 //! In a forked child, the heaps of parent threads that do not exist there
 //! are abandoned the same way (`abandon_after_fork`, design §5).
@@ -30,11 +33,20 @@ use crate::decay;
 use crate::options;
 use crate::os;
 use crate::page::DelayedMode;
+use crate::process::PopFrom;
 use crate::segment::Segment;
 use crate::size_class::{BIN_HUGE, PageKind};
 use crate::stats;
 use crate::sync::Ordering;
 use core::ptr;
+
+/// Segments one reclaim on the allocation path pops at most before it
+/// gives up: each one popped is adopted, or empty and given back, so the
+/// work is paid for by what it removes, and bounded.
+const RECLAIM_POPS: usize = 4;
+
+/// Segments of each kind a (non-forced) reaping pass looks at.
+const PASS_SEGMENTS: usize = 8;
 
 impl RawHeap {
     /// Tears the heap down at thread exit: frees what is free and abandons
@@ -83,8 +95,20 @@ impl RawHeap {
         self.lock_depth.set(0);
         if let Some(entry) = self.entry() {
             self.entry.set(ptr::null());
-            entry.release();
+            // SAFETY: we hold the entry's lock (`forget(guard)` above), the
+            // heap is torn down.
+            unsafe { self.release_entry(entry) };
         }
+    }
+
+    /// Gives the heap's registry entry back to the registry it came from
+    /// (`shared`'s: a heap is registered only in its own process state).
+    ///
+    /// # Safety
+    /// The caller holds the entry's lock and the heap is torn down.
+    pub(super) unsafe fn release_entry(&self, entry: &crate::registry::Entry) {
+        // SAFETY: a registered heap's `shared` is non-null and outlives it.
+        unsafe { (*self.shared.get()).heaps.release(entry) };
     }
 
     /// Step 0 of `abandon`: huge blocks still out. Each segment is handed
@@ -234,80 +258,176 @@ impl RawHeap {
         }
     }
 
-    /// Looks through the abandoned segments: returns the empty ones to the
-    /// OS (through the segment cache), adopts one of `kind` (never a huge
-    /// one: a huge page must stay in `UseDelayed`, so it is left abandoned
-    /// until its block is freed), and gives back the memory of the unused
-    /// slots of the others once they have been unused for a reset delay
-    /// (all of it with `force`): a thread that starts soon after another
-    /// exited adopts warm slots instead of faulting fresh ones. Returns
-    /// whether one was adopted.
+    /// Looks through the abandoned segments. With `kind` (the allocation
+    /// slow path): pops segments of that kind, at most [`RECLAIM_POPS`],
+    /// until one still holds live blocks, and adopts it (never a huge one:
+    /// a huge page must stay in `UseDelayed`, so it is left abandoned until
+    /// its block is freed); the empty ones go back to the OS (through the
+    /// segment cache). A thread that starts soon after another exited adopts
+    /// warm slots instead of faulting fresh ones. Constant time, whatever the
+    /// number of abandoned segments. Without `kind` (a reaping pass, or
+    /// `collect(true)` with `force`): [`RawHeap::reclaim_pass`]. Returns
+    /// whether a segment was adopted.
     ///
     /// # Safety
     /// Owner thread.
     pub(super) unsafe fn reclaim(&self, kind: Option<PageKind>, force: bool) -> bool {
-        let _guard = self.lock();
-        let kind = kind.filter(|&kind| kind != PageKind::Huge);
-        // SAFETY: `shared` outlives every heap.
-        let abandoned = unsafe { &(*self.shared.get()).abandoned };
-        let mut segment = abandoned.take_all();
-        if segment.is_null() {
+        let Some(kind) = kind else {
+            // SAFETY: owner thread (caller).
+            unsafe { self.reclaim_pass(force) };
+            return false;
+        };
+        if kind == PageKind::Huge {
             return false;
         }
-        let mut adopted = false;
-        let now = if force { u64::MAX } else { os::now_ms() };
-        let delay = options::reset_delay_ms();
-        let (mut keep_first, mut keep_last, mut kept, mut taken) =
-            (ptr::null_mut::<Segment>(), ptr::null_mut::<Segment>(), 0, 0);
-        while !segment.is_null() {
-            taken += 1;
-            // SAFETY: `take_all` gave us exclusive ownership of every
-            // segment on the chain (so in the rest of this loop); remote
-            // frees into them only push onto page lists.
-            let next = unsafe { Segment::abandoned_next(segment) };
-            // SAFETY: as above.
-            unsafe { Segment::set_abandoned_next(segment, ptr::null_mut()) };
+        // SAFETY: `shared` outlives every heap.
+        let abandoned = unsafe { &(*self.shared.get()).abandoned };
+        if abandoned.len_of(kind) == 0 {
+            return false;
+        }
+        let _guard = self.lock();
+        for _ in 0..RECLAIM_POPS {
+            let segment = abandoned.pop(kind, PopFrom::Anywhere);
+            if segment.is_null() {
+                return false;
+            }
+            // SAFETY: `pop` made the segment exclusively ours; remote frees
+            // into it only push onto page lists.
+            unsafe { take_popped(segment) };
             // SAFETY: as above; the header fields are cells.
-            let header = unsafe { &*segment };
-            stats::ABANDONED_LIVE.sub(header.abandoned_live.replace(0));
-            // SAFETY: as above.
-            unsafe { Segment::uncount_warm(segment) };
-            // SAFETY: as above.
-            unsafe { collect_abandoned(segment) };
-            if header.used_pages.get() == 0 {
+            if unsafe { (*segment).used_pages.get() } == 0 {
                 // SAFETY: ours, empty, on no list; `shared` outlives heaps.
                 unsafe { cache_or_release(self.shared.get(), segment) };
-            } else if !adopted && Some(header.kind) == kind {
+            } else {
                 // SAFETY: owner thread (caller); ours, collected.
                 unsafe { self.adopt(segment) };
-                adopted = true;
-            } else {
-                // Nobody owns its emptied slots: their memory goes once
-                // they have waited a reset delay.
-                // SAFETY: ours until pushed back below.
-                unsafe {
-                    let over = decay::over_budget(options::pending_reset_limit());
-                    reset_unused_slots(segment, if over { u64::MAX } else { now }, delay);
-                    Segment::count_warm(segment);
-                    note_abandoned_live(segment);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// A reaping pass over the abandoned segments: collects each one's
+    /// pages, returns the segments that became empty to the OS (through the
+    /// segment cache), and gives back the memory of the unused slots of the
+    /// others once they have been unused for the decay time (all of it with
+    /// `force`). At most [`PASS_SEGMENTS`] segments of each kind per pass,
+    /// taking up where the last pass stopped (the `visited` round robin of
+    /// `AbandonedSegments`), so no single allocation pays for all of them;
+    /// with `force` (`collect(true)`), every segment, taken whole
+    /// (`reclaim_all`).
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn reclaim_pass(&self, force: bool) {
+        // SAFETY: `shared` outlives every heap.
+        let abandoned = unsafe { &(*self.shared.get()).abandoned };
+        if abandoned.len() == 0 {
+            return;
+        }
+        // Held so that no pass is under way across a `fork` (which holds
+        // every heap's lock).
+        let _guard = self.lock();
+        let now = if force { u64::MAX } else { os::now_ms() };
+        let delay = options::reset_delay_ms();
+        for kind in [
+            PageKind::Small,
+            PageKind::Medium,
+            PageKind::Large,
+            PageKind::Huge,
+        ] {
+            if abandoned.len_of(kind) == 0 {
+                continue;
+            }
+            if force {
+                // SAFETY: owner thread (caller).
+                unsafe { self.reclaim_all(kind, now, delay) };
+                continue;
+            }
+            // A new round of the round robin once every segment was seen.
+            if abandoned.incoming_is_empty(kind) {
+                abandoned.recycle(kind);
+            }
+            for _ in 0..PASS_SEGMENTS {
+                let segment = abandoned.pop(kind, PopFrom::Incoming);
+                if segment.is_null() {
+                    break;
                 }
-                if keep_first.is_null() {
-                    keep_first = segment;
+                // SAFETY: `pop` made the segment exclusively ours; remote
+                // frees into it only push onto page lists.
+                if unsafe { self.reclaim_look(segment, now, delay) } {
+                    // SAFETY: ours, kept abandoned, given up.
+                    unsafe { abandoned.keep(segment) };
+                }
+            }
+        }
+    }
+
+    /// `reclaim_pass` with `force`, for one kind: takes every segment of
+    /// `kind` at once and looks at each.
+    ///
+    /// # Safety
+    /// Owner thread.
+    unsafe fn reclaim_all(&self, kind: PageKind, now: u64, delay: u64) {
+        // SAFETY: `shared` outlives every heap.
+        let abandoned = unsafe { &(*self.shared.get()).abandoned };
+        let mut segment = abandoned.take_all(kind);
+        let (mut first, mut last) = (ptr::null_mut::<Segment>(), ptr::null_mut::<Segment>());
+        let mut removed = 0;
+        while !segment.is_null() {
+            // SAFETY: `take_all` made every segment of the chain ours.
+            let next = unsafe { Segment::abandoned_next(segment) };
+            // SAFETY: as above.
+            if unsafe { self.reclaim_look(segment, now, delay) } {
+                if first.is_null() {
+                    first = segment;
                 } else {
-                    // SAFETY: `keep_last` is ours too, kept on the chain.
-                    unsafe { Segment::set_abandoned_next(keep_last, segment) };
+                    // SAFETY: `last` is ours too, kept on the new chain.
+                    unsafe { Segment::set_abandoned_next(last, segment) };
                 }
-                keep_last = segment;
-                kept += 1;
+                last = segment;
+            } else {
+                removed += 1;
             }
             segment = next;
         }
-        abandoned.note_removed(taken);
-        if !keep_first.is_null() {
-            // SAFETY: the chain of segments we kept, linked above, given up.
-            unsafe { abandoned.push_chain(keep_first, keep_last, kept) };
+        abandoned.note_removed(kind, removed);
+        if !first.is_null() {
+            // SAFETY: the chain we kept, linked above, given up.
+            unsafe { abandoned.keep_chain(kind, first, last) };
         }
-        adopted
+    }
+
+    /// A reclaim pass's look at one abandoned segment: collects its pages;
+    /// an empty segment goes back to the OS (through the segment cache),
+    /// the unused slots of another give their memory back once they have
+    /// waited the decay time (`now` `u64::MAX`: at once). Returns whether
+    /// the segment stays abandoned (the caller gives it back).
+    ///
+    /// # Safety
+    /// The caller owns the abandoned segment exclusively (popped or took
+    /// it).
+    unsafe fn reclaim_look(&self, segment: *mut Segment, now: u64, delay: u64) -> bool {
+        // SAFETY: ours (caller); remote frees into it only push onto page
+        // lists.
+        unsafe { take_popped(segment) };
+        // SAFETY: as above; the header fields are cells.
+        if unsafe { (*segment).used_pages.get() } == 0 {
+            // SAFETY: ours, empty, on no list; `shared` outlives heaps.
+            unsafe { cache_or_release(self.shared.get(), segment) };
+            return false;
+        }
+        // Nobody owns its emptied slots: their memory goes once they have
+        // waited the decay time (at once if the process is over its warm
+        // budget).
+        let over = decay::over_budget(options::pending_reset_limit());
+        // SAFETY: ours (caller).
+        unsafe {
+            reset_unused_slots(segment, if over { u64::MAX } else { now }, delay);
+            Segment::count_warm(segment);
+            note_abandoned_live(segment);
+        }
+        true
     }
 
     /// Makes an abandoned segment (already collected) ours.
@@ -373,6 +493,21 @@ pub(super) unsafe fn note_abandoned_live(segment: *mut Segment) {
     }
 }
 
+/// Takes a segment just popped off the abandoned lists: its live bytes
+/// leave `stats::ABANDONED_LIVE` and its warm slots the warm count (both
+/// counted again if it is kept), and its pages are collected.
+///
+/// # Safety
+/// The caller exclusively owns the segment (popped it).
+unsafe fn take_popped(segment: *mut Segment) {
+    // SAFETY: exclusively ours (caller); the header fields are cells.
+    stats::ABANDONED_LIVE.sub(unsafe { (*segment).abandoned_live.replace(0) });
+    // SAFETY: as above.
+    unsafe { Segment::uncount_warm(segment) };
+    // SAFETY: as above.
+    unsafe { collect_abandoned(segment) };
+}
+
 /// Collects every page of an abandoned segment and gives back the slots of
 /// pages that became empty.
 ///
@@ -424,6 +559,110 @@ pub(super) unsafe fn reset_unused_slots(segment: *mut Segment, now_ms: u64, dela
             } else if emptied.saturating_add(delay) <= now_ms {
                 Segment::reset_page(segment, page);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::free::free_block;
+    use crate::process::Shared;
+
+    const OWNER: usize = 0x5100;
+    const OTHER: usize = 0x5200;
+    const THIRD: usize = 0x5300;
+    /// A large block: a large segment of its own.
+    const LARGE: usize = 600 << 10;
+
+    /// `n` large segments abandoned by a heap that exits, each holding one
+    /// block (returned, for the caller to free).
+    ///
+    /// # Safety
+    /// `shared` outlives the segments' use.
+    unsafe fn abandon_large(shared: &Shared, n: usize) -> Vec<*mut u8> {
+        let dying = RawHeap::new(OWNER, &raw const *shared);
+        // SAFETY: owner thread (this one, as `OWNER`).
+        unsafe {
+            let blocks = (0..n).map(|_| dying.malloc_generic(LARGE, false)).collect();
+            dying.abandon();
+            blocks
+        }
+    }
+
+    /// Issue 12 point 7: a reclaim for a page of one kind pops only
+    /// segments of that kind, however many of another kind wait.
+    #[test]
+    fn a_reclaim_for_small_pages_leaves_large_segments_alone() {
+        let shared = Shared::new();
+        // SAFETY: test-owned heaps and blocks; ids stand for threads.
+        unsafe {
+            let blocks = abandon_large(&shared, 40);
+            assert_eq!(shared.abandoned.len_of(PageKind::Large), 40);
+            let other = RawHeap::new(OTHER, &raw const shared);
+            assert!(!other.reclaim(Some(PageKind::Small), false));
+            assert_eq!(shared.abandoned.len_of(PageKind::Large), 40, "none popped");
+            assert!(other.reclaim(Some(PageKind::Large), false), "one adopted");
+            assert_eq!(shared.abandoned.len_of(PageKind::Large), 39);
+            for p in blocks {
+                free_block(p, THIRD);
+            }
+            other.collect(true);
+            assert_eq!(shared.abandoned.len(), 0);
+            other.abandon();
+        }
+    }
+
+    /// A reaping pass looks at `PASS_SEGMENTS` segments of a kind, and the
+    /// next passes at the others (round robin): 30 abandoned segments whose
+    /// blocks were all freed go back 8 per pass, every one of them in four
+    /// passes.
+    #[test]
+    fn reclaim_passes_are_bounded_and_come_round_to_every_segment() {
+        let shared = Shared::new();
+        // SAFETY: as above.
+        unsafe {
+            let blocks = abandon_large(&shared, 30);
+            for p in blocks {
+                free_block(p, THIRD);
+            }
+            let other = RawHeap::new(OTHER, &raw const shared);
+            let mut left = vec![30];
+            for _ in 0..4 {
+                other.reclaim(None, false);
+                left.push(shared.abandoned.len_of(PageKind::Large));
+            }
+            assert_eq!(left, [30, 22, 14, 6, 0]);
+            other.abandon();
+        }
+    }
+
+    /// Kept segments come round again: segments that stay abandoned (live
+    /// blocks) are looked at 8 per pass, and once each has been seen the
+    /// next pass starts over (a segment emptied meanwhile is then found).
+    #[test]
+    fn a_pass_finds_a_segment_emptied_after_it_was_kept() {
+        let shared = Shared::new();
+        // SAFETY: as above.
+        unsafe {
+            let blocks = abandon_large(&shared, 20);
+            let other = RawHeap::new(OTHER, &raw const shared);
+            for _ in 0..3 {
+                other.reclaim(None, false);
+            }
+            assert_eq!(shared.abandoned.len_of(PageKind::Large), 20, "all kept");
+            for &p in &blocks {
+                free_block(p, THIRD);
+            }
+            for _ in 0..3 {
+                other.reclaim(None, false);
+            }
+            assert_eq!(
+                shared.abandoned.len_of(PageKind::Large),
+                0,
+                "every segment came round and went back"
+            );
+            other.abandon();
         }
     }
 }

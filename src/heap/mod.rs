@@ -423,7 +423,8 @@ impl RawHeap {
         if let Some(entry) = self.entry() {
             entry.lock();
             self.entry.set(ptr::null());
-            entry.release();
+            // SAFETY: we hold the lock; the heap is torn down (caller).
+            unsafe { self.release_entry(entry) };
         }
     }
 

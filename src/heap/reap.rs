@@ -64,7 +64,14 @@ impl RawHeap {
             // SAFETY: owner thread (caller).
             let _ = unsafe { self.reclaim(None, false) };
         }
-        for entry in registry.entries() {
+        // A slice of the registry per pass (every heap with `force`), so a
+        // pass costs the same however many heaps live.
+        let batch = if force {
+            registry.entries()
+        } else {
+            registry.reap_batch()
+        };
+        for entry in batch {
             if ptr::eq(entry, self.entry.get()) {
                 continue;
             }

@@ -11,22 +11,31 @@
 //! **Abandoned segments.** A setup thread allocates `n` blocks of 1 MiB (a large page is a
 //! whole 4 MiB segment and holds one block of more than 256 KiB, so that is one segment per
 //! block), writes both ends of each, and exits without freeing them: thread exit abandons
-//! every segment with a live block. Then, on a new thread:
+//! every segment with a live block. Then, on new threads:
 //! * *fresh page*: allocations of 1 KiB blocks until 64 new small pages have been started;
 //!   each new page takes the slow path, which first tries to reclaim an abandoned segment of
-//!   its kind, a walk over the whole abandoned list (none is small here, so the walk finds
-//!   nothing and starts again the next time); time per new page;
+//!   its kind (none is small here); time per new page;
 //! * *pair*: a 64 B allocation and its free, 2 M times (the fast path); time per pair;
-//! * `shardalloc::collect(true)`: median of 5 calls;
-//! * `shardalloc::stats()`: median of 11 batches of 100 calls, per call.
+//! * *churn*: for 400 ms, 8 KiB allocations (each freeing the block allocated 256 before),
+//!   each timed in thread CPU time (`CLOCK_THREAD_CPUTIME_ID`, so preemption on a loaded
+//!   machine does not count): the worst single allocation and the mean. The churn's slow
+//!   paths run the process's reaping passes (every 31 ms) and, every 100 ms, a reclaim pass
+//!   over the abandoned segments: the worst allocation is the one that paid for a pass;
+//! * *1 MiB alloc (adopts)*: 16 allocations of 1 MiB, each of which takes the slow path for a
+//!   large page and first adopts an abandoned large segment (full, so it then maps a new one);
+//! * `shardalloc::collect(true)` (median of 5 calls) and `shardalloc::stats()` (median of 11
+//!   batches of 100 calls, per call), on the main thread.
 //!
-//! **Live heaps.** The main thread creates `n` `shardalloc::Heap`s, allocates one 64 B block
-//! in each and keeps them all alive. The heap registry has 1024 slots: heaps beyond it are
-//! not registered, so reapers and `stats()` do not see them (the `registered` column is
-//! `stats().heaps`). Then: the time per `Heap::new()` (+ one allocation) for the last tenth of
-//! the heaps created; a `Heap::new()` + allocation + `destroy()` cycle at `n` live heaps
-//! (median of 200); `stats()` and `collect(true)` as above (on the main thread); fresh page
-//! and pair on a new thread, as above.
+//! **Live heaps.** The main thread creates `n` `shardalloc::Heap`s (first-class heaps, each
+//! registered like a thread's; 10 000 parked threads would oversubscribe this 2-CPU machine
+//! for nothing), allocates one 64 B block in each and keeps them all alive (the
+//! `registered` column is `stats().heaps`). Then: the time per `Heap::new()` (+ one
+//! allocation) for the last tenth of the heaps created; a `Heap::new()` + allocation +
+//! `destroy()` cycle at `n` live heaps (median of 200); `stats()` and `collect(true)` as above
+//! (on the main thread); fresh page and pair on a new thread, as above; a thread started,
+//! its first allocation (which registers its heap) and its join (median of 51); the churn
+//! above, on a new thread, whose reaping passes visit the registered heaps (all idle here,
+//! so each one visited is locked and its remote frees looked at).
 //!
 //! Figures are wall-clock on a shared machine: read the growth from 10 to 10 000, not the
 //! last digit.
@@ -113,17 +122,24 @@ fn pair_ns() -> f64 {
     start.elapsed().as_secs_f64() * 1e9 / PAIRS as f64
 }
 
-/// `collect(true)`, median of 5 calls, µs.
+/// `collect(true)`, median of 5 calls (`SCALE_COLLECTS` to change), µs (each call listed on
+/// stderr with `SCALE_VERBOSE`).
 fn collect_us() -> f64 {
-    median(
-        (0..5)
-            .map(|_| {
-                let t = Instant::now();
-                shardalloc::collect(true);
-                us(t.elapsed())
-            })
-            .collect(),
-    )
+    let calls = std::env::var("SCALE_COLLECTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let times: Vec<f64> = (0..calls)
+        .map(|_| {
+            let t = Instant::now();
+            shardalloc::collect(true);
+            us(t.elapsed())
+        })
+        .collect();
+    if std::env::var_os("SCALE_VERBOSE").is_some() {
+        eprintln!("collect(true) calls, µs: {times:?}");
+    }
+    median(times)
 }
 
 /// `stats()`, per call, median of 11 batches of 100, µs.
@@ -154,6 +170,116 @@ fn on_new_thread() -> (f64, f64) {
     .expect("measuring thread")
 }
 
+/// CPU time of the calling thread, ns (`CLOCK_THREAD_CPUTIME_ID`: time the thread spends
+/// preempted does not count, so one slow allocation shows as itself on a loaded machine).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid out-pointer; the clock id exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &raw mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Block size of the churn: 8 KiB, eight to a small page, so one allocation in eight or so
+/// takes the slow path (where the reaper and the reclaim passes run).
+const CHURN_BLOCK: usize = 8 * KIB;
+/// Live blocks of the churn (a window: each allocation frees the oldest).
+const CHURN_WINDOW: usize = 256;
+/// How long the churn runs: several reaping passes (one per 31 ms) and reclaim passes (one per
+/// 100 ms at the default decay time).
+const CHURN_MS: u64 = 400;
+
+/// The worst single allocation (thread CPU time, µs) and the mean (ns) while a thread churns
+/// through 8 KiB blocks for `CHURN_MS`: the slow paths of that churn run the process's
+/// reaping passes (over the registry) and reclaim passes (over the abandoned segments), so the
+/// worst allocation is one that paid for a pass.
+fn churn_worst() -> (f64, f64) {
+    let layout = Layout::from_size_align(CHURN_BLOCK, 8).expect("layout");
+    let mut window: Vec<*mut u8> = vec![std::ptr::null_mut(); CHURN_WINDOW];
+    let deadline = Instant::now() + Duration::from_millis(CHURN_MS);
+    let (mut worst, mut total, mut count) = (0u64, 0u64, 0u64);
+    let mut i = 0usize;
+    while Instant::now() < deadline {
+        for _ in 0..64 {
+            let slot = &mut window[i % CHURN_WINDOW];
+            if !slot.is_null() {
+                // SAFETY: allocated below with `layout`, freed once.
+                unsafe { std::alloc::dealloc(*slot, layout) };
+            }
+            let t = thread_cpu_ns();
+            // SAFETY: non-zero size.
+            let p = unsafe { std::alloc::alloc(layout) };
+            let dt = thread_cpu_ns() - t;
+            assert!(!p.is_null(), "out of memory");
+            // SAFETY: a live 8 KiB block.
+            unsafe { p.write(1) };
+            *slot = p;
+            worst = worst.max(dt);
+            total += dt;
+            count += 1;
+            i += 1;
+        }
+    }
+    for p in window.into_iter().filter(|p| !p.is_null()) {
+        // SAFETY: allocated with `layout`, freed once.
+        unsafe { std::alloc::dealloc(p, layout) };
+    }
+    (worst as f64 / 1e3, total as f64 / count as f64)
+}
+
+/// Time per 1 MiB allocation (µs) on a new thread, 16 of them: each takes the slow path for a
+/// large page, which first tries to adopt an abandoned large segment.
+fn adopt_large_us() -> f64 {
+    std::thread::spawn(|| {
+        black_box(Box::new(0u64));
+        let layout = Layout::from_size_align(MIB, 8).expect("layout");
+        let mut blocks = Vec::with_capacity(16);
+        let start = Instant::now();
+        for _ in 0..16 {
+            // SAFETY: non-zero size.
+            let p = unsafe { std::alloc::alloc(layout) };
+            assert!(!p.is_null(), "out of memory");
+            blocks.push(p);
+        }
+        let elapsed = start.elapsed();
+        for p in blocks {
+            // SAFETY: allocated above with `layout`, freed once.
+            unsafe { std::alloc::dealloc(p, layout) };
+        }
+        us(elapsed) / 16.0
+    })
+    .join()
+    .expect("adopting thread")
+}
+
+/// A thread started, its heap set up by a first allocation, and joined (µs, median of 51).
+fn thread_start_us() -> f64 {
+    median(
+        (0..51)
+            .map(|_| {
+                let t = Instant::now();
+                std::thread::spawn(|| black_box(Box::new(0u64)))
+                    .join()
+                    .expect("thread");
+                us(t.elapsed())
+            })
+            .collect(),
+    )
+}
+
+/// Runs `churn_worst` on a new thread.
+fn churn_on_new_thread() -> (f64, f64) {
+    std::thread::spawn(|| {
+        black_box(Box::new(0u64));
+        churn_worst()
+    })
+    .join()
+    .expect("churning thread")
+}
+
 fn child_abandoned(n: usize) {
     let setup = Instant::now();
     let layout = Layout::from_size_align(MIB, 8).expect("layout");
@@ -179,12 +305,15 @@ fn child_abandoned(n: usize) {
     let setup_s = setup.elapsed().as_secs_f64();
     let abandoned = shardalloc::stats().abandoned_segments;
     let (fresh, pair) = on_new_thread();
+    let (worst, mean) = churn_on_new_thread();
+    let adopt = adopt_large_us();
     let collect = collect_us();
     let stats = stats_us();
     let after = shardalloc::stats().abandoned_segments;
     println!(
         "@scale case=abandoned n={n} abandoned={abandoned} abandoned_after={after} \
          setup_s={setup_s:.3} fresh_page_us={fresh:.2} pair_ns={pair:.2} \
+         worst_alloc_us={worst:.1} churn_ns={mean:.0} adopt_us={adopt:.1} \
          collect_us={collect:.1} stats_us={stats:.2} kept={}",
         kept.len()
     );
@@ -224,28 +353,37 @@ fn child_heaps(n: usize) {
     let stats = stats_us();
     let collect = collect_us();
     let (fresh, pair) = on_new_thread();
+    let thread = thread_start_us();
+    let (worst, mean) = churn_on_new_thread();
     println!(
         "@scale case=heaps n={n} registered={registered} create_us={create_us:.2} \
          cycle_us={cycle_us:.2} stats_us={stats:.2} collect_us={collect:.1} \
-         fresh_page_us={fresh:.2} pair_ns={pair:.2}"
+         fresh_page_us={fresh:.2} pair_ns={pair:.2} thread_us={thread:.1} \
+         worst_alloc_us={worst:.1} churn_ns={mean:.0}"
     );
     // The heaps live until the process exits.
     std::mem::forget(heaps);
 }
 
 /// Columns of each case's table: (key, header).
-const ABANDONED_COLS: [(&str, &str); 6] = [
+const ABANDONED_COLS: [(&str, &str); 9] = [
     ("abandoned", "abandoned (stats)"),
     ("fresh_page_us", "fresh page, µs"),
+    ("adopt_us", "1 MiB alloc (adopts), µs"),
+    ("worst_alloc_us", "worst 8 KiB alloc in 400 ms, µs CPU"),
+    ("churn_ns", "mean 8 KiB alloc, ns CPU"),
     ("pair_ns", "alloc+free 64 B, ns"),
     ("collect_us", "collect(true), µs"),
     ("stats_us", "stats(), µs"),
     ("setup_s", "setup, s"),
 ];
-const HEAPS_COLS: [(&str, &str); 7] = [
+const HEAPS_COLS: [(&str, &str); 10] = [
     ("registered", "registered (stats)"),
     ("create_us", "Heap::new()+alloc, µs (last tenth)"),
     ("cycle_us", "new+alloc+destroy, µs"),
+    ("thread_us", "thread start+alloc+join, µs"),
+    ("worst_alloc_us", "worst 8 KiB alloc in 400 ms, µs CPU"),
+    ("churn_ns", "mean 8 KiB alloc, ns CPU"),
     ("stats_us", "stats(), µs"),
     ("collect_us", "collect(true), µs"),
     ("fresh_page_us", "fresh page (new thread), µs"),
