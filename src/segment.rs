@@ -722,7 +722,7 @@ impl Segment {
             // Secure: start the search at a random slot, so which page of a
             // segment serves a size class is not predictable.
             #[cfg(feature = "secure")]
-            let first = crate::secure::random_u64() as usize % (*segment).page_count;
+            let first = crate::secure::LocalRng::new().below((*segment).page_count);
             for index in 0..(*segment).page_count {
                 #[cfg(feature = "secure")]
                 let index = (index + first) % (*segment).page_count;
@@ -744,6 +744,10 @@ impl Segment {
         // SAFETY: owner only (caller).
         unsafe {
             (*page).in_use.set(false);
+            // Secure: no pointer passes the block-boundary test of a page
+            // not in use (a free of one of its blocks is a double free).
+            #[cfg(feature = "secure")]
+            (*page).boundary_m.set(0);
             (*page).memory_is_zero.set(false);
             (*page).flags.set(0);
             (*page).free.set(ptr::null_mut());
