@@ -156,11 +156,13 @@ const MIN_EXTEND: usize = 4;
 const EXTEND_BYTES: usize = 4096;
 
 /// Most blocks one extension shuffles: 4096 B of 16 B blocks, the smallest
-/// secure class (indices fit a `u8`).
+/// secure class.
 #[cfg(feature = "secure")]
 const SHUFFLE_MAX: usize = EXTEND_BYTES / 16;
+/// Bytes of consecutive blocks a secure extension keeps in address order
+/// (see `Page::extend_shuffled`).
 #[cfg(feature = "secure")]
-const _: () = assert!(SHUFFLE_MAX <= 256);
+const SHUFFLE_GROUP: usize = 1024;
 
 /// One page descriptor. It lives in its segment's header, never in the page
 /// memory itself.
@@ -587,29 +589,30 @@ impl Page {
     }
 
     /// Secure mode's extension: the new blocks are threaded in a random
-    /// order (Fisher–Yates over their indices), so addresses handed out are
-    /// not predictable from earlier ones.
+    /// order, so addresses handed out are not predictable from earlier ones.
+    /// The run is cut into groups of about [`SHUFFLE_GROUP`] bytes of
+    /// consecutive blocks, the groups are threaded in a random order
+    /// (Fisher–Yates), the blocks of a group in address order.
     ///
     /// # Safety
     /// As for `extend`'s loop: blocks `capacity .. capacity + count` of the
     /// page (count ≤ `SHUFFLE_MAX`) lie inside it and were never handed out.
     #[cfg(feature = "secure")]
     unsafe fn extend_shuffled(&self, start: *mut u8, capacity: usize, count: usize, size: usize) {
-        let mut order = [0u8; SHUFFLE_MAX];
-        for (i, slot) in order.iter_mut().enumerate().take(count) {
+        const MAX_GROUPS: usize = 64;
+        let per_group = (SHUFFLE_GROUP / size)
+            .max(1)
+            .max(count.div_ceil(MAX_GROUPS));
+        let groups = count.div_ceil(per_group);
+        let mut order = [0u8; MAX_GROUPS];
+        for (i, slot) in order.iter_mut().enumerate().take(groups) {
             *slot = i as u8;
         }
         let mut rng = crate::secure::LocalRng::new();
-        for i in (1..count).rev() {
+        for i in (1..groups).rev() {
             order.swap(i, rng.below(i + 1));
         }
-        let block_at = |i: u8| {
-            // SAFETY: index below `count` (caller's range).
-            unsafe { start.add((capacity + i as usize) * size).cast::<Block>() }
-        };
-        let mut next = self.free.get();
-        for &i in order[..count].iter().rev() {
-            let block = block_at(i);
+        let link = |block: *mut Block, next: *mut Block| {
             #[cfg(loom)]
             // SAFETY: a never-used block of this page (caller).
             unsafe {
@@ -620,7 +623,26 @@ impl Page {
             unsafe {
                 Block::set_next_in(self, block, next)
             };
-            next = block;
+        };
+        // Threaded from the last block handed out to the first; a group is
+        // handed out from a random block of it on, wrapping around.
+        let mut next = self.free.get();
+        for &group in order[..groups].iter().rev() {
+            let first = group as usize * per_group;
+            let len = per_group.min(count - first);
+            let turn = rng.below(len);
+            for k in (0..len).rev() {
+                let i = first
+                    + if turn + k < len {
+                        turn + k
+                    } else {
+                        turn + k - len
+                    };
+                // SAFETY: index below `count` (caller's range).
+                let block = unsafe { start.add((capacity + i) * size).cast::<Block>() };
+                link(block, next);
+                next = block;
+            }
         }
         self.free.set(next);
     }
