@@ -65,12 +65,12 @@ const GUARD_SIZE: usize = 0;
 #[cfg(feature = "secure")]
 fn secure_new_segment(base: NonNull<u8>, size: usize) {
     #[cfg(not(any(loom, miri)))]
-    // SAFETY: the last OS page of a fresh mapping of ours, which no page
-    // area or block reaches (they end GUARD_SIZE before the mapping does).
-    // A refused mprotect only loses the guard.
-    unsafe {
-        os::protect_none(base.as_ptr().add(size - GUARD_SIZE), GUARD_SIZE)
-    };
+    if crate::options::secure_guard_pages() {
+        // SAFETY: the last OS page of a fresh mapping of ours, which no page
+        // area or block reaches (they end GUARD_SIZE before the mapping
+        // does). A refused mprotect only loses the guard.
+        unsafe { os::protect_none(base.as_ptr().add(size - GUARD_SIZE), GUARD_SIZE) };
+    }
     #[cfg(any(loom, miri))]
     let _ = size;
     crate::secure::segment_map::insert(base.as_ptr().addr());

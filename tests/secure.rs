@@ -27,6 +27,11 @@ struct Outcome {
 
 /// Runs the `#[ignore]`d test `name` of this binary in a child process.
 fn run_child(name: &str) -> Outcome {
+    run_child_with(name, &[])
+}
+
+/// [`run_child`] with extra environment variables.
+fn run_child_with(name: &str, envs: &[(&str, &str)]) -> Outcome {
     let exe = std::env::current_exe().expect("current_exe");
     let out = Command::new(exe)
         .args([
@@ -37,6 +42,7 @@ fn run_child(name: &str) -> Outcome {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, name)
+        .envs(envs.iter().copied())
         .output()
         .expect("spawn child");
     Outcome {
@@ -480,6 +486,63 @@ fn writing_past_a_huge_block_faults_before_another_block() {
         Some(libc::SIGSEGV),
         "code {:?}; stdout: {}",
         o.code,
+        o.stdout
+    );
+}
+
+// ---- SHARDALLOC_SECURE_GUARD_PAGES ------------------------------------------------------------
+
+child!(child_write_the_guard_page, {
+    // The OS page right after a huge block: its segment's guard page.
+    let p = alloc(3 << 20);
+    // SAFETY: a live block of ours.
+    let end = p.addr() + unsafe { shardalloc::usable_size(p) };
+    let guard = end.next_multiple_of(4096);
+    // SAFETY: not safe — past the block on purpose; a guard page must stop it.
+    unsafe { p.wrapping_add(guard - p.addr()).write_volatile(0x5A) };
+    println!("WROTE {guard:#x}");
+});
+
+#[test]
+fn guard_pages_can_be_turned_off() {
+    let on = run_child("child_write_the_guard_page");
+    assert_eq!(
+        on.signal,
+        Some(libc::SIGSEGV),
+        "default: guard page; {}",
+        on.stdout
+    );
+    let off = run_child_with(
+        "child_write_the_guard_page",
+        &[("SHARDALLOC_SECURE_GUARD_PAGES", "0")],
+    );
+    assert_eq!(
+        off.code,
+        Some(0),
+        "no guard page: {} {}",
+        off.stdout,
+        off.stderr
+    );
+    reported(&off, "WROTE");
+    assert!(!off.stderr.contains("ignoring"), "{}", off.stderr);
+}
+
+#[test]
+fn an_invalid_guard_pages_value_is_reported_and_ignored() {
+    let o = run_child_with(
+        "child_write_the_guard_page",
+        &[("SHARDALLOC_SECURE_GUARD_PAGES", "off")],
+    );
+    assert!(
+        o.stderr
+            .contains("shardalloc: ignoring SHARDALLOC_SECURE_GUARD_PAGES=off: expected 0 or 1\n"),
+        "stderr: {}",
+        o.stderr
+    );
+    assert_eq!(
+        o.signal,
+        Some(libc::SIGSEGV),
+        "the default (guards) stays; {}",
         o.stdout
     );
 }

@@ -624,25 +624,26 @@ impl Page {
                 Block::set_next_in(self, block, next)
             };
         };
-        // Threaded from the last block handed out to the first; a group is
-        // handed out from a random block of it on, wrapping around.
-        let mut next = self.free.get();
-        for &group in order[..groups].iter().rev() {
-            let first = group as usize * per_group;
-            let len = per_group.min(count - first);
-            let turn = rng.below(len);
-            for k in (0..len).rev() {
-                let i = first
-                    + if turn + k < len {
-                        turn + k
-                    } else {
-                        turn + k - len
-                    };
+        // Threads blocks `from .. to` of the run in address order before
+        // `next`; returns the first.
+        let run = |from: usize, to: usize, mut next: *mut Block| {
+            for i in (from..to).rev() {
                 // SAFETY: index below `count` (caller's range).
                 let block = unsafe { start.add((capacity + i) * size).cast::<Block>() };
                 link(block, next);
                 next = block;
             }
+            next
+        };
+        // Threaded from the last block handed out to the first; a group is
+        // handed out from a random block of it on, wrapping around.
+        let mut next = self.free.get();
+        for &group in order[..groups].iter().rev() {
+            let first = group as usize * per_group;
+            let end = (first + per_group).min(count);
+            let turn = first + rng.below(end - first);
+            next = run(first, turn, next);
+            next = run(turn, end, next);
         }
         self.free.set(next);
     }
