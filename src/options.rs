@@ -22,7 +22,11 @@
 //! every new segment ends with a `PROT_NONE` guard page; `0` leaves the
 //! guards out (one `mprotect` call and one mapping split less per segment;
 //! an overflow past a large or huge block then runs into the next mapping
-//! instead of faulting). The layout is the same either way.
+//! instead of faulting). The layout is the same either way. And
+//! `SHARDALLOC_SECURE_SHUFFLE` ([`set_secure_shuffle_blocks`]), default
+//! `groups`: a page extension is shuffled in groups of 1 KiB of
+//! consecutive blocks; `blocks` shuffles every block (stronger, and slower
+//! for programs that walk their objects in allocation order).
 
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -268,6 +272,25 @@ pub fn secure_guard_pages() -> bool {
     SECURE_GUARD_PAGES.load(Ordering::Relaxed) != 0
 }
 
+#[cfg(feature = "secure")]
+static SECURE_SHUFFLE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Secure builds: whether page extensions shuffle every block (`true`) or
+/// groups of 1 KiB of consecutive blocks (`false`, the default), from the
+/// next extension on (`docs/security.md`, "Randomized layout").
+#[cfg(feature = "secure")]
+pub fn set_secure_shuffle_blocks(blocks: bool) {
+    // Relaxed: see the module documentation.
+    SECURE_SHUFFLE_BLOCKS.store(usize::from(blocks), Ordering::Relaxed);
+}
+
+/// See [`set_secure_shuffle_blocks`].
+#[cfg(feature = "secure")]
+pub fn secure_shuffle_blocks() -> bool {
+    // Relaxed: see the module documentation.
+    SECURE_SHUFFLE_BLOCKS.load(Ordering::Relaxed) != 0
+}
+
 /// Reads the `SHARDALLOC_SECURE_*` environment variables.
 #[cfg(all(feature = "secure", not(loom)))]
 fn read_secure_environment() {
@@ -276,6 +299,15 @@ fn read_secure_environment() {
             b"1" => set_secure_guard_pages(true),
             b"0" => set_secure_guard_pages(false),
             _ => report(b"SHARDALLOC_SECURE_GUARD_PAGES", value, b"0 or 1"),
+        }
+    }
+    if let Some(value) = env(c"SHARDALLOC_SECURE_SHUFFLE") {
+        if value.eq_ignore_ascii_case(b"groups") {
+            set_secure_shuffle_blocks(false);
+        } else if value.eq_ignore_ascii_case(b"blocks") {
+            set_secure_shuffle_blocks(true);
+        } else {
+            report(b"SHARDALLOC_SECURE_SHUFFLE", value, b"groups or blocks");
         }
     }
 }

@@ -549,6 +549,45 @@ fn an_invalid_guard_pages_value_is_reported_and_ignored() {
 
 // ---- randomized layout -----------------------------------------------------------------------
 
+child!(child_adjacency, {
+    // Of 4096 consecutive 48 B allocations (fresh extensions, mostly), the share (per mille)
+    // that lie right after the previous one in memory.
+    let blocks: Vec<*mut u8> = (0..4096).map(|_| alloc(48)).collect();
+    let adjacent = blocks
+        .windows(2)
+        .filter(|w| w[1].addr() == w[0].addr() + 48)
+        .count();
+    println!("ADJACENT {}", adjacent * 1000 / (blocks.len() - 1));
+});
+
+fn adjacency(envs: &[(&str, &str)]) -> (usize, Outcome) {
+    let o = run_child_with("child_adjacency", envs);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    (reported(&o, "ADJACENT").parse().unwrap(), o)
+}
+
+#[test]
+fn extensions_shuffle_groups_or_every_block() {
+    // Default: 1 KiB groups of 21 blocks of 48 B in address order, in a random order.
+    let (groups, _) = adjacency(&[]);
+    assert!(
+        (800..990).contains(&groups),
+        "groups: {groups} per mille adjacent"
+    );
+    // SHARDALLOC_SECURE_SHUFFLE=blocks: every block in a random order (1 in 85 by chance).
+    let (blocks, o) = adjacency(&[("SHARDALLOC_SECURE_SHUFFLE", "blocks")]);
+    assert!(blocks < 100, "blocks: {blocks} per mille adjacent");
+    assert!(!o.stderr.contains("ignoring"), "{}", o.stderr);
+    let (_, o) = adjacency(&[("SHARDALLOC_SECURE_SHUFFLE", "none")]);
+    assert!(
+        o.stderr.contains(
+            "shardalloc: ignoring SHARDALLOC_SECURE_SHUFFLE=none: expected groups or blocks\n"
+        ),
+        "{}",
+        o.stderr
+    );
+}
+
 child!(child_layout, {
     // Offsets inside the 4 MiB segment: the same in two runs unless the layout is randomized
     // (the segments' own addresses differ anyway, by ASLR).

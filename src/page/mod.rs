@@ -156,7 +156,7 @@ const MIN_EXTEND: usize = 4;
 const EXTEND_BYTES: usize = 4096;
 
 /// Most blocks one extension shuffles: 4096 B of 16 B blocks, the smallest
-/// secure class.
+/// secure class (so group indices fit a `u8`).
 #[cfg(feature = "secure")]
 const SHUFFLE_MAX: usize = EXTEND_BYTES / 16;
 /// Bytes of consecutive blocks a secure extension keeps in address order
@@ -590,21 +590,24 @@ impl Page {
 
     /// Secure mode's extension: the new blocks are threaded in a random
     /// order, so addresses handed out are not predictable from earlier ones.
-    /// The run is cut into groups of about [`SHUFFLE_GROUP`] bytes of
-    /// consecutive blocks, the groups are threaded in a random order
-    /// (Fisher–Yates), the blocks of a group in address order.
+    /// The run is cut into groups of [`SHUFFLE_GROUP`] bytes of consecutive
+    /// blocks, threaded in a random order (Fisher–Yates), the blocks of a
+    /// group in address order (`docs/security.md`, "Randomized layout":
+    /// a walk in allocation order keeps its locality);
+    /// `SHARDALLOC_SECURE_SHUFFLE=blocks` makes every block a group.
     ///
     /// # Safety
     /// As for `extend`'s loop: blocks `capacity .. capacity + count` of the
     /// page (count ≤ `SHUFFLE_MAX`) lie inside it and were never handed out.
     #[cfg(feature = "secure")]
     unsafe fn extend_shuffled(&self, start: *mut u8, capacity: usize, count: usize, size: usize) {
-        const MAX_GROUPS: usize = 64;
-        let per_group = (SHUFFLE_GROUP / size)
-            .max(1)
-            .max(count.div_ceil(MAX_GROUPS));
+        let per_group = if crate::options::secure_shuffle_blocks() {
+            1
+        } else {
+            (SHUFFLE_GROUP / size).max(1)
+        };
         let groups = count.div_ceil(per_group);
-        let mut order = [0u8; MAX_GROUPS];
+        let mut order = [0u8; SHUFFLE_MAX];
         for (i, slot) in order.iter_mut().enumerate().take(groups) {
             *slot = i as u8;
         }
@@ -612,38 +615,26 @@ impl Page {
         for i in (1..groups).rev() {
             order.swap(i, rng.below(i + 1));
         }
-        let link = |block: *mut Block, next: *mut Block| {
-            #[cfg(loom)]
-            // SAFETY: a never-used block of this page (caller).
-            unsafe {
-                Block::init(block, next)
-            };
-            #[cfg(not(loom))]
-            // SAFETY: a never-used block of this page (caller), ours to write.
-            unsafe {
-                Block::set_next_in(self, block, next)
-            };
-        };
-        // Threads blocks `from .. to` of the run in address order before
-        // `next`; returns the first.
-        let run = |from: usize, to: usize, mut next: *mut Block| {
-            for i in (from..to).rev() {
-                // SAFETY: index below `count` (caller's range).
-                let block = unsafe { start.add((capacity + i) * size).cast::<Block>() };
-                link(block, next);
-                next = block;
-            }
-            next
-        };
-        // Threaded from the last block handed out to the first; a group is
-        // handed out from a random block of it on, wrapping around.
+        // Threaded from the last block handed out to the first.
         let mut next = self.free.get();
         for &group in order[..groups].iter().rev() {
             let first = group as usize * per_group;
             let end = (first + per_group).min(count);
-            let turn = first + rng.below(end - first);
-            next = run(first, turn, next);
-            next = run(turn, end, next);
+            for i in (first..end).rev() {
+                // SAFETY: index below `count` (caller's range).
+                let block = unsafe { start.add((capacity + i) * size).cast::<Block>() };
+                #[cfg(loom)]
+                // SAFETY: a never-used block of this page (caller).
+                unsafe {
+                    Block::init(block, next)
+                };
+                #[cfg(not(loom))]
+                // SAFETY: a never-used block of this page (caller), ours to write.
+                unsafe {
+                    Block::set_next_in(self, block, next)
+                };
+                next = block;
+            }
         }
         self.free.set(next);
     }
