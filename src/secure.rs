@@ -344,15 +344,34 @@ fn reject(ptr: *mut u8) -> ! {
     }
 }
 
-/// Checks a pointer handed to `usable_size`/`realloc`.
+/// Checks a pointer handed to `usable_size`/`realloc`: [`check_free`]'s
+/// test, with the index bounded by the page's block count.
 ///
 /// # Safety
 /// See [`find_page`].
+#[inline(always)]
 pub(crate) unsafe fn check_pointer(ptr: *const u8) {
-    // SAFETY: forwarded.
-    if unsafe { find_page(ptr.cast_mut()) }.is_none() {
-        misuse("invalid pointer (not a block of ours)", ptr.addr());
+    let segment = Segment::of(ptr);
+    if segment_map::contains(segment.addr()) {
+        // SAFETY: as in `check_free`.
+        unsafe {
+            let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
+            if index < (*segment).page_count {
+                let page = Segment::page(segment, index);
+                let (block, rest, m) = split(page, ptr.addr());
+                if rest < m && block < (*page).reserved.get() as usize {
+                    return;
+                }
+            }
+        }
     }
+    invalid_pointer(ptr)
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_pointer(ptr: *const u8) -> ! {
+    misuse("invalid pointer (not a block of ours)", ptr.addr())
 }
 
 /// The canary a freed `block` carries: the block's address under its
