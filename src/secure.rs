@@ -173,14 +173,27 @@ unsafe fn split(page: *mut Page, addr: usize) -> (usize, usize, usize) {
 }
 
 /// Decodes the link stored in free block `block` and checks that it is null
-/// or a block of the same page.
+/// or a block of the same page (below its block count: callers may be a
+/// reaper holding the heap's lock, so the owner-only `capacity` is not
+/// read here).
 ///
 /// # Safety
 /// `block` is a free block of one of our live pages.
 #[inline(always)]
 pub(crate) unsafe fn checked_next(block: *mut Block, stored: *mut Block) -> *mut Block {
-    // SAFETY: a free block of a live page (caller).
-    unsafe { checked_next_in(page_of(block), block, stored) }
+    // SAFETY: a free block of a live page (caller); `reserved` does not
+    // change while the page holds blocks.
+    unsafe {
+        let page = page_of(block);
+        let next = decode((*page).key.get(), block, stored);
+        if !next.is_null() {
+            let (index, rest, m) = split(page, next.addr());
+            if rest >= m || index >= (*page).reserved.get() as usize {
+                corrupt(block);
+            }
+        }
+        next
+    }
 }
 
 /// [`checked_next`] when the caller knows the block's page: the decoded
