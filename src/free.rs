@@ -72,7 +72,7 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
     // page's block boundaries vouch for it (else `invalid free` aborts).
     #[cfg(feature = "secure")]
     // SAFETY: any address may be checked.
-    let (segment, page) = unsafe { crate::secure::check_free(ptr) };
+    let (segment, page, index) = unsafe { crate::secure::check_free(ptr) };
     // SAFETY: `ptr` is a live block (caller), so its segment and page are
     // live. The segment's owner id equals ours only if this thread owns it,
     // in which case the page's lists are ours to touch.
@@ -83,15 +83,21 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
         // Relaxed: only equality with our own id matters, and only this
         // thread ever stores its own id into a segment.
         if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
-            #[cfg(feature = "secure")]
-            crate::secure::mark_freed_local(page, block);
+            #[cfg(not(feature = "secure"))]
             let used = (*page).push_local(block);
+            // Secure: the key is loaded once for the canary and the link.
+            #[cfg(feature = "secure")]
+            let used = {
+                let key = (*page).key.get();
+                crate::secure::mark_freed_local(page, block, index, key);
+                (*page).push_local_keyed(block, key)
+            };
             if used == 0 || (*page).flags.get() != 0 {
                 after_local_free(page);
             }
         } else {
             #[cfg(feature = "secure")]
-            crate::secure::mark_freed_remote(page, block);
+            crate::secure::mark_freed_remote(page, block, index);
             free_remote(segment, page, block);
         }
     }

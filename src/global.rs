@@ -106,7 +106,7 @@ pub(crate) unsafe fn allocate_in(
                 (*page).free.set(Block::next_in(&*page, block));
                 (*page).used.set((*page).used.get() + 1);
                 #[cfg(feature = "secure")]
-                crate::secure::clear_canary(page, block);
+                crate::secure::clear_canary(block);
                 if zero {
                     zero_block(page, block, size);
                 }

@@ -17,6 +17,17 @@
 //! effect on each thread's next slow path, and nothing depends on two
 //! options changing together. They are configuration, not protocol state, so
 //! they use `core` atomics even under loom.
+//!
+//! Secure builds (feature `secure`, `docs/security.md`) also read
+//! `SHARDALLOC_SECURE_GUARD_PAGES` ([`set_secure_guard_pages`]), default `1`:
+//! every new segment ends with a `PROT_NONE` guard page; `0` leaves the
+//! guards out (one `mprotect` call and one mapping split less per segment;
+//! an overflow past a large or huge block then runs into the next mapping
+//! instead of faulting). The layout is the same either way. And
+//! `SHARDALLOC_SECURE_SHUFFLE` ([`set_secure_shuffle_blocks`]), default
+//! `groups`: a page extension is shuffled in groups of 1 KiB of
+//! consecutive blocks; `blocks` shuffles every block (stronger, and slower
+//! for programs that walk their objects in allocation order).
 
 use core::fmt;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -173,6 +184,8 @@ pub fn segment_cache() -> usize {
 /// first allocation). Invalid values are reported and ignored.
 #[cfg(not(loom))]
 pub(crate) fn read_environment() {
+    #[cfg(feature = "secure")]
+    read_secure_environment();
     if let Some(value) = env(c"SHARDALLOC_RESET_DELAY_MS") {
         match parse_number(value).filter(|&ms| ms <= MAX_RESET_DELAY_MS as usize) {
             Some(ms) => RESET_DELAY_MS.store(ms, Ordering::Relaxed),
@@ -261,6 +274,68 @@ fn report(name: &[u8], value: &[u8], expected: &[u8]) {
     write_stderr(b": expected ");
     write_stderr(expected);
     write_stderr(b"\n");
+}
+
+// --- Secure mode's options (feature `secure`) ---
+
+#[cfg(feature = "secure")]
+static SECURE_GUARD_PAGES: AtomicUsize = AtomicUsize::new(1);
+
+/// Secure builds: whether segments mapped from now on end with a guard page
+/// (`PROT_NONE`), which stops an overflow running off a large or huge block
+/// (`docs/security.md`, "Guard pages"). On by default; segments already
+/// mapped keep what they have.
+#[cfg(feature = "secure")]
+pub fn set_secure_guard_pages(enabled: bool) {
+    // Relaxed: see the module documentation.
+    SECURE_GUARD_PAGES.store(usize::from(enabled), Ordering::Relaxed);
+}
+
+/// See [`set_secure_guard_pages`].
+#[cfg(feature = "secure")]
+pub fn secure_guard_pages() -> bool {
+    // Relaxed: see the module documentation.
+    SECURE_GUARD_PAGES.load(Ordering::Relaxed) != 0
+}
+
+#[cfg(feature = "secure")]
+static SECURE_SHUFFLE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
+
+/// Secure builds: whether page extensions shuffle every block (`true`) or
+/// groups of 1 KiB of consecutive blocks (`false`, the default), from the
+/// next extension on (`docs/security.md`, "Randomized layout").
+#[cfg(feature = "secure")]
+pub fn set_secure_shuffle_blocks(blocks: bool) {
+    // Relaxed: see the module documentation.
+    SECURE_SHUFFLE_BLOCKS.store(usize::from(blocks), Ordering::Relaxed);
+}
+
+/// See [`set_secure_shuffle_blocks`].
+#[cfg(feature = "secure")]
+pub fn secure_shuffle_blocks() -> bool {
+    // Relaxed: see the module documentation.
+    SECURE_SHUFFLE_BLOCKS.load(Ordering::Relaxed) != 0
+}
+
+/// Reads the `SHARDALLOC_SECURE_*` environment variables.
+#[cfg(all(feature = "secure", not(loom)))]
+fn read_secure_environment() {
+    if let Some(value) = env(c"SHARDALLOC_SECURE_GUARD_PAGES") {
+        match value {
+            b"1" => set_secure_guard_pages(true),
+            b"0" => set_secure_guard_pages(false),
+            _ => report(b"SHARDALLOC_SECURE_GUARD_PAGES", value, b"0 or 1"),
+        }
+    }
+    if let Some(value) = env(c"SHARDALLOC_SECURE_SHUFFLE") {
+        if value.eq_ignore_ascii_case(b"groups") {
+            set_secure_shuffle_blocks(false);
+        } else if value.eq_ignore_ascii_case(b"blocks") {
+            set_secure_shuffle_blocks(true);
+        } else {
+            report(b"SHARDALLOC_SECURE_SHUFFLE", value, b"groups or blocks");
+        }
+    }
 }
 
 #[cfg(test)]

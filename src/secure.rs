@@ -3,18 +3,26 @@
 //!
 //! * **Encoded links.** Every link stored inside a free block (the `free`,
 //!   `local_free` and `thread_free` lists, the delayed list, a reaper's
-//!   chains) is `rotl(next ⊕ block ⊕ k0, k1 mod 64) + k1`, with `k0, k1` the
-//!   keys of the block's page, drawn afresh from a process-wide generator
-//!   seeded by `getrandom` each time a page is set up. Every decoded link is
-//!   validated before it is followed ([`Block::next`](crate::page::Block)):
-//!   null, or a block boundary of the same page (delayed list: of a page of
-//!   one of our segments); otherwise `free-list corruption` aborts.
-//! * **Freed canary.** A free writes a keyed value into the block's second
+//!   chains) is `rotl(next ⊕ block ⊕ k, k mod 64)`, with `k` the key of the
+//!   block's page (`Page::key`, on the descriptor's first cache line next to
+//!   `free`), drawn afresh from a process-wide generator seeded by
+//!   `getrandom` each time a page is set up. Every decoded link is validated
+//!   before it is followed ([`Block::next`](crate::page::Block)): null, or a
+//!   block boundary of the same page below its extension (delayed list: of a
+//!   page of one of our segments); otherwise `free-list corruption` aborts.
+//! * **Freed canary.** A free writes `block ⊕ k` into the block's second
 //!   word; allocation clears it. A free that finds it already there is a
 //!   double free.
 //! * **Segment map.** A bitmap over the 4 MiB-aligned addresses below 2^48
 //!   marks our segments; a free is trusted only if its segment is marked,
 //!   its page in use and the pointer on a block boundary of that page.
+//!
+//! The block-boundary test is one widening multiplication: with
+//! `m = ⌈2^64 / size⌉` (`Page::boundary_m`) and `offset = addr − page_start`,
+//! the high half of `offset · m` is `offset / size` and the low half is below
+//! `m` exactly when `size` divides `offset` (for offsets below 2^32; any
+//! larger offset has a high half at least `offset / size`, so the index
+//! bound rejects it). A page not in use has `m = 0`, which nothing passes.
 //!
 //! Nothing here allocates or panics; a detected misuse ends the process
 //! through [`crate::fatal::misuse`].
@@ -28,9 +36,11 @@ use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 /// the link's tracked cell under loom).
 pub(crate) const CANARY_OFFSET: usize = size_of::<Block>().next_multiple_of(size_of::<usize>());
 
-/// Blocks smaller than this carry no canary (the 8 B class: secure builds
-/// never hand it out through the public entry points, see `global`).
-const CANARY_MIN_BLOCK: usize = CANARY_OFFSET + size_of::<usize>();
+/// The smallest block a secure page holds: a link and a canary. The public
+/// entry points never ask for the 8 B class (`global` rounds requests up to
+/// 16 B) and `Page::init` rounds smaller blocks up to this, so the fast
+/// paths write the canary without testing the size.
+pub(crate) const CANARY_MIN_BLOCK: usize = CANARY_OFFSET + size_of::<usize>();
 
 /// State of the process-wide generator (a Weyl sequence; 0: not seeded).
 static RNG: AtomicU64 = AtomicU64::new(0);
@@ -79,36 +89,35 @@ impl LocalRng {
         LocalRng(random_u64() | 1)
     }
 
-    /// A value below `bound` (> 0); the modulo bias is irrelevant here.
+    /// A value below `bound` (≤ 2^32, > 0): the high half of a 32 × 32-bit
+    /// product (no division; the bias, below 2^-24, is irrelevant here).
     pub(crate) fn below(&mut self, bound: usize) -> usize {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % bound
+        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32;
+        ((r * bound as u64) >> 32) as usize
     }
 }
 
-/// Fresh keys for a page being set up.
-pub(crate) fn new_keys() -> [usize; 2] {
-    [random_u64() as usize, random_u64() as usize]
+/// A fresh key for a page being set up: two outputs of the generator
+/// combined, so that one key does not give away the generator's state
+/// (splitmix64's output function alone is invertible).
+pub(crate) fn new_key() -> usize {
+    (random_u64() ^ random_u64().rotate_left(23)) as usize
 }
 
-/// The link stored in `block` for `next`.
+/// The link stored in `block` for `next`: one xor and one rotation.
 #[inline(always)]
-pub(crate) fn encode(keys: [usize; 2], block: *mut Block, next: *mut Block) -> *mut Block {
-    next.map_addr(|a| {
-        (a ^ block.addr() ^ keys[0])
-            .rotate_left(keys[1] as u32 & 63)
-            .wrapping_add(keys[1])
-    })
+pub(crate) fn encode(key: usize, block: *mut Block, next: *mut Block) -> *mut Block {
+    // `rotate_left` takes the amount modulo 64 (x86-64: `rol r, cl`).
+    next.map_addr(|a| (a ^ block.addr() ^ key).rotate_left(key as u32))
 }
 
 /// The inverse of [`encode`].
 #[inline(always)]
-pub(crate) fn decode(keys: [usize; 2], block: *mut Block, stored: *mut Block) -> *mut Block {
-    stored.map_addr(|s| {
-        s.wrapping_sub(keys[1]).rotate_right(keys[1] as u32 & 63) ^ block.addr() ^ keys[0]
-    })
+pub(crate) fn decode(key: usize, block: *mut Block, stored: *mut Block) -> *mut Block {
+    stored.map_addr(|s| s.rotate_right(key as u32) ^ block.addr() ^ key)
 }
 
 /// The page of a block (or of any address in a non-huge page area).
@@ -122,24 +131,24 @@ pub(crate) unsafe fn page_of(block: *mut Block) -> *mut Page {
     unsafe { Segment::page_of(segment, block.cast()) }
 }
 
-/// The keys of `block`'s page.
+/// The key of `block`'s page.
 ///
 /// # Safety
 /// As for [`page_of`].
 #[inline(always)]
-pub(crate) unsafe fn keys_of(block: *mut Block) -> [usize; 2] {
-    // SAFETY: forwarded; the keys are written at page set-up, before any
+pub(crate) unsafe fn key_of(block: *mut Block) -> usize {
+    // SAFETY: forwarded; the key is written at page set-up, before any
     // block of the page is handed out, and never while one is live.
-    unsafe { (*page_of(block)).keys.get() }
+    unsafe { (*page_of(block)).key.get() }
 }
 
-/// The multiplier of the division-free block-boundary test for blocks of
-/// `size` bytes in a page of `count` blocks: `offset % size == 0` exactly
-/// when `offset · m mod 2^64 < m` with `m = ⌈2^64 / size⌉`, for every
-/// `offset < 2^32` (Lemire, Kaser and Kurz, "Faster remainder by direct
-/// computation", 2019); page offsets of non-huge pages are below 4 MiB. A
-/// page of one block (huge, or large one-block pages) gets `m = 1`: only
-/// offset 0 passes.
+/// The multiplier of the block-boundary test for blocks of `size` bytes in
+/// a page of `count` blocks: `m = ⌈2^64 / size⌉` (Lemire, Kaser and Kurz,
+/// "Faster remainder by direct computation", 2019: for `offset < 2^32`,
+/// `offset · m mod 2^64 < m` exactly when `size` divides `offset`, and
+/// `⌊offset · m / 2^64⌋ = offset / size`; page offsets of non-huge pages are
+/// below 4 MiB). A page of one block (huge, or large one-block pages) gets
+/// `m = 1`: only offset 0 passes.
 pub(crate) fn boundary_multiplier(size: usize, count: u32) -> usize {
     if count <= 1 || size == 0 || size > u32::MAX as usize {
         1
@@ -148,51 +157,66 @@ pub(crate) fn boundary_multiplier(size: usize, count: u32) -> usize {
     }
 }
 
-/// `addr` is the start of one of the first `count` blocks of `page`.
+/// `(index, rest)` of `addr` in `page`: `addr` is the start of block `index`
+/// of the page exactly when `rest < m` and `index` is below the page's block
+/// count (see the module documentation). One `mul` instruction.
 ///
 /// # Safety
 /// `page` is a descriptor of one of our live segments.
 #[inline(always)]
-unsafe fn on_block_boundary(page: *mut Page, addr: usize, count: u32) -> bool {
-    // SAFETY: a live descriptor (caller); only fields fixed while the page
-    // holds live blocks are read.
-    let (start, size, m) = unsafe {
-        (
-            (*page).page_start.get().addr(),
-            (*page).block_size.get(),
-            (*page).boundary_m.get(),
-        )
-    };
-    let offset = addr.wrapping_sub(start);
-    offset < (count as usize).wrapping_mul(size) && offset.wrapping_mul(m) < m
+unsafe fn split(page: *mut Page, addr: usize) -> (usize, usize, usize) {
+    // SAFETY: a live descriptor (caller); `page_start` and `boundary_m` do
+    // not change while the page holds live blocks.
+    let (start, m) = unsafe { ((*page).page_start.get().addr(), (*page).boundary_m.get()) };
+    let wide = (addr.wrapping_sub(start) as u128) * (m as u128);
+    ((wide >> 64) as usize, wide as usize, m)
 }
 
 /// Decodes the link stored in free block `block` and checks that it is null
-/// or a block of the same page.
+/// or a block of the same page (below its block count: callers may be a
+/// reaper holding the heap's lock, so the owner-only `capacity` is not
+/// read here).
 ///
 /// # Safety
 /// `block` is a free block of one of our live pages.
 #[inline(always)]
 pub(crate) unsafe fn checked_next(block: *mut Block, stored: *mut Block) -> *mut Block {
-    // SAFETY: a free block of a live page (caller).
-    unsafe { checked_next_in(page_of(block), block, stored) }
+    // SAFETY: a free block of a live page (caller); `reserved` does not
+    // change while the page holds blocks.
+    unsafe {
+        let page = page_of(block);
+        let next = decode((*page).key.get(), block, stored);
+        if !next.is_null() {
+            let (index, rest, m) = split(page, next.addr());
+            if rest >= m || index >= (*page).reserved.get() as usize {
+                corrupt(block);
+            }
+        }
+        next
+    }
 }
 
-/// [`checked_next`] when the caller knows the block's page.
+/// [`checked_next`] when the caller knows the block's page: the decoded
+/// link must be null or a block boundary of `page` below its `capacity`
+/// (every block on a list of the page was threaded by an extension).
 ///
 /// # Safety
-/// `block` is a free block of `page`, a live page of ours.
+/// `block` is a free block of `page`, a live page of ours, and the caller
+/// is the page's owner (`capacity` is owner-only).
 #[inline(always)]
 pub(crate) unsafe fn checked_next_in(
     page: *mut Page,
     block: *mut Block,
     stored: *mut Block,
 ) -> *mut Block {
-    // SAFETY: a free block of a live page (caller).
+    // SAFETY: a free block of a live page of ours (caller).
     unsafe {
-        let next = decode((*page).keys.get(), block, stored);
-        if !next.is_null() && !on_block_boundary(page, next.addr(), (*page).reserved.get()) {
-            corrupt(block);
+        let next = decode((*page).key.get(), block, stored);
+        if !next.is_null() {
+            let (index, rest, m) = split(page, next.addr());
+            if rest >= m || index >= (*page).capacity.get() as usize {
+                corrupt(block);
+            }
         }
         next
     }
@@ -208,7 +232,7 @@ pub(crate) unsafe fn checked_next_any(block: *mut Block, stored: *mut Block) -> 
     // SAFETY: as for `checked_next`; the target is checked before its page
     // is read.
     unsafe {
-        let next = decode(keys_of(block), block, stored);
+        let next = decode(key_of(block), block, stored);
         if !next.is_null() && find_page(next.cast()).is_none() {
             corrupt(block);
         }
@@ -248,11 +272,12 @@ enum Found {
     NotOurs,
 }
 
-/// See [`find_page`].
+/// See [`find_page`]. The careful version of [`check_free`]'s test: it
+/// also tells a block of a page no longer in use (whose `boundary_m` is 0)
+/// from a pointer that was never a block.
 ///
 /// # Safety
 /// As for [`find_page`].
-#[inline(always)]
 unsafe fn classify(ptr: *mut u8) -> Found {
     let segment = Segment::of(ptr);
     if !segment_map::contains(segment.addr()) {
@@ -265,74 +290,142 @@ unsafe fn classify(ptr: *mut u8) -> Found {
             return Found::NotOurs;
         }
         let page = Segment::page(segment, index);
-        if !on_block_boundary(page, ptr.addr(), (*page).reserved.get()) {
-            return Found::NotOurs;
+        let reserved = (*page).reserved.get();
+        if (*page).in_use.get() {
+            let (block, rest, m) = split(page, ptr.addr());
+            return if rest < m && block < reserved as usize {
+                Found::Live(page)
+            } else {
+                Found::NotOurs
+            };
         }
-        if !(*page).in_use.get() {
-            return Found::FreedPage;
+        // Not in use: its multiplier is 0; test the last layout's.
+        let size = (*page).block_size.get();
+        let m = boundary_multiplier(size, reserved);
+        let offset = ptr.addr().wrapping_sub((*page).page_start.get().addr());
+        let wide = (offset as u128) * (m as u128);
+        if (wide as usize) < m && ((wide >> 64) as usize) < reserved as usize {
+            Found::FreedPage
+        } else {
+            Found::NotOurs
         }
-        Found::Live(page)
     }
 }
 
 /// Checks a pointer handed to `free`/`dealloc` before any header is
-/// trusted; returns its segment and page, or aborts with `invalid free`.
+/// trusted: its segment is in the map, and it is on a block boundary of a
+/// page in use. Returns its segment, page and block index, or aborts with
+/// `invalid free` (or `double free`, for a block of a page emptied since).
+/// The index is not bounded yet: [`mark_freed_local`] bounds it by the
+/// page's extension, [`mark_freed_remote`] by its block count (one compare
+/// on each path instead of two on the local one).
 ///
 /// # Safety
 /// See [`find_page`].
 #[inline(always)]
-pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page) {
-    // SAFETY: forwarded.
-    match unsafe { classify(ptr) } {
-        Found::Live(page) => (Segment::of(ptr), page),
-        Found::FreedPage => misuse("double free", ptr.addr()),
-        Found::NotOurs => misuse("invalid free", ptr.addr()),
+pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page, usize) {
+    let segment = Segment::of(ptr);
+    if !segment_map::contains(segment.addr()) {
+        reject(ptr);
     }
-}
-
-/// Checks a pointer handed to `usable_size`/`realloc`.
-///
-/// # Safety
-/// See [`find_page`].
-pub(crate) unsafe fn check_pointer(ptr: *const u8) {
-    // SAFETY: forwarded.
-    if unsafe { find_page(ptr.cast_mut()) }.is_none() {
-        misuse("invalid pointer (not a block of ours)", ptr.addr());
-    }
-}
-
-/// The canary a freed `block` of `page` carries.
-#[inline(always)]
-fn canary(keys: [usize; 2], block: *mut Block) -> usize {
-    (block.addr() ^ keys[1])
-        .rotate_left(29)
-        .wrapping_add(keys[0])
-        ^ 0xF4EE_D0C5_A11C_5AFE
-}
-
-/// A free by the owner thread: aborts with `double free` if `block` already
-/// carries its freed canary, or is past the blocks ever handed out; else
-/// writes the canary.
-///
-/// # Safety
-/// `page` is a page of the calling thread and `block` passed [`check_free`].
-#[inline(always)]
-pub(crate) unsafe fn mark_freed_local(page: *mut Page, block: *mut Block) {
-    // SAFETY: the page is ours (caller); the canary word lies inside the
-    // block (size checked).
+    // SAFETY: the segment is one of ours and mapped (the map says so); the
+    // page index is checked before the descriptor is read; the fields read
+    // do not change while a block of the page is live.
     unsafe {
-        if block.addr() - (*page).page_start.get().addr()
-            >= (*page).capacity.get() as usize * (*page).block_size.get()
-        {
-            // Never handed out since the page was set up: its slot is still
-            // on a free list or untouched.
-            misuse("double free", block.addr());
+        let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
+        if index >= (*segment).page_count {
+            reject(ptr);
         }
-        if (*page).block_size.get() < CANARY_MIN_BLOCK {
-            return;
+        let page = Segment::page(segment, index);
+        let (block, rest, m) = split(page, ptr.addr());
+        if rest >= m {
+            reject(ptr);
         }
-        let word = block.byte_add(CANARY_OFFSET).cast::<usize>();
-        let expected = canary((*page).keys.get(), block);
+        (segment, page, block)
+    }
+}
+
+/// A pointer [`check_free`] or a bound on its index refused: report what
+/// it is.
+#[cold]
+#[inline(never)]
+fn reject(ptr: *mut u8) -> ! {
+    // SAFETY: any address may be classified.
+    match unsafe { classify(ptr) } {
+        Found::FreedPage => misuse("double free", ptr.addr()),
+        Found::Live(_) | Found::NotOurs => misuse("invalid free", ptr.addr()),
+    }
+}
+
+/// Checks a pointer handed to `usable_size`/`realloc`: [`check_free`]'s
+/// test, with the index bounded by the page's block count.
+///
+/// # Safety
+/// See [`find_page`].
+#[inline(always)]
+pub(crate) unsafe fn check_pointer(ptr: *const u8) {
+    let segment = Segment::of(ptr);
+    if segment_map::contains(segment.addr()) {
+        // SAFETY: as in `check_free`.
+        unsafe {
+            let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
+            if index < (*segment).page_count {
+                let page = Segment::page(segment, index);
+                let (block, rest, m) = split(page, ptr.addr());
+                if rest < m && block < (*page).reserved.get() as usize {
+                    return;
+                }
+            }
+        }
+    }
+    invalid_pointer(ptr)
+}
+
+#[cold]
+#[inline(never)]
+fn invalid_pointer(ptr: *const u8) -> ! {
+    misuse("invalid pointer (not a block of ours)", ptr.addr())
+}
+
+/// The canary a freed `block` carries: the block's address under its
+/// page's key (a value a correct program never holds in a live block: it
+/// never sees the key).
+#[inline(always)]
+fn canary(key: usize, block: *mut Block) -> usize {
+    block.addr() ^ key
+}
+
+/// The canary word of `block` (its second word).
+#[inline(always)]
+fn canary_word(block: *mut Block) -> *mut usize {
+    block.wrapping_byte_add(CANARY_OFFSET).cast::<usize>()
+}
+
+/// A free by the owner thread of block `index` of `page`, whose key is
+/// `key`: aborts with `double free` if the block is past the blocks ever
+/// threaded (never handed out since the page was set up), or already
+/// carries its freed canary; else writes the canary. One load, one compare,
+/// one store.
+///
+/// # Safety
+/// `page` is a page of the calling thread and `block`, its block `index`,
+/// passed [`check_free`].
+#[inline(always)]
+pub(crate) unsafe fn mark_freed_local(
+    page: *mut Page,
+    block: *mut Block,
+    index: usize,
+    key: usize,
+) {
+    // SAFETY: the page is ours (caller); the canary word lies inside the
+    // block (every secure block holds `CANARY_MIN_BLOCK` bytes, and the
+    // index is below the page's extension).
+    unsafe {
+        if index >= (*page).capacity.get() as usize {
+            beyond_extension(page, block, index);
+        }
+        let word = canary_word(block);
+        let expected = canary(key, block);
         if word.read() == expected {
             misuse("double free", block.addr());
         }
@@ -340,21 +433,36 @@ pub(crate) unsafe fn mark_freed_local(page: *mut Page, block: *mut Block) {
     }
 }
 
-/// A free by another thread: as [`mark_freed_local`], with an atomic swap so
-/// that two threads freeing the same block at once cannot both pass.
+/// A block boundary past the page's extension: a block of the page never
+/// handed out since it was set up (its slot is on a free list or
+/// untouched), or past the page's blocks altogether.
+#[cold]
+#[inline(never)]
+fn beyond_extension(page: *mut Page, block: *mut Block, index: usize) -> ! {
+    // SAFETY: a descriptor of one of our segments (`check_free`).
+    if index < unsafe { (*page).reserved.get() } as usize {
+        misuse("double free", block.addr());
+    }
+    reject(block.cast())
+}
+
+/// A free by another thread of block `index` of `page`: as
+/// [`mark_freed_local`] (bounded by the page's block count instead of the
+/// owner-only extension), with an atomic swap so that two threads freeing
+/// the same block at once cannot both pass.
 ///
 /// # Safety
-/// `block` passed [`check_free`] and `page` is its page.
+/// `block` passed [`check_free`], with `page` and `index`.
 #[inline(always)]
-pub(crate) unsafe fn mark_freed_remote(page: *mut Page, block: *mut Block) {
-    // SAFETY: the block is a block of the live `page` (caller); the canary
-    // word lies inside it (size checked) and is word-aligned.
+pub(crate) unsafe fn mark_freed_remote(page: *mut Page, block: *mut Block, index: usize) {
+    // SAFETY: the block is a block of the live `page` (caller, and the
+    // index bound); the canary word lies inside it and is word-aligned.
     unsafe {
-        if (*page).block_size.get() < CANARY_MIN_BLOCK {
-            return;
+        if index >= (*page).reserved.get() as usize {
+            reject(block.cast());
         }
-        let word = AtomicUsize::from_ptr(block.byte_add(CANARY_OFFSET).cast::<usize>());
-        let expected = canary((*page).keys.get(), block);
+        let word = AtomicUsize::from_ptr(canary_word(block));
+        let expected = canary((*page).key.get(), block);
         // Relaxed: only the value matters; the block itself is published to
         // the owner by the list push's Release CAS that follows.
         if word.swap(expected, Ordering::Relaxed) == expected {
@@ -363,18 +471,14 @@ pub(crate) unsafe fn mark_freed_remote(page: *mut Page, block: *mut Block) {
     }
 }
 
-/// Clears the freed canary of a block about to be handed out.
+/// Clears the freed canary of a block about to be handed out: one store.
 ///
 /// # Safety
-/// `block` was just taken off a free list of `page`, which the caller owns.
+/// `block` was just taken off a free list of a page the caller owns.
 #[inline(always)]
-pub(crate) unsafe fn clear_canary(page: *mut Page, block: *mut Block) {
+pub(crate) unsafe fn clear_canary(block: *mut Block) {
     // SAFETY: the block is ours (caller); the word lies inside it.
-    unsafe {
-        if (*page).block_size.get() >= CANARY_MIN_BLOCK {
-            block.byte_add(CANARY_OFFSET).cast::<usize>().write(0);
-        }
-    }
+    unsafe { canary_word(block).write(0) }
 }
 
 /// The process-wide map of our segments: one bit per 4 MiB-aligned address
@@ -428,25 +532,52 @@ mod tests {
 
     #[test]
     fn links_round_trip_and_null_is_hidden() {
-        let keys = new_keys();
+        let key = new_key();
         let block = ptr::without_provenance_mut::<Block>(0x7000_0000_1000);
         for next in [0usize, 0x7000_0000_1040, 0x7fff_ffff_fff0] {
             let next = ptr::without_provenance_mut::<Block>(next);
-            let stored = encode(keys, block, next);
-            assert_eq!(decode(keys, block, stored), next);
+            let stored = encode(key, block, next);
+            assert_eq!(decode(key, block, stored), next);
         }
-        assert_ne!(encode(keys, block, ptr::null_mut()).addr(), 0);
+        assert_ne!(encode(key, block, ptr::null_mut()).addr(), 0);
+        // A link copied into another block decodes to another address.
+        let other = ptr::without_provenance_mut::<Block>(0x7000_0000_1040);
+        let stored = encode(key, block, other);
+        assert_ne!(decode(key, other, stored), other);
     }
 
     #[test]
     fn the_boundary_multiplier_divides_exactly() {
         for &size in crate::size_class::BLOCK_SIZES.iter().filter(|&&s| s > 0) {
             let m = boundary_multiplier(size, 64);
+            let split = |offset: usize| {
+                let wide = (offset as u128) * (m as u128);
+                ((wide >> 64) as usize, wide as usize)
+            };
             for offset in (0..(4usize << 20)).step_by(8) {
+                let (index, rest) = split(offset);
                 assert_eq!(
-                    offset.wrapping_mul(m) < m,
+                    rest < m,
                     offset.is_multiple_of(size),
                     "size {size} offset {offset}"
+                );
+                assert_eq!(index, offset / size, "size {size} offset {offset}");
+            }
+            // Addresses below the page start or far past it: the index is at
+            // least offset / size, so the bound on it rejects them.
+            let count = (4usize << 20) / size;
+            for offset in [
+                usize::MAX - 7,
+                0usize.wrapping_sub(size),
+                0usize.wrapping_sub(4 << 20),
+                1 << 32,
+                size << 32,
+                1 << 47,
+            ] {
+                let (index, rest) = split(offset);
+                assert!(
+                    rest >= m || index >= count,
+                    "size {size} offset {offset:#x}"
                 );
             }
         }

@@ -66,12 +66,12 @@ const GUARD_SIZE: usize = 0;
 #[cfg(feature = "secure")]
 fn secure_new_segment(base: NonNull<u8>, size: usize) {
     #[cfg(not(any(loom, miri)))]
-    // SAFETY: the last OS page of a fresh mapping of ours, which no page
-    // area or block reaches (they end GUARD_SIZE before the mapping does).
-    // A refused mprotect only loses the guard.
-    unsafe {
-        os::protect_none(base.as_ptr().add(size - GUARD_SIZE), GUARD_SIZE)
-    };
+    if crate::options::secure_guard_pages() {
+        // SAFETY: the last OS page of a fresh mapping of ours, which no page
+        // area or block reaches (they end GUARD_SIZE before the mapping
+        // does). A refused mprotect only loses the guard.
+        unsafe { os::protect_none(base.as_ptr().add(size - GUARD_SIZE), GUARD_SIZE) };
+    }
     #[cfg(any(loom, miri))]
     let _ = size;
     crate::secure::segment_map::insert(base.as_ptr().addr());
@@ -921,7 +921,7 @@ impl Segment {
             // Secure: start the search at a random slot, so which page of a
             // segment serves a size class is not predictable.
             #[cfg(feature = "secure")]
-            let first = crate::secure::random_u64() as usize % (*segment).page_count;
+            let first = crate::secure::LocalRng::new().below((*segment).page_count);
             for index in 0..(*segment).page_count {
                 #[cfg(feature = "secure")]
                 let index = (index + first) % (*segment).page_count;
@@ -944,6 +944,10 @@ impl Segment {
         // SAFETY: owner only (caller).
         unsafe {
             (*page).in_use.set(false);
+            // Secure: no pointer passes the block-boundary test of a page
+            // not in use (a free of one of its blocks is a double free).
+            #[cfg(feature = "secure")]
+            (*page).boundary_m.set(0);
             (*page).memory_is_zero.set(false);
             (*page).flags.set(0);
             (*page).free.set(ptr::null_mut());

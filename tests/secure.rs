@@ -27,6 +27,11 @@ struct Outcome {
 
 /// Runs the `#[ignore]`d test `name` of this binary in a child process.
 fn run_child(name: &str) -> Outcome {
+    run_child_with(name, &[])
+}
+
+/// [`run_child`] with extra environment variables.
+fn run_child_with(name: &str, envs: &[(&str, &str)]) -> Outcome {
     let exe = std::env::current_exe().expect("current_exe");
     let out = Command::new(exe)
         .args([
@@ -37,6 +42,7 @@ fn run_child(name: &str) -> Outcome {
             "--test-threads=1",
         ])
         .env(CHILD_ENV, name)
+        .envs(envs.iter().copied())
         .output()
         .expect("spawn child");
     Outcome {
@@ -484,7 +490,103 @@ fn writing_past_a_huge_block_faults_before_another_block() {
     );
 }
 
+// ---- SHARDALLOC_SECURE_GUARD_PAGES ------------------------------------------------------------
+
+child!(child_write_the_guard_page, {
+    // The OS page right after a huge block: its segment's guard page.
+    let p = alloc(3 << 20);
+    // SAFETY: a live block of ours.
+    let end = p.addr() + unsafe { shardalloc::usable_size(p) };
+    let guard = end.next_multiple_of(4096);
+    // SAFETY: not safe — past the block on purpose; a guard page must stop it.
+    unsafe { p.wrapping_add(guard - p.addr()).write_volatile(0x5A) };
+    println!("WROTE {guard:#x}");
+});
+
+#[test]
+fn guard_pages_can_be_turned_off() {
+    let on = run_child("child_write_the_guard_page");
+    assert_eq!(
+        on.signal,
+        Some(libc::SIGSEGV),
+        "default: guard page; {}",
+        on.stdout
+    );
+    let off = run_child_with(
+        "child_write_the_guard_page",
+        &[("SHARDALLOC_SECURE_GUARD_PAGES", "0")],
+    );
+    assert_eq!(
+        off.code,
+        Some(0),
+        "no guard page: {} {}",
+        off.stdout,
+        off.stderr
+    );
+    reported(&off, "WROTE");
+    assert!(!off.stderr.contains("ignoring"), "{}", off.stderr);
+}
+
+#[test]
+fn an_invalid_guard_pages_value_is_reported_and_ignored() {
+    let o = run_child_with(
+        "child_write_the_guard_page",
+        &[("SHARDALLOC_SECURE_GUARD_PAGES", "off")],
+    );
+    assert!(
+        o.stderr
+            .contains("shardalloc: ignoring SHARDALLOC_SECURE_GUARD_PAGES=off: expected 0 or 1\n"),
+        "stderr: {}",
+        o.stderr
+    );
+    assert_eq!(
+        o.signal,
+        Some(libc::SIGSEGV),
+        "the default (guards) stays; {}",
+        o.stdout
+    );
+}
+
 // ---- randomized layout -----------------------------------------------------------------------
+
+child!(child_adjacency, {
+    // Of 4096 consecutive 48 B allocations (fresh extensions, mostly), the share (per mille)
+    // that lie right after the previous one in memory.
+    let blocks: Vec<*mut u8> = (0..4096).map(|_| alloc(48)).collect();
+    let adjacent = blocks
+        .windows(2)
+        .filter(|w| w[1].addr() == w[0].addr() + 48)
+        .count();
+    println!("ADJACENT {}", adjacent * 1000 / (blocks.len() - 1));
+});
+
+fn adjacency(envs: &[(&str, &str)]) -> (usize, Outcome) {
+    let o = run_child_with("child_adjacency", envs);
+    assert_eq!(o.code, Some(0), "{}", o.stderr);
+    (reported(&o, "ADJACENT").parse().unwrap(), o)
+}
+
+#[test]
+fn extensions_shuffle_groups_or_every_block() {
+    // Default: 1 KiB groups of 21 blocks of 48 B in address order, in a random order.
+    let (groups, _) = adjacency(&[]);
+    assert!(
+        (800..990).contains(&groups),
+        "groups: {groups} per mille adjacent"
+    );
+    // SHARDALLOC_SECURE_SHUFFLE=blocks: every block in a random order (1 in 85 by chance).
+    let (blocks, o) = adjacency(&[("SHARDALLOC_SECURE_SHUFFLE", "blocks")]);
+    assert!(blocks < 100, "blocks: {blocks} per mille adjacent");
+    assert!(!o.stderr.contains("ignoring"), "{}", o.stderr);
+    let (_, o) = adjacency(&[("SHARDALLOC_SECURE_SHUFFLE", "none")]);
+    assert!(
+        o.stderr.contains(
+            "shardalloc: ignoring SHARDALLOC_SECURE_SHUFFLE=none: expected groups or blocks\n"
+        ),
+        "{}",
+        o.stderr
+    );
+}
 
 child!(child_layout, {
     // Offsets inside the 4 MiB segment: the same in two runs unless the layout is randomized

@@ -37,6 +37,22 @@ pub const ALLOCATOR_NAMES: [&str; 5] = [
     "rusty_alloc",
 ];
 
+/// Whether this is the hardened build (`--features secure`: `shardalloc/secure` and
+/// `mimalloc/secure`). Cargo unifies features, so the secure allocators are separate binaries,
+/// built into `target/secure` by `benches/callgrind.sh` and `scripts/bench.sh --secure`, where
+/// they are reported as `ShardAlloc-secure` and `mimalloc-secure`.
+pub const SECURE: bool = cfg!(feature = "secure");
+
+/// The name `allocator` (one of [`ALLOCATOR_NAMES`]) is reported under in this build: with a
+/// `-secure` suffix for the two allocators the `secure` feature hardens.
+pub fn report_name(allocator: &'static str) -> &'static str {
+    match (SECURE, allocator) {
+        (true, "ShardAlloc") => "ShardAlloc-secure",
+        (true, "mimalloc") => "mimalloc-secure",
+        _ => allocator,
+    }
+}
+
 /// Alignment used for every block in the patterns: the alignment of `u64`/`usize`, which is
 /// what most Rust heap allocations (`Box` of a struct, `Vec<u64>`, `String` headers) ask for.
 pub const BLOCK_ALIGN: usize = 8;

@@ -79,7 +79,7 @@ impl Block {
     #[cfg(feature = "secure")]
     #[inline(always)]
     pub(crate) unsafe fn set_next_in(page: &Page, block: *mut Block, next: *mut Block) {
-        let next = crate::secure::encode(page.keys.get(), block, next);
+        let next = crate::secure::encode(page.key.get(), block, next);
         // SAFETY: the caller guarantees exclusive ownership of the block.
         unsafe { (*block).next.with_mut(|p| *p = next) }
     }
@@ -110,8 +110,8 @@ impl Block {
     #[inline(always)]
     pub(crate) unsafe fn set_next(block: *mut Block, next: *mut Block) {
         #[cfg(feature = "secure")]
-        // SAFETY: a block of ours (caller): its page's keys are set.
-        let next = crate::secure::encode(unsafe { crate::secure::keys_of(block) }, block, next);
+        // SAFETY: a block of ours (caller): its page's key is set.
+        let next = crate::secure::encode(unsafe { crate::secure::key_of(block) }, block, next);
         // SAFETY: the caller guarantees exclusive ownership of the block.
         unsafe { (*block).next.with_mut(|p| *p = next) }
     }
@@ -124,8 +124,8 @@ impl Block {
     #[inline(always)]
     unsafe fn init(block: *mut Block, next: *mut Block) {
         #[cfg(all(loom, feature = "secure"))]
-        // SAFETY: a block of ours (caller): its page's keys are set.
-        let next = crate::secure::encode(unsafe { crate::secure::keys_of(block) }, block, next);
+        // SAFETY: a block of ours (caller): its page's key is set.
+        let next = crate::secure::encode(unsafe { crate::secure::key_of(block) }, block, next);
         #[cfg(loom)]
         // SAFETY: the caller guarantees the memory is writable and unused.
         unsafe {
@@ -178,10 +178,14 @@ const MIN_EXTEND: usize = 4;
 /// but kept allocating fresh memory while freed, cache-warm blocks waited).
 const EXTEND_BYTES: usize = 4096;
 
-/// Most blocks one extension shuffles (4096 B of 16 B blocks; larger runs,
-/// of 8 B blocks, stay in address order).
+/// Most blocks one extension shuffles: 4096 B of 16 B blocks, the smallest
+/// secure class (so group indices fit a `u8`).
 #[cfg(feature = "secure")]
 const SHUFFLE_MAX: usize = EXTEND_BYTES / 16;
+/// Bytes of consecutive blocks a secure extension keeps in address order
+/// (see `Page::extend_shuffled`).
+#[cfg(feature = "secure")]
+const SHUFFLE_GROUP: usize = 1024;
 
 /// One page descriptor. It lives in its segment's header, never in the page
 /// memory itself.
@@ -226,9 +230,22 @@ pub(crate) struct Page {
     pub(crate) block_size: Cell<usize>,
     /// Address of the first block.
     pub(crate) page_start: Cell<*mut u8>,
-    /// Queue links (owner only).
+    /// Queue links (owner only). Secure builds keep them on the second line
+    /// (below), to make room for the key and the boundary multiplier here.
+    #[cfg(not(feature = "secure"))]
     pub(crate) next: OwnerCell<*mut Page>,
+    #[cfg(not(feature = "secure"))]
     pub(crate) prev: OwnerCell<*mut Page>,
+    /// Secure mode: the key encoding the links stored in this page's free
+    /// blocks and their freed canaries; drawn afresh by every `init`. On the
+    /// first line: every pop and every push uses it.
+    #[cfg(feature = "secure")]
+    pub(crate) key: Cell<usize>,
+    /// Secure mode: the block-boundary test's multiplier
+    /// (`secure::boundary_multiplier`), set with `block_size`; 0 while the
+    /// page is not in use (no pointer passes the test then).
+    #[cfg(feature = "secure")]
+    pub(crate) boundary_m: Cell<usize>,
     // --- cache line 2: written by other threads ---
     /// Blocks freed by other threads, tagged with the [`DelayedMode`].
     pub(crate) thread_free: AtomicPtr<Block>,
@@ -250,15 +267,18 @@ pub(crate) struct Page {
     /// moment. Empty otherwise.
     pub(crate) reaped_delayed: Cell<*mut Block>,
     pub(crate) reaped_delayed_count: Cell<u32>,
-    /// Secure mode: the keys encoding the links stored in this page's free
-    /// blocks and their freed canaries; drawn afresh by every `init`.
+    /// Queue links (owner only; secure builds, see above).
     #[cfg(feature = "secure")]
-    pub(crate) keys: Cell<[usize; 2]>,
-    /// Secure mode: the block-boundary test's multiplier
-    /// (`secure::boundary_multiplier`), set with `block_size`.
+    pub(crate) next: OwnerCell<*mut Page>,
     #[cfg(feature = "secure")]
-    pub(crate) boundary_m: Cell<usize>,
+    pub(crate) prev: OwnerCell<*mut Page>,
 }
+
+#[cfg(all(feature = "secure", not(loom)))]
+const _: () = assert!(
+    size_of::<Page>() == 128 && core::mem::offset_of!(Page, boundary_m) < 64,
+    "secure builds keep the descriptor at two lines, the key on the first"
+);
 
 #[cfg(not(loom))]
 const _: () = assert!(
@@ -445,9 +465,9 @@ impl Page {
             reaped_delayed: Cell::new(ptr::null_mut()),
             reaped_delayed_count: Cell::new(0),
             #[cfg(feature = "secure")]
-            keys: Cell::new([0; 2]),
+            key: Cell::new(0),
             #[cfg(feature = "secure")]
-            boundary_m: Cell::new(1),
+            boundary_m: Cell::new(0),
         }
     }
 
@@ -486,6 +506,11 @@ impl Page {
         area: *mut u8,
         area_size: usize,
     ) {
+        // Secure: every block has room for its link and its freed canary
+        // (the public entry points never ask for the 8 B class; a page of
+        // that class made from inside the crate holds 16 B blocks).
+        #[cfg(feature = "secure")]
+        let block_size = block_size.max(crate::secure::CANARY_MIN_BLOCK);
         let align = crate::size_class::block_alignment(block_size);
         let first = area.map_addr(|a| (a + align - 1) & !(align - 1));
         let slack = first.addr() - area.addr();
@@ -497,7 +522,7 @@ impl Page {
         }
         #[cfg(feature = "secure")]
         {
-            self.keys.set(crate::secure::new_keys());
+            self.key.set(crate::secure::new_key());
             self.boundary_m.set(crate::secure::boundary_multiplier(
                 block_size,
                 u32::try_from(reserved).unwrap_or(u32::MAX),
@@ -544,7 +569,7 @@ impl Page {
     ) {
         #[cfg(feature = "secure")]
         {
-            self.keys.set(crate::secure::new_keys());
+            self.key.set(crate::secure::new_key());
             self.boundary_m.set(1);
         }
         // SAFETY: the block is fresh memory of ours, at least a word long.
@@ -602,7 +627,7 @@ impl Page {
             #[cfg(feature = "secure")]
             // SAFETY: just taken off our list.
             unsafe {
-                crate::secure::clear_canary(ptr::from_ref(self).cast_mut(), block)
+                crate::secure::clear_canary(block)
             };
         }
         block
@@ -652,32 +677,52 @@ impl Page {
     }
 
     /// Secure mode's extension: the new blocks are threaded in a random
-    /// order (Fisher–Yates over their indices), so addresses handed out are
-    /// not predictable from earlier ones.
+    /// order, so addresses handed out are not predictable from earlier ones.
+    /// The run is cut into groups of [`SHUFFLE_GROUP`] bytes of consecutive
+    /// blocks, threaded in a random order (Fisher–Yates), the blocks of a
+    /// group in address order (`docs/security.md`, "Randomized layout":
+    /// a walk in allocation order keeps its locality);
+    /// `SHARDALLOC_SECURE_SHUFFLE=blocks` makes every block a group.
     ///
     /// # Safety
     /// As for `extend`'s loop: blocks `capacity .. capacity + count` of the
     /// page (count ≤ `SHUFFLE_MAX`) lie inside it and were never handed out.
     #[cfg(feature = "secure")]
     unsafe fn extend_shuffled(&self, start: *mut u8, capacity: usize, count: usize, size: usize) {
-        let mut order = [0u16; SHUFFLE_MAX];
-        for (i, slot) in order.iter_mut().enumerate().take(count) {
-            *slot = i as u16;
+        let per_group = if crate::options::secure_shuffle_blocks() {
+            1
+        } else {
+            (SHUFFLE_GROUP / size).max(1)
+        };
+        let groups = count.div_ceil(per_group);
+        let mut order = [0u8; SHUFFLE_MAX];
+        for (i, slot) in order.iter_mut().enumerate().take(groups) {
+            *slot = i as u8;
         }
         let mut rng = crate::secure::LocalRng::new();
-        for i in (1..count).rev() {
+        for i in (1..groups).rev() {
             order.swap(i, rng.below(i + 1));
         }
-        let block_at = |i: u16| {
-            // SAFETY: index below `count` (caller's range).
-            unsafe { start.add((capacity + i as usize) * size).cast::<Block>() }
-        };
+        // Threaded from the last block handed out to the first.
         let mut next = self.free.get();
-        for &i in order[..count].iter().rev() {
-            let block = block_at(i);
-            // SAFETY: a never-used block of this page (caller).
-            unsafe { Block::init(block, next) };
-            next = block;
+        for &group in order[..groups].iter().rev() {
+            let first = group as usize * per_group;
+            let end = (first + per_group).min(count);
+            for i in (first..end).rev() {
+                // SAFETY: index below `count` (caller's range).
+                let block = unsafe { start.add((capacity + i) * size).cast::<Block>() };
+                #[cfg(loom)]
+                // SAFETY: a never-used block of this page (caller).
+                unsafe {
+                    Block::init(block, next)
+                };
+                #[cfg(not(loom))]
+                // SAFETY: a never-used block of this page (caller), ours to write.
+                unsafe {
+                    Block::set_next_in(self, block, next)
+                };
+                next = block;
+            }
         }
         self.free.set(next);
     }
@@ -698,6 +743,23 @@ impl Page {
         unsafe {
             Block::set_next_in(self, block, self.local_free.get())
         };
+        self.local_free.set(block);
+        let used = self.used.get().wrapping_sub(1);
+        self.used.set(used);
+        used
+    }
+
+    /// [`Page::push_local`] with the page's key already loaded (secure
+    /// builds: the free path loads it once for the canary and the link).
+    ///
+    /// # Safety
+    /// As for [`Page::push_local`]; `key` is this page's key.
+    #[cfg(feature = "secure")]
+    #[inline(always)]
+    pub(crate) unsafe fn push_local_keyed(&self, block: *mut Block, key: usize) -> u32 {
+        let next = crate::secure::encode(key, block, self.local_free.get());
+        // SAFETY: the caller hands us the block, of this page.
+        unsafe { (*block).next.with_mut(|p| *p = next) };
         self.local_free.set(block);
         let used = self.used.get().wrapping_sub(1);
         self.used.set(used);

@@ -262,8 +262,17 @@ impl Page {
                 // Claim the right to use the heap; the block is not linked.
                 (with_mode(word, DelayedMode::Freeing), true)
             } else {
+                #[cfg(not(feature = "secure"))]
                 // SAFETY: we own the block until the CAS publishes it.
-                unsafe { Block::set_next(block, list_of(word)) };
+                unsafe {
+                    Block::set_next(block, list_of(word))
+                };
+                // Secure: encoded with this page's key (no page lookup).
+                #[cfg(feature = "secure")]
+                // SAFETY: as above; the block is a block of this page.
+                unsafe {
+                    Block::set_next_in(self, block, list_of(word))
+                };
                 (pack(block, count_of(word) + 1, mode), false)
             };
             // Release pairs with the AcqRel CAS in `collect_thread_free`

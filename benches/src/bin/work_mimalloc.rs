@@ -2,5 +2,5 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
-    shardalloc_bench::workloads::main("mimalloc")
+    shardalloc_bench::workloads::main(shardalloc_bench::report_name("mimalloc"))
 }

@@ -6,7 +6,7 @@
 #[global_allocator]
 static GLOBAL: shardalloc::ShardAlloc = shardalloc::ShardAlloc;
 fn main() -> std::process::ExitCode {
-    let code = shardalloc_bench::workloads::main("ShardAlloc");
+    let code = shardalloc_bench::workloads::main(shardalloc_bench::report_name("ShardAlloc"));
     if std::env::var_os("SHARDALLOC_BENCH_STATS").is_some_and(|v| v == "1") {
         let s = shardalloc::stats();
         println!(
