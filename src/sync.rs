@@ -2,7 +2,8 @@
 //!
 //! Everything in the crate that another thread can observe goes through these
 //! names, so that `RUSTFLAGS="--cfg loom"` runs the real page, heap and abandon
-//! code under the loom model checker (see `loom-tests/`).
+//! code under the loom model checker (see `loom-tests/`). It also holds the
+//! crate's one blocking primitive, [`Sleeper`] (a futex), outside loom.
 
 #[cfg(not(loom))]
 pub(crate) use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
@@ -116,4 +117,95 @@ impl<T: Copy> OwnerCell<T> {
         // SAFETY: as in `get`.
         self.0.with_mut(|slot| unsafe { *slot = value });
     }
+}
+
+#[cfg(not(any(loom, miri)))]
+use core::sync::atomic::{AtomicU32, fence};
+
+/// A thread's sleep until there is work, and the wake-up from threads that
+/// make work: a flag and a futex.
+///
+/// The sleeper announces itself (`asleep = 1`), then checks for work; a
+/// producer publishes work, then checks for a sleeper. A `SeqCst` fence
+/// sits between the two steps on both sides, so at least one of them sees
+/// the other's first step (store buffering is ruled out): either the
+/// sleeper sees the work and does not sleep, or the producer sees `asleep`
+/// and wakes it. A wake-up sent before the sleeper reaches `futex_wait`
+/// makes the wait return at once (the futex word is no longer 1).
+#[cfg(not(any(loom, miri)))]
+pub(crate) struct Sleeper {
+    asleep: AtomicU32,
+}
+
+#[cfg(not(any(loom, miri)))]
+impl Sleeper {
+    pub(crate) const fn new() -> Sleeper {
+        Sleeper {
+            asleep: AtomicU32::new(0),
+        }
+    }
+
+    /// Sleeps until woken, as long as `no_work()` holds once announced.
+    pub(crate) fn sleep_while(&self, no_work: impl Fn() -> bool) {
+        // Relaxed store: ordered before the check by the fence below.
+        self.asleep.store(1, Ordering::Relaxed);
+        // SeqCst: pairs with the fence in `wake` (see the type's documentation).
+        fence(Ordering::SeqCst);
+        while no_work() {
+            futex_wait(&self.asleep, 1);
+            // Relaxed: a waker sets it to 0 before its futex_wake.
+            if self.asleep.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+        }
+        // Relaxed: only the sleeper and wakers touch it; a waker's swap
+        // finding 0 skips the system call.
+        self.asleep.store(0, Ordering::Relaxed);
+    }
+
+    /// Wakes the sleeper, if it sleeps (a fence and a load otherwise).
+    #[inline]
+    pub(crate) fn wake(&self) {
+        // SeqCst: pairs with the fence in `sleep_while`; orders the caller's
+        // publication of work before the check of `asleep`.
+        fence(Ordering::SeqCst);
+        // Relaxed: the fence orders it; the swap decides who wakes.
+        if self.asleep.load(Ordering::Relaxed) == 1 && self.asleep.swap(0, Ordering::Relaxed) == 1 {
+            futex_wake(&self.asleep);
+        }
+    }
+
+    pub(crate) fn reset_after_fork(&self) {
+        // Relaxed: the child has one thread.
+        self.asleep.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(not(any(loom, miri)))]
+/// Waits while `word` holds `expected` (or until a spurious wake-up).
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic; no timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            core::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
+#[cfg(not(any(loom, miri)))]
+/// Wakes one waiter on `word`.
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: `word` is a live, aligned 32-bit atomic.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            1,
+        )
+    };
 }
