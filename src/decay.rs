@@ -30,12 +30,17 @@ use crate::stats::{COMMITTED, Counter};
 /// read on its own.
 pub(crate) static WARM: Counter = Counter::new();
 
-/// Adds `bytes` to [`WARM`], and tells the purge thread, which may be asleep.
+/// Whoever waits for warm memory to appear (the purge thread, asleep
+/// while [`WARM`] is 0).
+#[cfg(not(any(loom, miri)))]
+pub(crate) static WARM_WAITER: crate::sync::Sleeper = crate::sync::Sleeper::new();
+
+/// Adds `bytes` to [`WARM`], and wakes [`WARM_WAITER`] if it sleeps.
 #[inline]
 pub(crate) fn add_warm(bytes: usize) {
     WARM.add(bytes);
     #[cfg(not(any(loom, miri)))]
-    crate::purge_thread::note_warm_added();
+    WARM_WAITER.wake();
 }
 
 /// Fixed-point one: shares are in `0..=ONE`.

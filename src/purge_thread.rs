@@ -12,8 +12,9 @@
 //! The thread is an ordinary reaper: it has its own (empty) heap, takes
 //! other heaps' locks with `try_lock`, and does nothing an allocating
 //! thread's reaper would not (design §4.5, loom model
-//! `reaper_races_owner_reuse`). Its sleep and wake-up are the protocol of
-//! [`Sleeper`].
+//! `reaper_races_owner_reuse`). It sleeps on `decay::WARM_WAITER`
+//! (`sync::Sleeper`, design §4.7), which every addition of warm memory
+//! wakes.
 //!
 //! * **Started** from a slow path (`RawHeap::heartbeat_work`, or a free
 //!   that emptied a page), outside the heap's lock and with the heap
@@ -35,7 +36,6 @@
 
 use crate::decay;
 use crate::options;
-use crate::sync::Sleeper;
 use core::ffi::c_void;
 use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -49,9 +49,6 @@ const FAILED: u32 = 2;
 
 /// The purge thread's state.
 static STATE: AtomicU32 = AtomicU32::new(IDLE);
-
-/// The purge thread's sleep.
-static SLEEPER: Sleeper = Sleeper::new();
 
 /// Starts the purge thread if the process holds warm memory and has none.
 /// Cheap when there is nothing to do (one relaxed load).
@@ -144,7 +141,7 @@ extern "C" fn purge_main(_: *mut c_void) -> *mut c_void {
     let mut idle_passes = 0u32;
     loop {
         if decay::WARM.get() == 0 {
-            SLEEPER.sleep_while(|| decay::WARM.get() == 0);
+            decay::WARM_WAITER.sleep_while(|| decay::WARM.get() == 0);
             idle_passes = 0;
         }
         let before = decay::WARM.get();
@@ -163,13 +160,6 @@ extern "C" fn purge_main(_: *mut c_void) -> *mut c_void {
     }
 }
 
-/// Tells the purge thread that warm memory was added (it may be asleep).
-/// Called after every addition to `decay::WARM`.
-#[inline]
-pub(crate) fn note_warm_added() {
-    SLEEPER.wake();
-}
-
 /// In a forked child: the parent's purge thread does not exist here; the
 /// next slow path that finds warm memory starts one.
 pub(crate) fn after_fork_in_child() {
@@ -177,7 +167,7 @@ pub(crate) fn after_fork_in_child() {
     if STATE.load(Ordering::Relaxed) == RUNNING {
         STATE.store(IDLE, Ordering::Relaxed);
     }
-    SLEEPER.reset_after_fork();
+    decay::WARM_WAITER.reset_after_fork();
 }
 
 fn sleep_ms(ms: u64) {
