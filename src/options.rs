@@ -10,7 +10,7 @@
 //! | `SHARDALLOC_RESET_MODE` | [`set_reset_mode`] | `dontneed` | `dontneed` (RSS drops at once) or `free` (`MADV_FREE`: cheaper, RSS drops only under memory pressure) |
 //! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 32768 | the floor of the process-wide warm budget: unused memory waiting on the decay curve beyond both this and the memory in use goes back at once, oldest first |
 //! | `SHARDALLOC_SEGMENT_CACHE` | [`set_segment_cache`] | 4 | empty segments (4 MiB of address space each, their memory already given back) kept for reuse, at most 16 |
-//! | `SHARDALLOC_PURGE_THREAD` | [`set_purge_thread`] | `1` (C library: `0`) | `1`: a background thread gives warm memory back along the decay curve when no thread calls the allocator (started at the first warm memory; in the C library, when it loads), asleep while there is none; `0`: memory goes back on allocator calls only |
+//! | `SHARDALLOC_PURGE_THREAD` | [`set_purge_thread`] | on in Rust programs, off in the C library | `1`: a background thread gives warm memory back along the decay curve when no thread calls the allocator (started at the first warm memory; in the C library, when it loads), asleep while there is none; `0`: memory goes back on allocator calls only |
 //! | `SHARDALLOC_HUGE_OS_PAGES` | [`set_huge_os_pages`] | `1` | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) on huge blocks of 2 MiB or more; `0`: never |
 //!
 //! Options are plain atomics read with `Relaxed` ordering: a change takes
@@ -73,8 +73,10 @@ static RESET_MODE_FREE: AtomicUsize = AtomicUsize::new(0);
 static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(32 << 20);
 static HUGE_OS_PAGES: AtomicUsize = AtomicUsize::new(1);
 static SEGMENT_CACHE: AtomicUsize = AtomicUsize::new(4);
-static PURGE_THREAD: AtomicUsize =
-    AtomicUsize::new(if cfg!(feature = "c-library") { 0 } else { 1 });
+/// 0: off; 1: on (asked for); 2: the default: on in a Rust program; the C
+/// library's load-time constructor turns it off unless asked for.
+static PURGE_THREAD: AtomicUsize = AtomicUsize::new(PURGE_THREAD_AUTO);
+const PURGE_THREAD_AUTO: usize = 2;
 
 /// Sets the decay time (in milliseconds, at most [`MAX_RESET_DELAY_MS`]):
 /// unused page memory goes back to the OS gradually over it, and none is
@@ -136,10 +138,18 @@ pub fn set_purge_thread(enabled: bool) {
     PURGE_THREAD.store(usize::from(enabled), Ordering::Relaxed);
 }
 
-/// Whether a purge thread may be started.
+/// Whether a purge thread may be started (unless set, it may in a Rust
+/// program and may not where `malloc` is shardalloc's: the C library).
 pub fn purge_thread() -> bool {
     // Relaxed: see the module documentation.
     PURGE_THREAD.load(Ordering::Relaxed) != 0
+}
+
+/// The purge thread was asked for (`SHARDALLOC_PURGE_THREAD=1` or
+/// `set_purge_thread(true)`), not just left at its default.
+pub(crate) fn purge_thread_asked_for() -> bool {
+    // Relaxed: see the module documentation.
+    PURGE_THREAD.load(Ordering::Relaxed) == 1
 }
 
 /// Sets how many empty segments are kept for reuse (at most

@@ -20,11 +20,14 @@
 //!   that emptied a page), outside the heap's lock and with the heap
 //!   consistent; the state moves `IDLE → RUNNING` first. `pthread_create`
 //!   allocates through the C `malloc`, which in a Rust program is not
-//!   ours. In the C library (feature `c-library`) it is ours, and the
-//!   allocator never calls `malloc` from inside itself: there the thread is
-//!   off by default, and `SHARDALLOC_PURGE_THREAD=1` starts it when the
-//!   library loads ([`start_at_load`]) — not by default, since a thread in
-//!   every process would, for instance, make `unshare(CLONE_NEWUSER)` fail.
+//!   ours. In the C library it is, and the allocator never calls `malloc`
+//!   from inside itself: the library's load-time constructor calls
+//!   [`start_at_load`], which starts the thread if
+//!   `SHARDALLOC_PURGE_THREAD=1` asked for it and otherwise turns it off
+//!   for good (a thread in every process would, for instance, make
+//!   `unshare(CLONE_NEWUSER)` fail). Only warm memory made before that
+//!   constructor runs (by objects initialised before the library, libc's
+//!   own start-up) could start it from a slow path first.
 //! * **Signals**: created with every signal blocked, so process-directed
 //!   signals are never delivered on it.
 //! * **fork**: the child has no purge thread; its `atfork` handler
@@ -57,11 +60,6 @@ static STATE: AtomicU32 = AtomicU32::new(IDLE);
 /// heap's lock, with the heap consistent.
 #[inline]
 pub(crate) fn start_if_needed() {
-    if cfg!(feature = "c-library") {
-        // Our `malloc` is the process's: `pthread_create` would call it
-        // from inside an allocation ([`start_at_load`] instead).
-        return;
-    }
     // Relaxed: a hint; the CAS below decides.
     if STATE.load(Ordering::Relaxed) != IDLE || decay::WARM.get() == 0 {
         return;
@@ -72,7 +70,12 @@ pub(crate) fn start_if_needed() {
 /// Starts the purge thread now if the option allows (the C library calls
 /// this from its load-time constructor, outside any allocation).
 pub(crate) fn start_at_load() {
-    start();
+    if options::purge_thread_asked_for() {
+        start_now();
+    } else {
+        // Never from inside an allocation here (see the module docs).
+        options::set_purge_thread(false);
+    }
 }
 
 #[cold]
@@ -81,6 +84,10 @@ fn start() {
     if !options::purge_thread() {
         return;
     }
+    start_now();
+}
+
+fn start_now() {
     // Relaxed: only the winner proceeds; the thread's own data is ordered
     // by `pthread_create`.
     if STATE
