@@ -321,15 +321,16 @@ impl Segment {
         let (page_shift, page_count) = Segment::layout_of(kind)?;
         // SAFETY: exclusively ours (caller); the header is rewritten in place.
         unsafe {
+            // Cached with its memory (or its reset failed): the old layout's
+            // dirty slots stop counting — exactly what `cache_dirty` counted
+            // as warm (every slot of a cached segment is unused) —, and the
+            // new layout's all count: its page areas tile the segment past
+            // the header. One update of the counter, no walk of the slots
+            // (a thread start takes a cached segment).
+            let old_committed = (*segment).warm_bytes.get();
             Segment::uncount_warm(segment);
             let zero = (*segment).pages_zero.get();
             let halves = (*segment).huge_halves.get();
-            if !zero {
-                // Cached with its memory (or its reset failed): the old
-                // layout's dirty slots stop counting, the new layout's all
-                // count (below).
-                Segment::forget_committed(segment);
-            }
             Segment::init_header(
                 segment,
                 kind,
@@ -343,9 +344,11 @@ impl Segment {
             );
             (*segment).huge_halves.set(halves);
             if !zero {
-                for index in 0..page_count {
-                    let page = Segment::page(segment, index);
-                    stats::COMMITTED.add(Segment::committed_len(segment, page));
+                let new_committed = SEGMENT_SIZE - HEADER_SIZE - GUARD_SIZE;
+                if new_committed >= old_committed {
+                    stats::COMMITTED.add(new_committed - old_committed);
+                } else {
+                    stats::COMMITTED.sub(old_committed - new_committed);
                 }
             }
         }

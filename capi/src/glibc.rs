@@ -190,10 +190,11 @@ const M_TRIM_THRESHOLD: c_int = -1;
 /// glibc's largest `M_MXFAST` (`80 * sizeof(size_t) / 4`).
 const MAX_FAST_SIZE: usize = 80 * size_of::<usize>() / 4;
 
-/// `mallopt(3)` as glibc 2.36 does it: `M_TRIM_THRESHOLD` sets
-/// shardalloc's pending-reset limit (the empty-page memory a thread may
-/// keep before it goes back at once; a negative value, which glibc reads as
-/// a huge unsigned one, keeps everything for the reset delay); every other
+/// `mallopt(3)` as glibc 2.36 does it: `M_TRIM_THRESHOLD` sets the floor
+/// of shardalloc's warm budget (the unused memory the process may keep
+/// warm beyond what it uses before the oldest goes back at once; a
+/// negative value, which glibc reads as a huge unsigned one, keeps
+/// everything for the decay time); every other
 /// parameter, known or not, is accepted and ignored. Returns 1, except 0
 /// for an `M_MXFAST` above 160 (glibc's one range check that fails: its
 /// `__libc_mallopt` starts from `res = 1` and only the helpers it calls may

@@ -73,7 +73,7 @@ impl RawHeap {
             self.for_each_page(|page| {
                 (*page).collect_thread_free();
                 if (*page).used.get() == 0 {
-                    self.page_free(page);
+                    self.page_free_for_abandon(page);
                 }
             });
         }

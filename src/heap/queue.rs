@@ -317,6 +317,37 @@ impl RawHeap {
         unsafe { self.page_free_locked(page, false) };
     }
 
+    /// `page_free` for a heap being torn down (`abandon`): the slot goes back
+    /// to its segment but no reset is queued (`abandon` would take it off
+    /// the queue again at once; what happens to the memory is decided per
+    /// segment: cached, or abandoned warm).
+    ///
+    /// # Safety
+    /// The owner, holding the lock, tearing the heap down; `page` is ours,
+    /// on one of our queues, with no live block.
+    pub(super) unsafe fn page_free_for_abandon(&self, page_ptr: *mut Page) {
+        let segment = Segment::of(page_ptr.cast());
+        // SAFETY: the page's segment is live and ours; `kind` never changes.
+        if unsafe { (*segment).kind } == PageKind::Huge {
+            // SAFETY: forwarded.
+            unsafe { self.page_free_locked(page_ptr, false) };
+            return;
+        }
+        // SAFETY: a live page of ours, no live block (caller).
+        let page = unsafe { &*page_ptr };
+        // SAFETY: as above; the page is on the queue its state names.
+        unsafe { self.queue_remove(Self::queue_index_of(page_ptr), page_ptr) };
+        // Relaxed: no other thread can read it (no live block).
+        page.heap.store(ptr::null_mut(), Ordering::Relaxed);
+        page.retire_expire.set(0);
+        // SAFETY: a page of our segment leaving use; then its slot, unused.
+        unsafe {
+            self.note_page_bytes(segment, page_ptr, false);
+            Segment::release_slot(segment, page_ptr);
+            self.list_free_slot(segment);
+        }
+    }
+
     /// `page_free` by whoever holds the lock (the owner, or a reaper).
     /// With `defer`, the slot only joins the reset queue (no reset, and so
     /// no segment freed, now): a reaper walking the segments calls
