@@ -180,7 +180,7 @@ MUTANTS = {
         "src/heap/alloc.rs",
         "            let _guard = self.lock();\n            // SAFETY: ours, on queue `bin`, moved to the full queue.\n",
         "            // SAFETY: ours, on queue `bin`, moved to the full queue.\n",
-        "reaper", "reaper_frees_a_wholly_freed_full_page_while_owner_allocates",
+        "reaper", "reaper_frees_a_wholly_freed_full_page_of_small_blocks",
     ),
     # The reaper frees a full page without checking that it holds every
     # block in use.

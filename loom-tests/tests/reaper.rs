@@ -193,6 +193,73 @@ fn reaper_frees_a_wholly_freed_full_page_while_owner_allocates() {
     });
 }
 
+/// The same decision for a page of small blocks (4 KiB: no interiors, so the
+/// owner moves a page to the full queue under the lock taken for that move
+/// alone, not the one `search_queue` holds around pages of big blocks):
+/// another thread frees every block of the owner's full page, and a reaper
+/// frees the page for the idle owner while the owner allocates on.
+#[test]
+fn reaper_frees_a_wholly_freed_full_page_of_small_blocks() {
+    const SIZE: usize = 4 << 10;
+    /// Blocks in a 64 KiB page past the segment's first.
+    const PER_PAGE: usize = (64 << 10) / SIZE;
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let owner = ModelHeap::new_registered(&world, OWNER);
+        let first = owner.alloc(SIZE);
+        // SAFETY: live blocks of live segments (addresses only).
+        let first_page = unsafe { model::page_address(first) };
+        let mut full = vec![SendPtr(first)];
+        let next = loop {
+            let block = owner.alloc(SIZE);
+            // SAFETY: as above.
+            if unsafe { model::page_address(block) } != first_page {
+                break block;
+            }
+            full.push(SendPtr(block));
+        };
+        // All but one block of `next`'s page, before the race.
+        let mut mine = vec![next];
+        mine.extend((2..PER_PAGE).map(|_| owner.alloc(SIZE)));
+        thread::spawn(move || {
+            for block in full {
+                // SAFETY: the blocks were handed to this thread, which frees them.
+                unsafe { model::free(block.0, REMOTE_B) }
+            }
+        })
+        .join()
+        .unwrap();
+        let reaper_world = Arc::clone(&world);
+        let reaper = thread::spawn(move || {
+            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
+            reaper.reap_others(true);
+            reaper.abandon();
+        });
+        // The last block of the page, then one that finds it full and moves
+        // it to the full queue (under the lock) while the reaper may be
+        // walking that queue.
+        let last = owner.alloc(SIZE);
+        let beyond = owner.alloc(SIZE);
+        reaper.join().unwrap();
+        // SAFETY: live blocks (addresses only).
+        unsafe {
+            assert_eq!(model::page_address(last), model::page_address(next));
+            assert_ne!(model::page_address(beyond), model::page_address(next));
+        }
+        for block in mine.into_iter().chain([last, beyond]) {
+            // SAFETY: our own live blocks.
+            unsafe { owner.free(block) };
+        }
+        owner.collect(true);
+        assert_eq!(owner.segments(), 0, "every page emptied and went back");
+        owner.abandon();
+        drop(owner);
+        drop(world);
+        assert_all_released(baseline);
+    });
+}
+
 /// The other side of the same decision: a full page with live blocks, one
 /// of which another thread freed. The reaper holds that one block, sees
 /// the page still in use, and must hand the block back rather than free the
