@@ -78,6 +78,18 @@ fn reported(outcome: &Outcome, tag: &str) -> String {
         .unwrap_or_else(|| panic!("child reported no {tag}: {}", outcome.stdout))
 }
 
+/// The child died of SIGSEGV (a guard page stopped it); `why` says which.
+fn assert_faulted(outcome: &Outcome, why: &str) {
+    assert_eq!(
+        outcome.signal,
+        Some(libc::SIGSEGV),
+        "{why}: expected SIGSEGV (exit code {:?}); stdout: {}; stderr: {}",
+        outcome.code,
+        outcome.stdout,
+        outcome.stderr
+    );
+}
+
 /// The child died of SIGABRT with exactly `shardalloc: <what> of <addr>; aborting`.
 fn assert_aborted(outcome: &Outcome, what: &str, addr: Option<&str>) {
     assert_eq!(
@@ -462,14 +474,7 @@ child!(child_overflow_large, {
 
 #[test]
 fn writing_past_a_1_mib_block_faults_before_another_block() {
-    let o = run_child("child_overflow_large");
-    assert_eq!(
-        o.signal,
-        Some(libc::SIGSEGV),
-        "code {:?}; stdout: {}",
-        o.code,
-        o.stdout
-    );
+    assert_faulted(&run_child("child_overflow_large"), "past a 1 MiB block");
 }
 
 child!(child_overflow_huge, {
@@ -480,14 +485,7 @@ child!(child_overflow_huge, {
 
 #[test]
 fn writing_past_a_huge_block_faults_before_another_block() {
-    let o = run_child("child_overflow_huge");
-    assert_eq!(
-        o.signal,
-        Some(libc::SIGSEGV),
-        "code {:?}; stdout: {}",
-        o.code,
-        o.stdout
-    );
+    assert_faulted(&run_child("child_overflow_huge"), "past a huge block");
 }
 
 // ---- SHARDALLOC_SECURE_GUARD_PAGES ------------------------------------------------------------
@@ -505,12 +503,9 @@ child!(child_write_the_guard_page, {
 
 #[test]
 fn guard_pages_can_be_turned_off() {
-    let on = run_child("child_write_the_guard_page");
-    assert_eq!(
-        on.signal,
-        Some(libc::SIGSEGV),
-        "default: guard page; {}",
-        on.stdout
+    assert_faulted(
+        &run_child("child_write_the_guard_page"),
+        "default: guard page",
     );
     let off = run_child_with(
         "child_write_the_guard_page",
@@ -539,12 +534,7 @@ fn an_invalid_guard_pages_value_is_reported_and_ignored() {
         "stderr: {}",
         o.stderr
     );
-    assert_eq!(
-        o.signal,
-        Some(libc::SIGSEGV),
-        "the default (guards) stays; {}",
-        o.stdout
-    );
+    assert_faulted(&o, "the default (guards) stays");
 }
 
 // ---- randomized layout -----------------------------------------------------------------------

@@ -15,6 +15,17 @@ const PATTERN: u8 = 0xA5;
 /// Bytes at the start of a block that the model leaves to the allocator.
 const LINK: usize = 64;
 
+/// A thread with its own registered heap that runs one forced reaper pass
+/// over the other heaps of `world` (every one counts as idle), then exits.
+fn spawn_reaper(world: &Arc<World>) -> thread::JoinHandle<()> {
+    let world = Arc::clone(world);
+    thread::spawn(move || {
+        let reaper = ModelHeap::new_registered(&world, REMOTE_A);
+        reaper.reap_others(true);
+        reaper.abandon();
+    })
+}
+
 /// The owner empties a page, whose slot then waits on the heap's reset
 /// queue (the model clock never moves, so only a reaper can reset it).
 /// A reaper on another thread resets every waiting slot of the other
@@ -45,12 +56,7 @@ fn reaper_races_owner_reuse() {
             owner.pending_reset() > 0,
             "page 1's slot waits for its reset"
         );
-        let reaper_world = Arc::clone(&world);
-        let reaper = thread::spawn(move || {
-            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
-            reaper.reap_others(true);
-            reaper.abandon();
-        });
+        let reaper = spawn_reaper(&world);
         // e needs a fresh page and reuses page 1's slot (taking it off the
         // reset queue, unless the reaper reset it first).
         let e = owner.alloc(SIZE);
@@ -110,12 +116,7 @@ fn reaper_hands_back_remote_frees_while_owner_collects() {
             // SAFETY: this thread holds the block alone.
             unsafe { model::free(late.0, REMOTE_B) }
         });
-        let reaper_world = Arc::clone(&world);
-        let reaper = thread::spawn(move || {
-            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
-            reaper.reap_others(true);
-            reaper.abandon();
-        });
+        let reaper = spawn_reaper(&world);
         // Two collects with a yield between, so loom also explores the
         // schedules where the reaper hands the chain back first (without
         // the yield it lets the spawned threads run late).
@@ -164,12 +165,7 @@ fn reaper_frees_a_wholly_freed_full_page_while_owner_allocates() {
         })
         .join()
         .unwrap();
-        let reaper_world = Arc::clone(&world);
-        let reaper = thread::spawn(move || {
-            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
-            reaper.reap_others(true);
-            reaper.abandon();
-        });
+        let reaper = spawn_reaper(&world);
         let c = owner.alloc(SIZE);
         // SAFETY: our own live block (its first bytes hold the link's
         // tracked cell under loom).
@@ -230,12 +226,7 @@ fn reaper_frees_a_wholly_freed_full_page_of_small_blocks() {
         })
         .join()
         .unwrap();
-        let reaper_world = Arc::clone(&world);
-        let reaper = thread::spawn(move || {
-            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
-            reaper.reap_others(true);
-            reaper.abandon();
-        });
+        let reaper = spawn_reaper(&world);
         // The last block of the page, then one that finds it full and moves
         // it to the full queue (under the lock) while the reaper may be
         // walking that queue.
@@ -294,12 +285,7 @@ fn reaper_leaves_a_full_page_with_live_blocks() {
         })
         .join()
         .unwrap();
-        let reaper_world = Arc::clone(&world);
-        let reaper = thread::spawn(move || {
-            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
-            reaper.reap_others(true);
-            reaper.abandon();
-        });
+        let reaper = spawn_reaper(&world);
         let extra = owner.alloc(SIZE);
         reaper.join().unwrap();
         assert_eq!(
@@ -345,12 +331,7 @@ fn reaper_resets_local_free_interiors_while_owner_reuses_them() {
             owner.free(a);
             owner.free(b);
         }
-        let reaper_world = Arc::clone(&world);
-        let reaper = thread::spawn(move || {
-            let reaper = ModelHeap::new_registered(&reaper_world, REMOTE_A);
-            reaper.reap_others(true);
-            reaper.abandon();
-        });
+        let reaper = spawn_reaper(&world);
         // Allocate until the blocks freed above come back (the page's
         // `free` list holds the rest of its first extension before them).
         let mut held = Vec::new();
