@@ -1,8 +1,8 @@
 //! The operating-system seam: every page of memory the allocator uses comes
 //! from here, and goes back through here.
 //!
-//! Two backends implement the same five functions (`map`, `unmap`,
-//! `reset`, `advise_huge_pages`, `now_ms`):
+//! Two backends implement the same functions (`map`, `unmap`, `reset`,
+//! `advise_huge_pages`, `move_pages`, `now_ms`):
 //!
 //! * `unix` (normal builds): `mmap`, `munmap` and `madvise` through `libc`,
 //!   and the monotonic clock;
@@ -27,10 +27,26 @@ pub(crate) const fn checked_align_up(n: usize, align: usize) -> Option<usize> {
 }
 
 #[cfg(not(any(loom, miri)))]
-pub(crate) use unix::{advise_huge_pages, map, now_ms, reset, unmap};
+pub(crate) use unix::{advise_huge_pages, map, move_pages, now_ms, reset, unmap};
 
 #[cfg(any(loom, miri))]
-pub(crate) use test_backend::{advise_huge_pages, live_mappings, map, now_ms, reset, unmap};
+pub(crate) use test_backend::{
+    advise_huge_pages, live_mappings, map, move_pages, now_ms, reset, unmap,
+};
+
+/// What [`move_pages`] did.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Moved {
+    /// The pages are at the destination, with their contents, and the
+    /// source range is no longer mapped.
+    Yes,
+    /// Nothing moved: the source is as it was, and the destination is
+    /// mapped with fresh zeroed memory.
+    No,
+    /// Nothing moved, and the destination range may be unmapped: the
+    /// caller must give the whole destination mapping up.
+    Broken,
+}
 
 #[cfg(not(any(loom, miri)))]
 mod unix {
@@ -170,6 +186,55 @@ mod unix {
         unsafe { libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE) };
     }
 
+    /// Moves the pages of `[from, from + size)` to `[to, to + size)`, which
+    /// they replace, without copying or faulting them: the kernel moves
+    /// the page-table entries (whole 2 MiB entries for transparent huge
+    /// pages when both ends are 2 MiB-aligned). `mremap` with
+    /// `MREMAP_FIXED`; the source must be a single mapping (one VMA: the
+    /// same protection and advice throughout).
+    ///
+    /// # Safety
+    /// Both ranges are page-aligned, disjoint, and lie inside mappings of
+    /// ours that nothing uses; the source range's provenance ends here, and
+    /// the destination is used through the destination mapping's pointer.
+    pub(crate) unsafe fn move_pages(from: *mut u8, size: usize, to: *mut u8) -> super::Moved {
+        // SAFETY: the caller guarantees both ranges are ours and unused.
+        let moved = unsafe {
+            libc::mremap(
+                from.cast(),
+                size,
+                size,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                to.cast::<libc::c_void>(),
+            )
+        };
+        if moved != libc::MAP_FAILED {
+            // The source mapping is gone; the destination was counted when
+            // it was mapped.
+            stats::RESERVED.sub(size);
+            return super::Moved::Yes;
+        }
+        // A failed move may have unmapped the destination first: map it
+        // again, fresh, so the caller's mapping has no hole.
+        // SAFETY: `to` lies in a mapping of ours (caller); MAP_FIXED
+        // replaces whatever is left there.
+        let again = unsafe {
+            libc::mmap(
+                to.cast(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        if again == to.cast() {
+            super::Moved::No
+        } else {
+            super::Moved::Broken
+        }
+    }
+
     /// Cleared when the kernel rejects `MADV_FREE`.
     static MADV_FREE_WORKS: AtomicBool = AtomicBool::new(true);
 
@@ -240,6 +305,15 @@ mod test_backend {
     /// # Safety
     /// None needed; the signature matches the unix backend.
     pub(crate) unsafe fn advise_huge_pages(_ptr: *mut u8, _size: usize) {}
+
+    /// Never moves: the test backend's mappings are heap blocks. The
+    /// destination keeps its (zeroed) memory and the source stays mapped.
+    ///
+    /// # Safety
+    /// None needed; the signature matches the unix backend.
+    pub(crate) unsafe fn move_pages(_from: *mut u8, _size: usize, _to: *mut u8) -> super::Moved {
+        super::Moved::No
+    }
 
     /// A clock that never moves: loom models and Miri runs see no delay expire.
     pub(crate) fn now_ms() -> u64 {

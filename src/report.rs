@@ -3,8 +3,8 @@
 //! its lock) and [`print_stats`], formatted without allocating.
 
 use crate::stats::{
-    ABANDONED_LIVE, COMMITTED, HUGE_LIVE, MADVISE_CALLS, MMAP_CALLS, MUNMAP_CALLS, RESERVED,
-    RESET_TOTAL, THREADS_WITHOUT_EXIT_HOOK,
+    ABANDONED_LIVE, COMMITTED, HUGE_LIVE, MADVISE_CALLS, MMAP_CALLS, MOVED_TOTAL, MUNMAP_CALLS,
+    RESERVED, RESET_TOTAL, THREADS_WITHOUT_EXIT_HOOK,
 };
 
 /// A snapshot of the allocator's process-wide figures.
@@ -25,6 +25,10 @@ pub struct Stats {
     pub reserved: usize,
     /// Bytes given back to the OS with `madvise` so far (cumulative).
     pub reset: usize,
+    /// Bytes of freed huge blocks moved, page tables and all, into the
+    /// segment of a larger huge block so far (cumulative): memory reused
+    /// without a page fault.
+    pub moved: usize,
     /// Segments of exited threads waiting to be reclaimed.
     pub abandoned_segments: usize,
     /// Empty segments kept for reuse.
@@ -89,6 +93,7 @@ pub fn stats() -> Stats {
         committed: COMMITTED.get(),
         reserved: RESERVED.get(),
         reset: RESET_TOTAL.get(),
+        moved: MOVED_TOTAL.get(),
         abandoned_segments: shared.abandoned.len(),
         cached_segments: shared.segment_cache.len(),
         mmap_calls: MMAP_CALLS.get(),
@@ -122,6 +127,7 @@ pub fn print_stats() {
         ("  huge pages    ", s.huge_pages),
         ("  warm          ", Some(s.warm)),
         ("  reset (total) ", Some(s.reset)),
+        ("  moved (total) ", Some(s.moved)),
     ] {
         line.text(name);
         match value {

@@ -29,6 +29,7 @@ use crate::stats;
 use crate::sync::{AtomicUsize, OwnerCell, UnsafeCell};
 use core::cell::Cell;
 use core::ptr::{self, NonNull};
+use core::sync::atomic::Ordering;
 
 /// log2 of the segment size.
 pub(crate) const SEGMENT_SHIFT: usize = 22;
@@ -122,6 +123,71 @@ const HUGE_OS_PAGE: usize = 2 << 20;
 /// spare) smaller gives the difference back to the OS.
 const TRIM_MIN: usize = 1 << 20;
 
+/// Whether spare huge segments are reshaped rather than given back: split
+/// (`Segment::split_huge_tail`) and gathered into one by moving their pages
+/// (`Segment::gather_huge`). Needs real mappings (not the loom and Miri
+/// test backend) and no guard pages (secure builds: a guard page ends
+/// each segment, and splits its mapping in two, which a move cannot take).
+pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri, feature = "secure")));
+
+/// Where a huge block goes in its segment, and how that segment is mapped.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HugeLayout {
+    /// The block's offset from the segment start.
+    block_offset: usize,
+    /// The mapping's alignment: `SEGMENT_SIZE`, or the block's alignment
+    /// when larger.
+    pub(crate) map_align: usize,
+    /// What must be aligned is the mapping plus this.
+    map_offset: usize,
+    /// Header, block in whole OS pages, and guard: the segment's `size`.
+    total: usize,
+    /// `total`, rounded to a huge page when backed by huge pages.
+    pub(crate) map_size: usize,
+    /// Advised for transparent huge pages.
+    huge_pages: bool,
+}
+
+impl HugeLayout {
+    /// The layout of a huge segment for a block of `size` bytes aligned to
+    /// `align`; `None` if it cannot be mapped.
+    pub(crate) fn of(size: usize, align: usize) -> Option<HugeLayout> {
+        if size > HUGE_SIZE_MAX || align > HUGE_SIZE_MAX {
+            return None;
+        }
+        let align = align.max(OS_PAGE_SIZE);
+        // Where the block goes, and how the mapping must be aligned so that
+        // (segment + block_offset) is `align`-aligned and the segment itself
+        // is SEGMENT_SIZE-aligned.
+        let (block_offset, map_align, map_offset) = if align <= SEGMENT_SIZE {
+            (Segment::huge_block_offset(align)?, SEGMENT_SIZE, 0)
+        } else {
+            // The block sits exactly one segment size in: (block − 1) still
+            // masks to the header.
+            (SEGMENT_SIZE, align, SEGMENT_SIZE)
+        };
+        let total = Segment::huge_total(block_offset, size)?;
+        let huge_pages = total >= HUGE_OS_PAGE && options::huge_os_pages();
+        // Backed by huge pages, the mapping ends on a huge page boundary, so
+        // the block's last huge page is a huge page too rather than 4 KiB
+        // faults. The slack past `total` is never handed out or counted;
+        // it becomes resident only with that last huge page.
+        let map_size = if huge_pages {
+            checked_align_up(total, HUGE_OS_PAGE)?
+        } else {
+            total
+        };
+        Some(HugeLayout {
+            block_offset,
+            map_align,
+            map_offset,
+            total,
+            map_size,
+            huge_pages,
+        })
+    }
+}
+
 /// A segment header.
 ///
 /// `thread_id` is read by every free (relaxed, compared with the caller's
@@ -143,7 +209,7 @@ pub(crate) struct Segment {
     /// Immutable: bytes mapped from the segment start: `size`, or for a
     /// huge segment backed by huge pages `size` rounded up to whole huge
     /// pages (the slack is never handed out).
-    map_size: usize,
+    pub(crate) map_size: usize,
     /// Immutable: the alignment the mapping was requested with.
     pub(crate) map_align: usize,
     /// Page slots in use.
@@ -383,8 +449,28 @@ impl Segment {
         (start, end.saturating_sub(start.addr()))
     }
 
+    /// The bytes a slot counts for in its heap's page bytes while in use
+    /// (what a heap's limit bounds): a huge segment's block, or the slot's
+    /// page memory.
+    ///
+    /// # Safety
+    /// `page` is a slot of the live `segment`.
+    pub(crate) unsafe fn page_bytes(segment: *mut Segment, page: *mut Page) -> usize {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            if (*segment).kind == PageKind::Huge {
+                // (Secure: the guard page never holds memory.)
+                (*segment).size - HEADER_SIZE - GUARD_SIZE
+            } else {
+                Segment::page_memory(segment, page).1
+            }
+        }
+    }
+
     /// The bytes a slot counts for in `stats::COMMITTED` while its memory is
-    /// not known to be zero.
+    /// not known to be zero: [`Segment::page_bytes`], but a huge segment's
+    /// whole mapping (a reshaped spare's mapping holds more than its block,
+    /// and the last huge page of any is faulted whole).
     ///
     /// # Safety
     /// `page` is a slot of the live `segment`.
@@ -392,8 +478,10 @@ impl Segment {
         // SAFETY: forwarded from the caller.
         unsafe {
             if (*segment).kind == PageKind::Huge {
-                // (Secure: the guard page never holds memory.)
-                (*segment).size - HEADER_SIZE - GUARD_SIZE
+                // The whole mapping: its last huge page is faulted whole.
+                // (Secure: the guard page never holds memory, and the
+                // mapping ends with it.)
+                (*segment).map_size - HEADER_SIZE - GUARD_SIZE
             } else {
                 Segment::page_memory(segment, page).1
             }
@@ -575,40 +663,176 @@ impl Segment {
         heap: *mut RawHeap,
         bin: usize,
     ) -> Option<(NonNull<Segment>, *mut u8)> {
-        if size > HUGE_SIZE_MAX || align > HUGE_SIZE_MAX {
+        let layout = HugeLayout::of(size, align)?;
+        let base = map_below_limit(layout.map_size, layout.map_align, layout.map_offset)?;
+        // SAFETY: a fresh mapping of ours of `layout.map_size` bytes.
+        Some(unsafe {
+            Segment::init_huge_segment(base, layout.map_size, layout, thread_id, heap, bin)
+        })
+    }
+
+    /// Builds a huge segment for a block of `layout` out of spare huge
+    /// segments: maps `map_size` bytes (at least `layout.map_size` and the
+    /// spares' mappings together), moves each spare's pages into it side by
+    /// side, in the order given (`os::move_pages`: page tables move, the
+    /// memory is neither copied nor faulted again), and splits the memory
+    /// past what the block needs off into a spare (`split_huge_tail`). A
+    /// spare that cannot move is unmapped, its part left fresh. Returns the
+    /// segment, its block (whose memory is not zero) and the new spare or
+    /// null; `None` when the OS refuses the mapping (the spares are then
+    /// unmapped: their memory was free).
+    ///
+    /// # Safety
+    /// The caller owns every spare: huge, no page in use, on no list and no
+    /// queue, unreachable by any other thread; `layout.map_align` is
+    /// `SEGMENT_SIZE` and `map_size` is at least the spares' `map_size`s
+    /// together and at least `layout.map_size`. [`RESHAPE_HUGE_SPARES`] holds.
+    pub(crate) unsafe fn gather_huge(
+        spares: &[*mut Segment],
+        map_size: usize,
+        layout: HugeLayout,
+        thread_id: usize,
+        heap: *mut RawHeap,
+        bin: usize,
+    ) -> Option<(NonNull<Segment>, *mut u8, *mut Segment)> {
+        let dest = map_below_limit(map_size, SEGMENT_SIZE, 0);
+        let mut offset = 0;
+        let mut whole = dest.is_some();
+        for &spare in spares {
+            // SAFETY: exclusively ours (caller); read before it moves.
+            let (len, align) = unsafe { ((*spare).map_size, (*spare).map_align) };
+            // SAFETY: as above: its accounting leaves with it.
+            unsafe {
+                if !(*spare).pages_zero.get() {
+                    Segment::forget_committed(spare);
+                }
+                Segment::uncount_warm(spare);
+            }
+            let moved = match dest {
+                // SAFETY: the spare's whole mapping, unused, into the part of
+                // our fresh mapping that nothing else is moved to.
+                Some(dest) if whole => unsafe {
+                    os::move_pages(spare.cast(), len, dest.as_ptr().add(offset))
+                },
+                _ => os::Moved::No,
+            };
+            match moved {
+                os::Moved::Yes => stats::MOVED_TOTAL.add(len),
+                os::Moved::No => {
+                    // SAFETY: still the spare's own mapping, which nothing uses.
+                    unsafe { os::unmap(NonNull::new_unchecked(spare.cast()), len, align) }
+                }
+                os::Moved::Broken => {
+                    // SAFETY: as above.
+                    unsafe { os::unmap(NonNull::new_unchecked(spare.cast()), len, align) };
+                    whole = false;
+                }
+            }
+            offset += len;
+        }
+        let dest = dest?;
+        if !whole {
+            // SAFETY: our mapping, holding nothing anyone uses.
+            unsafe { os::unmap(dest, map_size, SEGMENT_SIZE) };
             return None;
         }
-        let align = align.max(OS_PAGE_SIZE);
-        // Where the block goes, and how the mapping must be aligned so that
-        // (segment + block_offset) is `align`-aligned and the segment itself
-        // is SEGMENT_SIZE-aligned.
-        let (block_offset, map_align, map_offset) = if align <= SEGMENT_SIZE {
-            (Segment::huge_block_offset(align)?, SEGMENT_SIZE, 0)
-        } else {
-            // The block sits exactly one segment size in: (block − 1) still
-            // masks to the header.
-            (SEGMENT_SIZE, align, SEGMENT_SIZE)
+        // SAFETY: our mapping of `map_size` bytes, holding nothing anyone
+        // uses; the block's memory is not zero, which `init_huge` records.
+        let (segment, block) =
+            unsafe { Segment::init_huge_segment(dest, map_size, layout, thread_id, heap, bin) };
+        // SAFETY: our new segment; the block ends within `layout.map_size`,
+        // and what lies past it is moved memory nobody uses (what the split
+        // leaves stays with the block, counted in its committed length).
+        let tail = unsafe { Segment::split_huge_tail(segment.as_ptr(), layout.map_size) };
+        Some((segment, block, tail))
+    }
+
+    /// Cuts the memory of huge segment `segment` from the first
+    /// `SEGMENT_SIZE` boundary at or past `keep` (where its block ends, or
+    /// later) off into a spare huge segment of its own, when that leaves at
+    /// least a huge page. Returns the new spare (unused page, same owner and
+    /// heap, on no list; the two are separate mappings from then on), or
+    /// null with nothing changed.
+    ///
+    /// # Safety
+    /// The caller owns `segment`, mapped at `SEGMENT_SIZE`; nothing uses
+    /// its memory past `keep`; [`RESHAPE_HUGE_SPARES`] holds.
+    pub(crate) unsafe fn split_huge_tail(segment: *mut Segment, keep: usize) -> *mut Segment {
+        // SAFETY: ours (caller).
+        let header = unsafe { &mut *segment };
+        let map_size = header.map_size;
+        let cut = checked_align_up(keep, SEGMENT_SIZE).filter(|&cut| {
+            cut.checked_add(HUGE_OS_PAGE)
+                .is_some_and(|end| end <= map_size)
+        });
+        let Some(cut) = cut else {
+            return ptr::null_mut();
         };
-        let total = Segment::huge_total(block_offset, size)?;
-        let huge_pages = total >= HUGE_OS_PAGE && options::huge_os_pages();
-        // Backed by huge pages, the mapping ends on a huge page boundary, so
-        // the block's last huge page is a huge page too rather than 4 KiB
-        // faults. The slack past `total` is never handed out or counted;
-        // it becomes resident only with that last huge page.
-        let map_size = if huge_pages {
-            checked_align_up(total, HUGE_OS_PAGE)?
-        } else {
-            total
-        };
-        let base = map_below_limit(map_size, map_align, map_offset)?;
+        let tail_len = map_size - cut;
+        // Relaxed: the owner reads the id it stored itself; pairs with nothing.
+        let thread_id = header.thread_id.load(Ordering::Relaxed);
+        // SAFETY: our segment's page (caller); its committed length changes
+        // with the mapping, so it is counted again.
+        unsafe {
+            let page = Segment::page(segment, 0);
+            let counted = !(*page).memory_is_zero.get();
+            if counted {
+                stats::COMMITTED.sub(Segment::committed_len(segment, page));
+            }
+            header.map_size = cut;
+            header.size = header.size.min(cut);
+            if counted {
+                stats::COMMITTED.add(Segment::committed_len(segment, page));
+            }
+        }
+        // SAFETY: the part past `cut`: SEGMENT_SIZE-aligned memory of ours,
+        // unused, at least a huge page (above), now a mapping of its own.
+        unsafe {
+            let tail = segment.cast::<u8>().add(cut).cast::<Segment>();
+            Segment::init_header(
+                tail,
+                PageKind::Huge,
+                HUGE_PAGE_SHIFT,
+                1,
+                tail_len,
+                SEGMENT_SIZE,
+                thread_id,
+                header.heap.get(),
+                false,
+            );
+            stats::COMMITTED.add(Segment::committed_len(tail, Segment::page(tail, 0)));
+            tail
+        }
+    }
+
+    /// Sets up a huge segment in the mapping `[base, base + map_size)`:
+    /// its guard and huge-page advice, header and page, for a block of
+    /// `layout`. Returns the segment and the block.
+    ///
+    /// # Safety
+    /// The mapping is ours, `map_size ≥ layout.map_size` bytes, aligned as
+    /// `layout` asks, and nothing else uses it.
+    unsafe fn init_huge_segment(
+        base: NonNull<u8>,
+        map_size: usize,
+        layout: HugeLayout,
+        thread_id: usize,
+        heap: *mut RawHeap,
+        bin: usize,
+    ) -> (NonNull<Segment>, *mut u8) {
+        let HugeLayout {
+            block_offset,
+            total,
+            ..
+        } = layout;
         #[cfg(feature = "secure")]
         secure_new_segment(base, total);
-        if huge_pages {
-            // SAFETY: our fresh mapping.
+        if layout.huge_pages {
+            // SAFETY: our mapping (caller).
             unsafe { os::advise_huge_pages(base.as_ptr(), map_size) };
         }
         let segment = base.cast::<Segment>();
-        // SAFETY: fresh, exclusively ours, large enough for header and block.
+        // SAFETY: exclusively ours (caller), large enough for header and block.
         unsafe {
             Segment::init_header(
                 segment.as_ptr(),
@@ -616,7 +840,7 @@ impl Segment {
                 HUGE_PAGE_SHIFT,
                 1,
                 total,
-                map_align,
+                layout.map_align,
                 thread_id,
                 heap,
                 true,
@@ -628,7 +852,7 @@ impl Segment {
             (*page).init_huge(heap, bin, block, total - block_offset - GUARD_SIZE);
             stats::HUGE_LIVE.add(total - block_offset - GUARD_SIZE);
             (*segment.as_ptr()).used_pages.set(1);
-            Some((segment, block))
+            (segment, block)
         }
     }
 
@@ -639,7 +863,7 @@ impl Segment {
     }
 
     /// The bytes a huge block of `size` bytes aligned to `align` counts for
-    /// in its heap's page bytes (`committed_len` of its segment), or `None`
+    /// in its heap's page bytes (`page_bytes` of its segment), or `None`
     /// if it cannot be mapped.
     pub(crate) fn huge_footprint(size: usize, align: usize) -> Option<usize> {
         let block_offset = if align <= SEGMENT_SIZE {
@@ -664,17 +888,23 @@ impl Segment {
     /// `segment` is a live huge segment.
     pub(crate) unsafe fn huge_fits(segment: *mut Segment, size: usize, align: usize) -> bool {
         // SAFETY: a live segment (caller).
-        let (total, map_align) = unsafe { ((*segment).size, (*segment).map_align) };
+        let (total, map_size, map_align) =
+            unsafe { ((*segment).size, (*segment).map_size, (*segment).map_align) };
+        // Reshaped, a spare offers its whole mapping; otherwise (secure:
+        // the guard page ends `size`) its old block's.
+        let limit = if RESHAPE_HUGE_SPARES { map_size } else { total };
         align <= SEGMENT_SIZE
             && map_align == SEGMENT_SIZE
             && Segment::huge_block_offset(align)
                 .and_then(|offset| offset.checked_add(size))
-                .is_some_and(|end| end <= total - GUARD_SIZE)
+                .is_some_and(|end| end <= limit - GUARD_SIZE)
     }
 
     /// Sets a spare huge segment's page up again for a block of `size` bytes
-    /// aligned to `align`, owned by `heap`; returns the block. When the
-    /// spare is much larger than the block, the tail's memory goes back.
+    /// aligned to `align`, owned by `heap`; returns the block, and the spare
+    /// split off its tail (`split_huge_tail`) or null. When the spare is
+    /// much larger than the block and cannot be split, the tail's memory
+    /// goes back.
     ///
     /// # Safety
     /// The caller owns the spare `segment` and `page` (its only page,
@@ -685,7 +915,7 @@ impl Segment {
         align: usize,
         heap: *mut RawHeap,
         bin: usize,
-    ) -> *mut u8 {
+    ) -> (*mut u8, *mut Segment) {
         // SAFETY: an unused page of our spare, which fits (caller).
         unsafe {
             let offset = Segment::huge_block_offset(align).unwrap_or(HEADER_SIZE);
@@ -700,18 +930,34 @@ impl Segment {
             } else {
                 OS_PAGE_SIZE
             };
-            let keep = checked_align_up(offset + size, unit).unwrap_or(total);
-            // (A partial huge page at the end stays: it is 4 KiB pages,
-            // faulted in one by one if it ever went back.)
-            let end = (total - GUARD_SIZE) & !(unit - 1);
-            let tail = end.saturating_sub(keep);
-            if tail >= TRIM_MIN.max(total / 2) {
-                os::reset(segment.cast::<u8>().add(keep), tail);
-            }
+            let tail = if RESHAPE_HUGE_SPARES {
+                // The block takes what it needs, in whole units; the rest of
+                // the mapping becomes a spare of its own where it can (kept
+                // warm for the next huge block), else stays with the block.
+                // The block's own size is tight (what its heap's page bytes
+                // and limit count); the rest up to the cut stays mapped and
+                // resident with it, counted as committed.
+                let map_size = (*segment).map_size;
+                let keep =
+                    checked_align_up(offset + size, unit).map_or(map_size, |k| k.min(map_size));
+                (*segment).size = Segment::huge_total(offset, size).map_or(keep, |t| t.min(keep));
+                Segment::split_huge_tail(segment, keep)
+            } else {
+                // (A partial huge page at the end stays: it is 4 KiB pages,
+                // faulted in one by one if it ever went back.)
+                let keep = checked_align_up(offset + size, unit).unwrap_or(total);
+                let end = (total - GUARD_SIZE) & !(unit - 1);
+                let tail = end.saturating_sub(keep);
+                if tail >= TRIM_MIN.max(total / 2) {
+                    os::reset(segment.cast::<u8>().add(keep), tail);
+                }
+                ptr::null_mut()
+            };
+            let total = (*segment).size;
             (*page).init_huge(heap, bin, block, total - offset - GUARD_SIZE);
             (*segment).used_pages.set(1);
             stats::HUGE_LIVE.add(total - offset - GUARD_SIZE);
-            block
+            (block, tail)
         }
     }
 

@@ -47,6 +47,8 @@ pub(crate) static MADVISE_CALLS: Counter = Counter::new();
 pub(crate) static RESERVED: Counter = Counter::new();
 /// Bytes given back with `madvise` so far.
 pub(crate) static RESET_TOTAL: Counter = Counter::new();
+/// Bytes of spare huge segments moved into new ones so far (no fault).
+pub(crate) static MOVED_TOTAL: Counter = Counter::new();
 /// Bytes of page memory not known to read as zero: pages in use, and empty
 /// ones whose memory has not been given back yet (see `Segment`).
 pub(crate) static COMMITTED: Counter = Counter::new();

@@ -111,7 +111,7 @@ pub(crate) struct RawHeap {
     pub(crate) next_first_class: Cell<*mut RawHeap>,
     pub(crate) prev_first_class: Cell<*mut RawHeap>,
     /// Bytes of page memory the heap holds in pages in use (and its peak);
-    /// see `Segment::committed_len`.
+    /// see `Segment::page_bytes`.
     page_bytes: Cell<usize>,
     peak_page_bytes: Cell<usize>,
     /// At most this many `page_bytes`: a page or huge block beyond it is

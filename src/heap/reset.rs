@@ -4,15 +4,19 @@
 //! `collect(true)` gives back the OS pages inside large free blocks.
 
 use super::RawHeap;
+use super::segments::SegmentLinks;
 use crate::decay;
 use crate::options;
 use crate::os;
 use crate::os::OS_PAGE_SIZE;
 use crate::page::{Block, INTERIOR_RESET_MARK, INTERIOR_RESET_MIN, MARK_OFFSET, Page};
 use crate::registry::NOTHING_DUE;
-use crate::segment::{SEGMENT_SIZE, Segment};
+use crate::segment::{HugeLayout, RESHAPE_HUGE_SPARES, SEGMENT_SIZE, Segment};
 use crate::size_class::{BIN_COUNT, BIN_HUGE, PageKind};
 use core::ptr;
+
+/// The most spare huge segments gathered into one block's segment.
+const GATHER_MAX: usize = 8;
 
 impl RawHeap {
     /// An unused page slot's memory goes back to the OS along the decay
@@ -240,13 +244,29 @@ impl RawHeap {
             let segment = Segment::of(page.cast());
             // SAFETY: pages on the reset queue are slots of our live
             // segments (owner thread holding the lock, caller).
-            let (kind, segment_size) = unsafe { ((*segment).kind, (*segment).size) };
+            let (kind, segment_size) = unsafe {
+                let header = &*segment;
+                // Reshaped, a spare's whole mapping is on offer.
+                let capacity = if RESHAPE_HUGE_SPARES {
+                    header.map_size
+                } else {
+                    header.size
+                };
+                (header.kind, capacity)
+            };
+            // Reshaped, the block counts its own footprint in the heap's
+            // page bytes, which the caller checked against the limit; else
+            // the whole spare's.
+            let within_limit = || {
+                // SAFETY: as above.
+                RESHAPE_HUGE_SPARES
+                    || self.within_limit(unsafe { Segment::page_bytes(segment, page) })
+            };
             if kind == PageKind::Huge
                 && segment_size < best_size
                 // SAFETY: as above.
                 && unsafe { Segment::huge_fits(segment, size, align) }
-                // SAFETY: as above.
-                && self.within_limit(unsafe { Segment::committed_len(segment, page) })
+                && within_limit()
             {
                 best = page;
                 best_size = segment_size;
@@ -255,7 +275,8 @@ impl RawHeap {
             page = unsafe { (*page).next.get() };
         }
         if best.is_null() {
-            return ptr::null_mut();
+            // SAFETY: owner thread holding the lock (caller).
+            return unsafe { self.gather_huge_spares(size, align, zero) };
         }
         let segment = Segment::of(best.cast());
         // SAFETY: a spare of ours, taken off the reset queue and handed out
@@ -263,13 +284,124 @@ impl RawHeap {
         // on the huge queue.
         unsafe {
             self.unschedule_reset(best);
-            let block = Segment::reuse_huge(segment, size, align, self.as_ptr(), BIN_HUGE);
+            let (block, tail) = Segment::reuse_huge(segment, size, align, self.as_ptr(), BIN_HUGE);
             self.queue_push_back(BIN_HUGE, best);
             self.note_page_bytes(segment, best, true);
+            self.keep_split_tail(tail);
             if zero {
                 block.write_bytes(0, size);
             }
             block
+        }
+    }
+
+    /// No spare fits: builds the block's segment out of the largest spares
+    /// (largest first, until they cover it; at most [`GATHER_MAX`]), whose
+    /// pages move into it with their page tables (`Segment::gather_huge`),
+    /// so that only what they lack is faulted in, rather than mapping the
+    /// whole block fresh while the spares wait for the decay. Null when
+    /// there is no spare to gather or the OS refuses.
+    ///
+    /// # Safety
+    /// Owner thread holding the lock.
+    unsafe fn gather_huge_spares(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        if !RESHAPE_HUGE_SPARES {
+            return ptr::null_mut();
+        }
+        let Some(layout) = HugeLayout::of(size, align) else {
+            return ptr::null_mut();
+        };
+        if layout.map_align != SEGMENT_SIZE {
+            return ptr::null_mut();
+        }
+        let mut chosen = [ptr::null_mut::<Segment>(); GATHER_MAX];
+        let mut count = 0;
+        let mut gathered = 0usize;
+        while count < GATHER_MAX && gathered < layout.map_size {
+            let mut best: *mut Segment = ptr::null_mut();
+            let mut best_size = 0;
+            let mut page = self.reset_queue.first.get();
+            while !page.is_null() {
+                let segment = Segment::of(page.cast());
+                // SAFETY: pages on the reset queue are slots of our live
+                // segments (owner thread holding the lock, caller).
+                let (kind, map_size, map_align) =
+                    unsafe { ((*segment).kind, (*segment).map_size, (*segment).map_align) };
+                if kind == PageKind::Huge
+                    && map_align == SEGMENT_SIZE
+                    && map_size > best_size
+                    && !chosen[..count].contains(&segment)
+                {
+                    best = segment;
+                    best_size = map_size;
+                }
+                // SAFETY: as above.
+                page = unsafe { (*page).next.get() };
+            }
+            if best.is_null() {
+                break;
+            }
+            chosen[count] = best;
+            count += 1;
+            gathered += best_size;
+        }
+        if count == 0 {
+            return ptr::null_mut();
+        }
+        for &segment in &chosen[..count] {
+            // SAFETY: our spares: off the reset queue and our lists, they
+            // are exclusively ours (no other thread reaches a spare).
+            unsafe {
+                self.unschedule_reset(Segment::page(segment, 0));
+                self.detach_segment(segment);
+            }
+        }
+        // SAFETY: the spares are ours alone (above), huge, unused, each
+        // mapped at SEGMENT_SIZE; the mapping covers them and the block.
+        let Some((segment, block, tail)) = (unsafe {
+            Segment::gather_huge(
+                &chosen[..count],
+                layout.map_size.max(gathered),
+                layout,
+                self.thread_id(),
+                self.as_ptr(),
+                BIN_HUGE,
+            )
+        }) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: a new huge segment of ours, on no list; page 0 is its page;
+        // its block is ours to zero.
+        unsafe {
+            let page = Segment::page(segment.as_ptr(), 0);
+            self.segments.push(segment.as_ptr(), SegmentLinks::All);
+            self.queue_push_back(BIN_HUGE, page);
+            self.note_page_bytes(segment.as_ptr(), page, true);
+            self.keep_split_tail(tail);
+            if zero {
+                block.write_bytes(0, size);
+            }
+        }
+        block
+    }
+
+    /// A spare split off a huge segment (`Segment::split_huge_tail`), or
+    /// null: it joins our segments and waits as a spare like any freed
+    /// huge segment.
+    ///
+    /// # Safety
+    /// Owner thread holding the lock; `tail` is null or a spare of ours on
+    /// no list.
+    unsafe fn keep_split_tail(&self, tail: *mut Segment) {
+        if tail.is_null() {
+            return;
+        }
+        // SAFETY: a spare of ours, its only page unused (caller).
+        unsafe {
+            self.segments.push(tail, SegmentLinks::All);
+            if !self.keep_huge_spare(tail, Segment::page(tail, 0)) {
+                self.segment_free(tail);
+            }
         }
     }
 

@@ -310,7 +310,7 @@ impl RawHeap {
         gained: bool,
     ) {
         // SAFETY: forwarded from the caller.
-        let bytes = unsafe { Segment::committed_len(segment, page) };
+        let bytes = unsafe { Segment::page_bytes(segment, page) };
         if gained {
             let now = self.page_bytes.get() + bytes;
             self.page_bytes.set(now);

@@ -10,12 +10,13 @@ fn main() -> std::process::ExitCode {
     if std::env::var_os("SHARDALLOC_BENCH_STATS").is_some_and(|v| v == "1") {
         let s = shardalloc::stats();
         println!(
-            "@stats mmap_calls={} munmap_calls={} madvise_calls={} reset_mib={:.1} \
+            "@stats mmap_calls={} munmap_calls={} madvise_calls={} reset_mib={:.1} moved_mib={:.1} \
              reserved_mib={:.1} committed_mib={:.1} abandoned_segments={} cached_segments={}",
             s.mmap_calls,
             s.munmap_calls,
             s.madvise_calls,
             s.reset as f64 / f64::from(1 << 20),
+            s.moved as f64 / f64::from(1 << 20),
             s.reserved as f64 / f64::from(1 << 20),
             s.committed as f64 / f64::from(1 << 20),
             s.abandoned_segments,

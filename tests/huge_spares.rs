@@ -1,0 +1,143 @@
+//! Freed huge blocks are spares that the next huge block reuses without page faults
+//! (issue 12, point 4): a request larger than every spare is built from the spares' memory,
+//! moved with its page tables (`stats().moved`), and what a smaller request leaves of a spare
+//! stays a spare of its own. Its own test binary: the warm budget and the counters are
+//! process-wide, and other tests' memory would make the figures noisy.
+//!
+//! Run: `cargo test --release --test huge_spares -- --nocapture`.
+
+mod common;
+
+use common::Block;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+#[global_allocator]
+static GLOBAL: shardalloc::ShardAlloc = shardalloc::ShardAlloc;
+
+const MIB: usize = 1 << 20;
+
+/// Minor page faults of the calling thread so far.
+fn thread_minor_faults() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: a valid out-pointer; RUSAGE_THREAD is Linux's per-thread usage.
+    let done = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(done, 0, "getrusage(RUSAGE_THREAD)");
+    // SAFETY: filled in by the successful call above.
+    unsafe { usage.assume_init() }.ru_minflt
+}
+
+/// Writes one byte per 4 KiB page of `[ptr, ptr + len)`, the way a program's first pass over
+/// a buffer does; returns the minor faults that took.
+fn touch_pages(ptr: *mut u8, len: usize) -> i64 {
+    let before = thread_minor_faults();
+    for offset in (0..len).step_by(4096) {
+        // SAFETY: inside a live block of `len` bytes (caller).
+        unsafe { ptr.add(offset).write_volatile(offset as u8) };
+    }
+    thread_minor_faults() - before
+}
+
+/// Two freed 6 MiB blocks, then a 12 MiB request, larger than either: its memory is theirs,
+/// moved, so writing all of it takes no page fault, and what was written before is gone only
+/// in the sense that the new block owns it.
+#[test]
+fn a_larger_huge_block_is_built_from_spares_without_faults() {
+    if shardalloc::options::reset_delay_ms() == 0 {
+        println!("skipping: SHARDALLOC_RESET_DELAY_MS=0 keeps no spares");
+        return;
+    }
+    let heap = shardalloc::Heap::new();
+    let layout = |size| std::alloc::Layout::from_size_align(size, 16).expect("layout");
+    let a = heap.alloc(layout(6 * MIB));
+    let b = heap.alloc(layout(6 * MIB));
+    assert!(!a.is_null() && !b.is_null(), "6 MiB allocations failed");
+    touch_pages(a, 6 * MIB);
+    touch_pages(b, 6 * MIB);
+    // SAFETY: live blocks of `heap`, each freed once.
+    unsafe {
+        heap.dealloc(a);
+        heap.dealloc(b);
+    }
+    let moved = shardalloc::stats().moved;
+    let c = heap.alloc(layout(12 * MIB));
+    assert!(!c.is_null(), "12 MiB allocation failed");
+    // SAFETY: a live block of ours.
+    let len = unsafe { shardalloc::usable_size(c) };
+    let moved = shardalloc::stats().moved - moved;
+    let faults = touch_pages(c, len);
+    println!(
+        "12 MiB block {c:p} (usable {len}): {moved} bytes moved in, {faults} faults to write it"
+    );
+    assert!(
+        moved >= 12 * MIB,
+        "the 12 MiB block was not built from the two 6 MiB spares: {moved} bytes moved"
+    );
+    assert!(
+        faults <= 1,
+        "writing a block built from resident spares took {faults} page faults"
+    );
+    // The block is sound memory end to end, and the heap accounts for it.
+    // SAFETY: the block is ours, `len` bytes long.
+    unsafe { c.write_bytes(0x5a, len) };
+    // SAFETY: as above.
+    let bytes = unsafe { std::slice::from_raw_parts(c, len) };
+    assert!(bytes.iter().all(|&x| x == 0x5a));
+    assert!(heap.stats().live_bytes >= 12 * MIB);
+    drop(heap);
+}
+
+/// malloc-large's pattern, randomized: six slots of 1–8 MiB blocks, each replaced by a new one
+/// of another size, every block filled with its own pattern at both ends and checked when it
+/// is freed. Spares are split and gathered all the time; no two live blocks may overlap and
+/// no byte may change under its owner. Then the faults: after the first round, new blocks are
+/// made of spares, so the thread faults in far less than it writes.
+#[test]
+fn huge_blocks_replaced_at_random_stay_intact_and_reuse_memory() {
+    let seed = common::seed("huge_blocks_replaced_at_random_stay_intact_and_reuse_memory");
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let steps = 300 * common::scale();
+    let new_block = |rng: &mut SmallRng, fill: u8| {
+        let size = rng.random_range(MIB / 4096..=8 * MIB / 4096) * 4096;
+        Block::new_sparse(size, 16, fill, seed)
+    };
+    let mut slots: Vec<Block> = (0..6).map(|i| new_block(&mut rng, i as u8)).collect();
+    let faults_before = thread_minor_faults();
+    let mut written = 0usize;
+    for step in 0..steps {
+        let i = rng.random_range(0..slots.len());
+        if let Err(e) = slots[i].verify() {
+            panic!("seed {seed}, step {step}: {e}");
+        }
+        slots[i] = new_block(&mut rng, step as u8);
+        written += slots[i].usable().min(2 * common::SPARSE_EDGE);
+        for (j, other) in slots.iter().enumerate() {
+            let (x, y) = (&slots[i], other);
+            assert!(
+                i == j || x.addr() + x.usable() <= y.addr() || y.addr() + y.usable() <= x.addr(),
+                "seed {seed}, step {step}: blocks {:#x}+{} and {:#x}+{} overlap",
+                x.addr(),
+                x.usable(),
+                y.addr(),
+                y.usable()
+            );
+        }
+    }
+    for (i, block) in slots.iter().enumerate() {
+        if let Err(e) = block.verify() {
+            panic!("seed {seed}, at the end, slot {i}: {e}");
+        }
+    }
+    let faults = thread_minor_faults() - faults_before;
+    let s = shardalloc::stats();
+    println!(
+        "seed {seed}: {steps} replacements, {} MiB of pattern written, {faults} faults, {} MiB \
+         moved, {} MiB reset",
+        written / MIB,
+        s.moved / MIB,
+        s.reset / MIB
+    );
+    if shardalloc::options::reset_delay_ms() > 0 {
+        assert!(s.moved > 0, "seed {seed}: no spare was ever gathered");
+    }
+}
