@@ -47,6 +47,10 @@ pub(crate) struct Shared {
     pub(crate) abandoned: AbandonedSegments,
     /// Empty segments kept for reuse.
     pub(crate) segment_cache: SegmentCache,
+    /// Spare huge segments that exited threads and destroyed heaps left,
+    /// warm for any heap's next huge block until their decay time passes
+    /// (the same slots and protocol as the segment cache).
+    pub(crate) huge_spares: SegmentCache,
     /// Every live heap, for reapers and statistics.
     pub(crate) heaps: HeapRegistry,
 }
@@ -58,6 +62,7 @@ impl Shared {
         Shared {
             abandoned: AbandonedSegments::new(),
             segment_cache: SegmentCache::new(),
+            huge_spares: SegmentCache::new(),
             heaps: HeapRegistry::new(),
         }
     }
@@ -68,6 +73,7 @@ impl Shared {
         Shared {
             abandoned: AbandonedSegments::new(),
             segment_cache: SegmentCache::new(),
+            huge_spares: SegmentCache::new(),
             heaps: HeapRegistry::new(),
         }
     }

@@ -31,7 +31,8 @@ pub struct Stats {
     pub moved: usize,
     /// Segments of exited threads waiting to be reclaimed.
     pub abandoned_segments: usize,
-    /// Empty segments kept for reuse.
+    /// Empty segments kept for reuse, and spare huge segments in the
+    /// process-wide pool (left by exited threads and destroyed heaps).
     pub cached_segments: usize,
     /// `mmap` calls so far.
     pub mmap_calls: usize,
@@ -95,7 +96,7 @@ pub fn stats() -> Stats {
         reset: RESET_TOTAL.get(),
         moved: MOVED_TOTAL.get(),
         abandoned_segments: shared.abandoned.len(),
-        cached_segments: shared.segment_cache.len(),
+        cached_segments: shared.segment_cache.len() + shared.huge_spares.len(),
         mmap_calls: MMAP_CALLS.get(),
         munmap_calls: MUNMAP_CALLS.get(),
         madvise_calls: MADVISE_CALLS.get(),

@@ -605,16 +605,61 @@ impl Segment {
     }
 
     /// A cached segment whose memory is still there and due for its reset
-    /// by `now_ms`: gives the memory back.
+    /// by `now_ms`: gives the memory back. Returns whether the segment is
+    /// worth keeping cached (a pooled huge spare that is due is not: its
+    /// memory is all it is).
     ///
     /// # Safety
     /// The caller took `segment` from the cache and owns it.
-    pub(crate) unsafe fn reset_cached_if_due(segment: *mut Segment, now_ms: u64) {
+    pub(crate) unsafe fn reset_cached_if_due(segment: *mut Segment, now_ms: u64) -> bool {
         // SAFETY: owned by the caller.
         unsafe {
-            if !(*segment).pages_zero.get() && (*segment).cache_due_ms.get() <= now_ms {
+            let due = (*segment).cache_due_ms.get() <= now_ms;
+            if (*segment).kind == PageKind::Huge {
+                return !due;
+            }
+            if !(*segment).pages_zero.get() && due {
                 Segment::reset_pages(segment);
             }
+            true
+        }
+    }
+
+    /// A spare huge segment (its page unused, its memory dirty) leaves its
+    /// heap for the process-wide pool: it belongs to no heap or thread,
+    /// counts in the warm budget, and is due for unmapping at `due_ms`.
+    ///
+    /// # Safety
+    /// The caller owns the spare: huge, its page unused, on no list or
+    /// queue, unreachable by any other thread.
+    pub(crate) unsafe fn pool_huge(segment: *mut Segment, due_ms: u64) {
+        // SAFETY: owned by the caller.
+        unsafe {
+            let header = &*segment;
+            header.heap.set(ptr::null_mut());
+            // Relaxed: no block of the segment is live, so no free reads it;
+            // the pool's Release put publishes it to the next owner.
+            header.thread_id.store(0, Ordering::Relaxed);
+            header.cache_due_ms.set(due_ms);
+            Segment::uncount_warm(segment);
+            let warm = Segment::committed_len(segment, Segment::page(segment, 0));
+            header.warm_bytes.set(warm);
+            decay::add_warm(warm);
+        }
+    }
+
+    /// A pooled huge spare joins heap `heap` of thread `thread_id` (which
+    /// counts it in the warm budget its own way).
+    ///
+    /// # Safety
+    /// The caller took the spare from the pool and owns it.
+    pub(crate) unsafe fn unpool_huge(segment: *mut Segment, heap: *mut RawHeap, thread_id: usize) {
+        // SAFETY: owned by the caller.
+        unsafe {
+            Segment::uncount_warm(segment);
+            (*segment).heap.set(heap);
+            // Relaxed: as in `pool_huge`; the page is unused, no free reads it.
+            (*segment).thread_id.store(thread_id, Ordering::Relaxed);
         }
     }
 

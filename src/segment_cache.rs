@@ -91,7 +91,8 @@ impl SegmentCache {
 
     /// Gives back the memory of cached segments whose reset is due by
     /// `now_ms` (see `Segment::cache_dirty`): each is taken out, reset, and
-    /// put back (or unmapped if its slot was refilled meanwhile).
+    /// put back (or unmapped if its slot was refilled meanwhile); a pooled
+    /// huge spare that is due is unmapped.
     pub(crate) fn sweep(&self, now_ms: u64, limit: usize) {
         for slot in &self.slots {
             // Relaxed: a cheap emptiness test; the swap acquires.
@@ -105,8 +106,7 @@ impl SegmentCache {
             }
             // SAFETY: the swap made us the segment's only owner.
             unsafe {
-                Segment::reset_cached_if_due(segment, now_ms);
-                if !self.put(segment, limit) {
+                if !Segment::reset_cached_if_due(segment, now_ms) || !self.put(segment, limit) {
                     Segment::release(segment);
                 }
             }

@@ -17,6 +17,17 @@ static GLOBAL: shardalloc::ShardAlloc = shardalloc::ShardAlloc;
 
 const MIB: usize = 1 << 20;
 
+/// The tests of this binary one at a time: the warm budget is process-wide, and one test's
+/// spares would push another's out.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // Start from nothing warm: what an earlier test left would count in the budget.
+    shardalloc::collect(true);
+    guard
+}
+
 /// Minor page faults of the calling thread so far.
 fn thread_minor_faults() -> i64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -43,6 +54,7 @@ fn touch_pages(ptr: *mut u8, len: usize) -> i64 {
 /// in the sense that the new block owns it.
 #[test]
 fn a_larger_huge_block_is_built_from_spares_without_faults() {
+    let _one = one_at_a_time();
     if shardalloc::options::reset_delay_ms() == 0 {
         println!("skipping: SHARDALLOC_RESET_DELAY_MS=0 keeps no spares");
         return;
@@ -94,6 +106,7 @@ fn a_larger_huge_block_is_built_from_spares_without_faults() {
 /// made of spares, so the thread faults in far less than it writes.
 #[test]
 fn huge_blocks_replaced_at_random_stay_intact_and_reuse_memory() {
+    let _one = one_at_a_time();
     let seed = common::seed("huge_blocks_replaced_at_random_stay_intact_and_reuse_memory");
     let mut rng = SmallRng::seed_from_u64(seed);
     let steps = 300 * common::scale();
@@ -140,4 +153,46 @@ fn huge_blocks_replaced_at_random_stay_intact_and_reuse_memory() {
     if shardalloc::options::reset_delay_ms() > 0 {
         assert!(s.moved > 0, "seed {seed}: no spare was ever gathered");
     }
+}
+
+/// A thread frees a 6 MiB block and exits: its spare goes to the process's pool, and the next
+/// thread's 6 MiB block is that memory (no fault to write it), not a fresh mapping.
+#[test]
+fn an_exited_threads_huge_spare_serves_another_thread() {
+    let _one = one_at_a_time();
+    if shardalloc::options::reset_delay_ms() == 0 {
+        println!("skipping: SHARDALLOC_RESET_DELAY_MS=0 keeps no spares");
+        return;
+    }
+    let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
+    std::thread::spawn(move || {
+        // SAFETY: a non-zero layout; the block is written, then freed once.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            assert!(!p.is_null());
+            touch_pages(p, 6 * MIB);
+            std::alloc::dealloc(p, layout);
+        }
+    })
+    .join()
+    .expect("the first thread");
+    let pooled = shardalloc::stats().cached_segments;
+    let faults = std::thread::spawn(move || {
+        // SAFETY: as above.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            assert!(!p.is_null());
+            let faults = touch_pages(p, 6 * MIB);
+            std::alloc::dealloc(p, layout);
+            faults
+        }
+    })
+    .join()
+    .expect("the second thread");
+    println!("{pooled} segments cached or pooled; the second thread's block took {faults} faults");
+    assert!(pooled >= 1, "the exited thread's spare was not pooled");
+    assert!(
+        faults <= 1,
+        "the second thread's 6 MiB block took {faults} faults: not the pooled spare's memory"
+    );
 }

@@ -161,7 +161,8 @@ impl RawHeap {
     /// abandoned: their empty slots keep their memory too, for the thread
     /// that adopts the segment (it queues them for the reset delay), or a
     /// reclaim pass gives it back if the segment stays abandoned. Only huge
-    /// spares remain on the reset queue; they go now.
+    /// spares remain on the reset queue; they go to the process's pool
+    /// (`pool_huge_spares`), or are unmapped.
     ///
     /// # Safety
     /// Owner thread, holding the lock, tearing the heap down.
@@ -185,7 +186,10 @@ impl RawHeap {
             segment_ptr = next;
         }
         // SAFETY: owner thread, holding the lock.
-        unsafe { self.reset_expired(true) };
+        unsafe {
+            self.pool_huge_spares();
+            self.reset_expired(true);
+        }
     }
 
     /// Step 4 of `abandon`, for one segment with live blocks: detaches its

@@ -347,6 +347,8 @@ impl RawHeap {
         // SAFETY: owner thread, holding the lock (caller); no free of our
         // blocks is under way, so nothing else reaches our pages.
         unsafe {
+            // Spare huge segments go to the process's pool.
+            self.pool_huge_spares();
             let mut segment = self.segments.first.get();
             while !segment.is_null() {
                 let next = (*segment).all.next.get();
@@ -632,7 +634,10 @@ impl RawHeap {
                 let _ = self.reclaim(None, true);
             }
             // SAFETY: `shared` outlives every heap.
-            unsafe { (*self.shared.get()).segment_cache.drain() };
+            unsafe {
+                (*self.shared.get()).segment_cache.drain();
+                (*self.shared.get()).huge_spares.drain();
+            }
         }
         drop(guard);
         if force {
@@ -874,6 +879,11 @@ mod tests {
         if options::reset_delay_ms() < 64 {
             return;
         }
+        // The warm budget is process-wide: other tests' frees must not push
+        // ours out before the pass. (Their memory goes back all the same,
+        // with the decay or their `collect(true)`.)
+        let floor = options::pending_reset_limit();
+        options::set_pending_reset_limit(usize::MAX / 2);
         for credit in [false, true] {
             let shared = Shared::new();
             let heap = RawHeap::new(OWNER, &raw const shared);
@@ -903,6 +913,7 @@ mod tests {
                 heap.collect(true);
             }
         }
+        options::set_pending_reset_limit(floor);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! lock (see `registry` and `docs/design.md` §4.5).
 
 use super::RawHeap;
-use super::reset::reset_block_interior;
+use super::reset::{HUGE_POOL_SLOTS, reset_block_interior};
 use crate::decay;
 use crate::options;
 use crate::os;
@@ -53,10 +53,10 @@ impl RawHeap {
         }
         // SAFETY: as above.
         let cache = unsafe { &(*shared).segment_cache };
-        cache.sweep(
-            if force { u64::MAX } else { os::now_ms() },
-            options::segment_cache(),
-        );
+        let now_ms = if force { u64::MAX } else { os::now_ms() };
+        cache.sweep(now_ms, options::segment_cache());
+        // SAFETY: as above.
+        unsafe { (*shared).huge_spares.sweep(now_ms, HUGE_POOL_SLOTS) };
         // Abandoned segments: the emptied ones go to the cache, and the
         // empty slots of the others give their memory back. A walk over all
         // of them, so only once per idle period.

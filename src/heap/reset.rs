@@ -251,13 +251,48 @@ impl RawHeap {
         true
     }
 
-    /// A huge block from a spare segment that fits `size` at `align` (the
-    /// smallest that does), or null. Spares much larger than the request
-    /// give the tail's memory back.
+    /// A huge block of `size` bytes at `align` made of spare memory: the
+    /// smallest of our spares that fits (its tail split off), else one that
+    /// fits among those the process's pool holds (taken as ours), else our
+    /// spares gathered (`gather_huge_spares`); null if there are none.
     ///
     /// # Safety
     /// Owner thread holding the lock.
     pub(super) unsafe fn reuse_huge_spare(&self, size: usize, align: usize, zero: bool) -> *mut u8 {
+        // SAFETY: owner thread holding the lock (caller).
+        let mut best = unsafe { self.best_huge_spare(size, align) };
+        // SAFETY: as above.
+        if best.is_null() && unsafe { self.adopt_pooled_huge_spares() } {
+            // SAFETY: as above.
+            best = unsafe { self.best_huge_spare(size, align) };
+        }
+        if best.is_null() {
+            // SAFETY: owner thread holding the lock (caller).
+            return unsafe { self.gather_huge_spares(size, align, zero) };
+        }
+        let segment = Segment::of(best.cast());
+        // SAFETY: a spare of ours, taken off the reset queue and handed out
+        // as a huge block of at least `size` bytes at `align`; its page goes
+        // on the huge queue.
+        unsafe {
+            self.reuse_pending(best);
+            let (block, tail) = Segment::reuse_huge(segment, size, align, self.as_ptr(), BIN_HUGE);
+            self.queue_push_back(BIN_HUGE, best);
+            self.note_page_bytes(segment, best, true);
+            self.keep_split_tail(tail);
+            if zero {
+                block.write_bytes(0, size);
+            }
+            block
+        }
+    }
+
+    /// The page of our smallest spare huge segment that fits `size` at
+    /// `align` (within the heap's limit), or null.
+    ///
+    /// # Safety
+    /// Owner thread holding the lock.
+    unsafe fn best_huge_spare(&self, size: usize, align: usize) -> *mut Page {
         if self.huge_spares.get() == 0 {
             return ptr::null_mut();
         }
@@ -298,24 +333,63 @@ impl RawHeap {
             // SAFETY: as above.
             page = unsafe { (*page).next.get() };
         }
-        if best.is_null() {
-            // SAFETY: owner thread holding the lock (caller).
-            return unsafe { self.gather_huge_spares(size, align, zero) };
+        best
+    }
+
+    /// Takes the spare huge segments that other heaps left in the process's
+    /// pool (exited threads, destroyed heaps), at most [`GATHER_MAX`], as
+    /// our own spares. Returns whether it took any.
+    ///
+    /// # Safety
+    /// Owner thread holding the lock.
+    unsafe fn adopt_pooled_huge_spares(&self) -> bool {
+        if !RESHAPE_HUGE_SPARES {
+            return false;
         }
-        let segment = Segment::of(best.cast());
-        // SAFETY: a spare of ours, taken off the reset queue and handed out
-        // as a huge block of at least `size` bytes at `align`; its page goes
-        // on the huge queue.
-        unsafe {
-            self.reuse_pending(best);
-            let (block, tail) = Segment::reuse_huge(segment, size, align, self.as_ptr(), BIN_HUGE);
-            self.queue_push_back(BIN_HUGE, best);
-            self.note_page_bytes(segment, best, true);
-            self.keep_split_tail(tail);
-            if zero {
-                block.write_bytes(0, size);
+        let shared = self.shared.get();
+        let mut adopted = false;
+        for _ in 0..GATHER_MAX {
+            // SAFETY: `shared` outlives every heap.
+            let segment = unsafe { (*shared).huge_spares.take() };
+            if segment.is_null() {
+                break;
             }
-            block
+            // SAFETY: `take` made the pooled spare ours alone: huge, its
+            // page unused, on no list.
+            unsafe {
+                Segment::unpool_huge(segment, self.as_ptr(), self.thread_id());
+                self.segments.push(segment, SegmentLinks::All);
+                if !self.keep_huge_spare(segment, Segment::page(segment, 0)) {
+                    self.segment_free(segment);
+                }
+            }
+            adopted = true;
+        }
+        adopted
+    }
+
+    /// Hands every spare huge segment of ours to the process's pool (the
+    /// heap is being torn down): another heap's next huge block reuses its
+    /// memory until the decay time passes. Without room in the pool, or
+    /// with the process over its warm budget, a spare is unmapped.
+    ///
+    /// # Safety
+    /// Owner thread holding the lock.
+    pub(super) unsafe fn pool_huge_spares(&self) {
+        let mut page = self.reset_queue.first.get();
+        while !page.is_null() {
+            let segment = Segment::of(page.cast());
+            // SAFETY: queued pages are slots of our live segments (caller);
+            // `next` is read before the slot leaves the queue.
+            unsafe {
+                let next = (*page).next.get();
+                if (*segment).kind == PageKind::Huge {
+                    self.unschedule_reset(page);
+                    self.detach_segment(segment);
+                    pool_or_release_huge(self.shared.get(), segment);
+                }
+                page = next;
+            }
         }
     }
 
@@ -556,6 +630,35 @@ impl RawHeap {
                 (*page).free_is_zero.set(false);
             });
         }
+    }
+}
+
+/// Slots of the process's pool of spare huge segments.
+pub(super) const HUGE_POOL_SLOTS: usize = 8;
+
+/// A spare huge segment that no heap keeps goes to the process's pool,
+/// due for unmapping after the decay time, or is unmapped now (a decay
+/// time of 0, the process over its warm budget, a full pool, or a build
+/// that does not reshape spares).
+///
+/// # Safety
+/// The caller owns the spare: huge, its page unused, on no list or queue.
+pub(super) unsafe fn pool_or_release_huge(
+    shared: *const crate::process::Shared,
+    segment: *mut Segment,
+) {
+    let delay = options::reset_delay_ms();
+    // SAFETY: ours (caller), pooled or released exactly once.
+    unsafe {
+        if RESHAPE_HUGE_SPARES && delay > 0 {
+            Segment::pool_huge(segment, os::now_ms().saturating_add(delay));
+            if !decay::over_budget(options::pending_reset_limit())
+                && (*shared).huge_spares.put(segment, HUGE_POOL_SLOTS)
+            {
+                return;
+            }
+        }
+        Segment::release(segment);
     }
 }
 
