@@ -228,6 +228,19 @@ const HEAP_MAP_SIZE: usize = match os::checked_align_up(size_of::<RawHeap>(), OS
 #[cold]
 #[inline(never)]
 pub(crate) fn init_current() -> *mut RawHeap {
+    init_current_adopting(true)
+}
+
+/// [`init_current`] for the purge thread: a heap of its own, never a parked
+/// one (it allocates nothing and sleeps: an adopted heap's pages would wait
+/// there, unused, while the next thread maps fresh ones).
+#[cfg(not(any(loom, miri)))]
+pub(crate) fn init_current_without_adopting() -> *mut RawHeap {
+    init_current_adopting(false)
+}
+
+/// [`init_current`], adopting a parked heap only if `adopt`.
+fn init_current_adopting(adopt: bool) -> *mut RawHeap {
     let current = current_heap();
     if current != empty_heap() {
         return current;
@@ -242,7 +255,11 @@ pub(crate) fn init_current() -> *mut RawHeap {
         return current;
     }
     // A heap an exited thread parked, with its pages set up, or a new one.
-    let mut heap = crate::heap::adopt_parked(&SHARED, thread_id);
+    let mut heap = if adopt {
+        crate::heap::adopt_parked(&SHARED, thread_id)
+    } else {
+        ptr::null_mut()
+    };
     if heap.is_null() {
         heap = new_heap(thread_id);
     }
