@@ -34,7 +34,8 @@
 //! lock protects (`lock_depth`, the pages' free lists) — is visible to the
 //! next. The swap hands each parked heap to exactly one thread. First-class
 //! heaps are never parked; neither are unregistered heaps (reapers could not
-//! reach them), nor any heap when the decay time is 0.
+//! reach them), nor any heap when the decay time is 0. The purge thread
+//! never adopts one.
 
 use super::RawHeap;
 use crate::options;
