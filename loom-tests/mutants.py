@@ -190,6 +190,22 @@ MUTANTS = {
         "if page.is_in_full() {",
         "reaper", "reaper_leaves_a_full_page_with_live_blocks",
     ),
+    # The adopter takes a parked heap without Acquire: it touches the
+    # heap's owner cells unordered with the parker's last writes.
+    "park-adopt-relaxed": (
+        "src/heap/park.rs",
+        "        slot.swap(ptr::null_mut(), Ordering::Acquire)",
+        "        slot.swap(ptr::null_mut(), Ordering::Relaxed)",
+        "park", "parked_heap_adopted_while_parker_frees",
+    ),
+    # Parking leaves the exiting thread's id on the segments: its later
+    # frees take the local path into a heap another thread adopts.
+    "park-keeps-thread-id": (
+        "src/heap/park.rs",
+        "            unsafe { self.stamp_segments(PARKED_ID) };\n",
+        "",
+        "park", "parked_heap_adopted_while_parker_frees",
+    ),
 }
 
 PATTERNS = ("Causality", "assertion", "SIGSEGV", "signal", "panicked")

@@ -34,6 +34,55 @@ impl World {
     pub fn abandoned_segments(&self) -> usize {
         self.shared.abandoned.len()
     }
+
+    /// What a new thread's first allocation does (`thread::init_current`):
+    /// adopts a parked heap for the model thread `thread_id`, if one is
+    /// parked.
+    pub fn adopt_parked(&self, thread_id: usize) -> Option<AdoptedHeap> {
+        let heap = crate::heap::adopt_parked(&self.shared, thread_id);
+        (!heap.is_null()).then_some(AdoptedHeap { heap })
+    }
+
+    /// A forced eviction pass over the parked heaps (what `collect(true)`'s
+    /// reaper does): each is torn down as its thread's exit would have.
+    pub fn evict_parked(&self) {
+        // SAFETY: the model thread is in no section of a parked heap.
+        unsafe { crate::heap::evict_parked(&self.shared, true) }
+    }
+
+    /// Heaps parked now.
+    pub fn parked_heaps(&self) -> usize {
+        self.shared.parked.len()
+    }
+}
+
+/// A parked heap adopted by the model thread that took it (its
+/// `ModelHeap`, which owns the memory, outlives it).
+pub struct AdoptedHeap {
+    heap: *mut RawHeap,
+}
+
+impl AdoptedHeap {
+    /// Allocates `size ≥ 64` bytes through the heap's slow path.
+    pub fn alloc(&self, size: usize) -> *mut u8 {
+        // SAFETY: we adopted the heap: this model thread owns it.
+        unsafe { (*self.heap).malloc_generic(size.max(64), false) }
+    }
+
+    /// Frees a block on the owner thread.
+    ///
+    /// # Safety
+    /// `ptr` is a live block of this model.
+    pub unsafe fn free(&self, ptr: *mut u8) {
+        // SAFETY: forwarded; the id is ours since the adoption.
+        unsafe { free_block(ptr, (*self.heap).thread_id()) }
+    }
+
+    /// Thread exit: abandons the heap.
+    pub fn abandon(self) {
+        // SAFETY: owner thread; the heap is not used again.
+        unsafe { (*self.heap).abandon() }
+    }
 }
 
 impl Default for World {
@@ -171,6 +220,17 @@ impl ModelHeap {
     pub fn collect(&self, force: bool) {
         // SAFETY: owner thread.
         unsafe { self.heap.collect(force) }
+    }
+
+    /// Thread exit, parking the heap for another model thread to adopt
+    /// (`World::adopt_parked`); false if it was not parked. The model keeps
+    /// this `ModelHeap` (the heap's memory) until the heap is torn down by
+    /// its adopter or `World::evict_parked`, and frees on this thread with
+    /// its id through `__loom::free` from here on.
+    pub fn park(&self) -> bool {
+        // SAFETY: owner thread; the heap is not used through this handle
+        // again, except to be dropped once torn down.
+        unsafe { self.heap.park() }
     }
 
     /// Thread exit: abandon the heap (the model may then drop it).

@@ -30,6 +30,7 @@
 //! and `abandoned_list_take_all_races_push_and_pop` check it; abandon and
 //! reclaim themselves are the heap's (`heap/abandon.rs`).
 
+use crate::heap::ParkedHeaps;
 use crate::registry::HeapRegistry;
 use crate::segment::Segment;
 use crate::segment_cache::SegmentCache;
@@ -53,6 +54,8 @@ pub(crate) struct Shared {
     pub(crate) huge_spares: SegmentCache,
     /// Every live heap, for reapers and statistics.
     pub(crate) heaps: HeapRegistry,
+    /// Heaps of exited threads kept whole for the next threads (`heap/park.rs`).
+    pub(crate) parked: ParkedHeaps,
 }
 
 impl Shared {
@@ -64,6 +67,7 @@ impl Shared {
             segment_cache: SegmentCache::new(),
             huge_spares: SegmentCache::new(),
             heaps: HeapRegistry::new(),
+            parked: ParkedHeaps::new(),
         }
     }
 
@@ -75,6 +79,7 @@ impl Shared {
             segment_cache: SegmentCache::new(),
             huge_spares: SegmentCache::new(),
             heaps: HeapRegistry::new(),
+            parked: ParkedHeaps::new(),
         }
     }
 }

@@ -139,7 +139,8 @@ fn spawn() -> bool {
 extern "C" fn purge_main(_: *mut c_void) -> *mut c_void {
     // SAFETY: a NUL-terminated name of at most 16 bytes; no allocation.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"shardalloc-purge".as_ptr()) };
-    let heap = crate::thread::init_current();
+    // Never a parked heap: this thread only reaps (`heap/park.rs`).
+    let heap = crate::thread::init_current_without_adopting();
     if heap.is_null() {
         // Relaxed: as in `start`.
         STATE.store(FAILED, Ordering::Relaxed);

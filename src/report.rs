@@ -3,8 +3,9 @@
 //! its lock) and [`print_stats`], formatted without allocating.
 
 use crate::stats::{
-    ABANDONED_LIVE, COMMITTED, HUGE_LIVE, MADVISE_CALLS, MMAP_CALLS, MOVED_TOTAL, MUNMAP_CALLS,
-    RESERVED, RESET_TOTAL, THREADS_WITHOUT_EXIT_HOOK,
+    ABANDONED_LIVE, COMMITTED, HEAPS_ADOPTED, HEAPS_EVICTED, HEAPS_PARKED, HUGE_LIVE,
+    MADVISE_CALLS, MMAP_CALLS, MOVED_TOTAL, MUNMAP_CALLS, RESERVED, RESET_TOTAL,
+    THREADS_WITHOUT_EXIT_HOOK,
 };
 
 /// A snapshot of the allocator's process-wide figures.
@@ -47,9 +48,19 @@ pub struct Stats {
     /// heaps are not torn down when they exit (their memory is leaked).
     pub threads_without_exit_hook: usize,
     /// Heaps in the registry now: the default heaps of live threads that
-    /// have allocated, and live first-class heaps (all of them: the
-    /// registry has no fixed capacity).
+    /// have allocated, parked heaps, and live first-class heaps (all of
+    /// them: the registry has no fixed capacity).
     pub heaps: usize,
+    /// Default heaps of exited threads parked now, kept whole for the next
+    /// thread to adopt (at most 8; part of `heaps`).
+    pub parked_heaps: usize,
+    /// Heaps parked at their thread's exit so far (cumulative).
+    pub heaps_parked: usize,
+    /// Parked heaps a new thread adopted so far (cumulative).
+    pub heaps_adopted: usize,
+    /// Parked heaps nobody adopted within the decay time, torn down so far
+    /// (cumulative).
+    pub heaps_evicted: usize,
     /// Bytes of unused page memory kept warm for reuse (empty slots waiting
     /// on the decay curve, huge spares, what exited threads left within the
     /// warm budget): part of `committed`, given back within the decay time
@@ -106,6 +117,10 @@ pub fn stats() -> Stats {
         resident: None,
         threads_without_exit_hook: THREADS_WITHOUT_EXIT_HOOK.get(),
         heaps: shared.heaps.heap_count(),
+        parked_heaps: shared.parked.len(),
+        heaps_parked: HEAPS_PARKED.get(),
+        heaps_adopted: HEAPS_ADOPTED.get(),
+        heaps_evicted: HEAPS_EVICTED.get(),
         warm: crate::decay::WARM.get(),
         #[cfg(not(miri))]
         huge_pages: crate::os::huge_page_bytes(),
@@ -143,6 +158,8 @@ pub fn print_stats() {
         ("  mmap calls         ", s.mmap_calls),
         ("  munmap calls       ", s.munmap_calls),
         ("  madvise calls      ", s.madvise_calls),
+        ("  parked heaps       ", s.parked_heaps),
+        ("  heaps adopted      ", s.heaps_adopted),
     ] {
         line.text(name);
         line.number(value);

@@ -61,3 +61,10 @@ pub(crate) static ABANDONED_LIVE: Counter = Counter::new();
 /// Threads that allocate without a thread-exit hook (the process ran out of
 /// pthread keys): their heaps are never torn down at exit.
 pub(crate) static THREADS_WITHOUT_EXIT_HOOK: Counter = Counter::new();
+
+/// Default heaps parked at their thread's exit so far (`heap/park.rs`).
+pub(crate) static HEAPS_PARKED: Counter = Counter::new();
+/// Parked heaps adopted by a new thread so far.
+pub(crate) static HEAPS_ADOPTED: Counter = Counter::new();
+/// Parked heaps nobody adopted within the decay time, torn down so far.
+pub(crate) static HEAPS_EVICTED: Counter = Counter::new();

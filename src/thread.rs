@@ -9,9 +9,12 @@
 //!   allocator (which is us).
 //! * Thread exit runs through a `pthread_key_create` destructor, which glibc
 //!   runs after Rust's own thread-local destructors, so frees from those
-//!   still find a live heap. It abandons the heap's segments that still hold
-//!   blocks. An allocation after that (from a later destructor) initialises
-//!   a fresh heap, and glibc runs the destructor again for it.
+//!   still find a live heap. It parks a small heap whole for the next
+//!   thread to adopt (`heap/park.rs`), or abandons the heap's segments that
+//!   still hold blocks. An allocation after that (from a later destructor)
+//!   initialises a fresh heap (or adopts a parked one), and glibc runs the
+//!   destructor again for it.
+//! * A thread's first allocation adopts a parked heap if there is one.
 //! * The thread id is a process-wide counter value given at a thread's
 //!   first allocation and kept in a second thread-local. It is never reused:
 //!   not after a thread exits, and not in a forked child, whose new threads
@@ -197,6 +200,9 @@ extern "C" fn after_fork_in_child() {
             (*heap).forget_parent_threads();
         }
     });
+    // Parked heaps are heaps of vanished threads too: torn down below (or
+    // left as they are if `before_fork` could not lock them), never adopted.
+    SHARED.parked.forget_after_fork();
     SHARED.heaps.take_heaps_after_fork(|heap| {
         // SAFETY: the only thread; we hold the heap's lock, taken before the
         // fork, and its thread does not exist here.
@@ -222,6 +228,19 @@ const HEAP_MAP_SIZE: usize = match os::checked_align_up(size_of::<RawHeap>(), OS
 #[cold]
 #[inline(never)]
 pub(crate) fn init_current() -> *mut RawHeap {
+    init_current_adopting(true)
+}
+
+/// [`init_current`] for the purge thread: a heap of its own, never a parked
+/// one (it allocates nothing and sleeps: an adopted heap's pages would wait
+/// there, unused, while the next thread maps fresh ones).
+#[cfg(not(any(loom, miri)))]
+pub(crate) fn init_current_without_adopting() -> *mut RawHeap {
+    init_current_adopting(false)
+}
+
+/// [`init_current`], adopting a parked heap only if `adopt`.
+fn init_current_adopting(adopt: bool) -> *mut RawHeap {
     let current = current_heap();
     if current != empty_heap() {
         return current;
@@ -235,7 +254,15 @@ pub(crate) fn init_current() -> *mut RawHeap {
     if current != empty_heap() {
         return current;
     }
-    let heap = new_heap(thread_id);
+    // A heap an exited thread parked, with its pages set up, or a new one.
+    let mut heap = if adopt {
+        crate::heap::adopt_parked(&SHARED, thread_id)
+    } else {
+        ptr::null_mut()
+    };
+    if heap.is_null() {
+        heap = new_heap(thread_id);
+    }
     if heap.is_null() {
         return heap;
     }
@@ -388,7 +415,8 @@ unsafe fn drop_heap(heap: *mut RawHeap, was_registered: bool) {
     }
 }
 
-/// The exit-key destructor: abandons the exiting thread's heap.
+/// The exit-key destructor: parks the exiting thread's heap for the next
+/// thread (`heap/park.rs`), or abandons it.
 unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
     let heap = value.cast::<RawHeap>();
     if heap.is_null() {
@@ -413,6 +441,9 @@ unsafe extern "C" fn on_thread_exit(value: *mut c_void) {
         while !first_class.is_null() {
             (*first_class).set_heir(ptr::null_mut());
             first_class = (*first_class).next_first_class.get();
+        }
+        if (*heap).park() {
+            return;
         }
         (*heap).abandon();
         drop_heap(heap, registered);

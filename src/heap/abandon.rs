@@ -119,7 +119,7 @@ impl RawHeap {
     ///
     /// # Safety
     /// Owner thread, holding the lock, tearing the heap down.
-    unsafe fn orphan_huge_blocks(&self) {
+    pub(super) unsafe fn orphan_huge_blocks(&self) {
         let huge = self.queue(BIN_HUGE);
         let mut page_ptr = huge.first.get();
         huge.first.set(ptr::null_mut());

@@ -24,11 +24,14 @@
 //! * `reap` — the reaper (another thread giving an idle heap's memory back);
 //! * `abandon` — the abandoned-segment list, abandon at thread exit, reclaim
 //!   and adopt;
+//! * `park` — the pool of parked heaps: a thread's heap kept whole at its
+//!   exit for the next thread to adopt;
 //! * `free` — the free path.
 
 mod abandon;
 mod alloc;
 mod delayed;
+mod park;
 mod queue;
 mod reap;
 mod reset;
@@ -41,11 +44,14 @@ use crate::process::Shared;
 use crate::registry::Entry;
 use crate::segment::Segment;
 use crate::size_class::{BIN_COUNT, DIRECT_ENTRIES, PageKind, QUEUE_COUNT};
-use crate::sync::{AtomicPtr, Ordering};
+use crate::sync::{AtomicPtr, Ordering, OwnerCell};
 #[cfg(not(loom))]
 pub(crate) use alloc::zero_block;
 use core::cell::Cell;
 use core::ptr;
+#[cfg(loom)]
+pub(crate) use park::evict_parked;
+pub(crate) use park::{ParkedHeaps, adopt_parked};
 pub(crate) use queue::PageQueue;
 use segments::SegmentList;
 
@@ -61,8 +67,10 @@ pub(crate) struct RawHeap {
     /// Blocks pushed by remote threads freeing into pages that asked to be
     /// noticed (`DelayedMode::UseDelayed`). The only field other threads touch.
     thread_delayed_free: AtomicPtr<Block>,
-    /// Id of the owning thread, stamped into every segment of the heap.
-    thread_id: Cell<usize>,
+    /// Id of the owning thread, stamped into every segment of the heap (0
+    /// while the heap is parked, see `park`). Changes owner only through
+    /// the parked-heap pool, whose Release/Acquire orders it.
+    thread_id: OwnerCell<usize>,
     /// Process-wide state (the abandoned-segment list).
     shared: Cell<*const Shared>,
     /// Every segment holding pages of this heap.
@@ -98,8 +106,10 @@ pub(crate) struct RawHeap {
     /// registry. See `registry`.
     entry: Cell<*const Entry>,
     /// How deep the owner is in nested sections holding the lock (the lock
-    /// is re-entrant for the owner; reapers never touch this).
-    lock_depth: Cell<u32>,
+    /// is re-entrant for the owner; reapers never touch this). Read before
+    /// the lock is taken, so a new owner (an adopter of a parked heap, see
+    /// `park`) needs the pool's Release/Acquire to see the last one's value.
+    lock_depth: OwnerCell<u32>,
     /// The forking thread holds its own lock across `fork` (see
     /// `lock_for_fork`).
     locked_for_fork: Cell<bool>,
@@ -120,6 +130,8 @@ pub(crate) struct RawHeap {
     /// At most this many `page_bytes`: a page or huge block beyond it is
     /// refused (the allocation returns null).
     limit: Cell<usize>,
+    /// When the heap was parked (`os::now_ms`; see `park`).
+    parked_at_ms: OwnerCell<u64>,
 }
 
 // SAFETY: the `Cell` fields are touched by the owning thread (the heap is
@@ -139,7 +151,7 @@ macro_rules! heap_value {
             direct: [const { Cell::new(empty_page()) }; DIRECT_ENTRIES],
             queues: PageQueue::array(),
             thread_delayed_free: AtomicPtr::new(ptr::null_mut()),
-            thread_id: Cell::new($thread_id),
+            thread_id: OwnerCell::new($thread_id),
             shared: Cell::new($shared),
             segments: SegmentList::new(),
             small_slots: SegmentList::new(),
@@ -155,7 +167,7 @@ macro_rules! heap_value {
             retired_min: Cell::new(BIN_COUNT),
             retired_max: Cell::new(0),
             entry: Cell::new(ptr::null()),
-            lock_depth: Cell::new(0),
+            lock_depth: OwnerCell::new(0),
             locked_for_fork: Cell::new(false),
             first_class: Cell::new(false),
             heir: Cell::new(ptr::null_mut()),
@@ -164,6 +176,7 @@ macro_rules! heap_value {
             page_bytes: Cell::new(0),
             peak_page_bytes: Cell::new(0),
             limit: Cell::new(usize::MAX),
+            parked_at_ms: OwnerCell::new(0),
         }
     };
 }
@@ -606,6 +619,15 @@ impl RawHeap {
     /// # Safety
     /// Owner thread, real heap.
     pub(crate) unsafe fn collect(&self, force: bool) {
+        if force {
+            // Parked heaps first: their segments go to the cache and the
+            // abandoned lists, which the rest of this collect empties.
+            // SAFETY: `shared` is null or outlives every heap.
+            if let Some(shared) = unsafe { self.shared.get().as_ref() } {
+                // SAFETY: we are in no section of a parked heap.
+                unsafe { park::evict_parked(shared, true) };
+            }
+        }
         let guard = self.lock();
         // SAFETY: owner thread (caller), holding the lock.
         unsafe { self.process_delayed(force) };

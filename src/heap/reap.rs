@@ -33,7 +33,8 @@ impl RawHeap {
     /// `force`. At most one pass per epoch across the process unless
     /// `force`; heaps whose lock is busy are skipped. A pass also looks
     /// through the abandoned segments (`reclaim`, adopting nothing) once
-    /// per idle period.
+    /// per idle period, and tears down parked heaps nobody adopted within
+    /// the decay time (all of them with `force`).
     ///
     /// # Safety
     /// Owner thread.
@@ -53,6 +54,11 @@ impl RawHeap {
         }
         // SAFETY: as above.
         let cache = unsafe { &(*shared).segment_cache };
+        // Parked heaps nobody adopted within the decay time are torn down
+        // (first: their empty segments go to the cache, swept next).
+        // SAFETY: `shared` outlives every heap; we are in no section of a
+        // parked heap.
+        unsafe { super::park::evict_parked(&*shared, force) };
         let now_ms = if force { u64::MAX } else { os::now_ms() };
         cache.sweep(now_ms, options::segment_cache());
         // SAFETY: as above.
