@@ -192,6 +192,22 @@ MUTANTS = {
     ),
     # The adopter takes a parked heap without Acquire: it touches the
     # heap's owner cells unordered with the parker's last writes.
+    # A producer checks for a sleeper without the SeqCst fence after
+    # publishing its work: both sides can miss each other's first step.
+    "sleeper-wake-no-fence": (
+        "src/sync.rs",
+        "        // publication of work before the check of `asleep`.\n        fence(Ordering::SeqCst);\n",
+        "        // publication of work before the check of `asleep`.\n",
+        "sleeper", "sleeper_never_misses_work",
+    ),
+    # The sleeper checks for work before it announces itself: work
+    # published in between wakes nobody.
+    "sleeper-checks-before-announcing": (
+        "src/sync.rs",
+        "        self.asleep.store(1, Ordering::Relaxed);\n        // SeqCst: pairs with the fence in `wake` (see the type's documentation).\n        fence(Ordering::SeqCst);\n        while no_work() {",
+        "        let idle = no_work();\n        self.asleep.store(1, Ordering::Relaxed);\n        // SeqCst: pairs with the fence in `wake` (see the type's documentation).\n        fence(Ordering::SeqCst);\n        while idle {",
+        "sleeper", "sleeper_never_misses_work",
+    ),
     "park-adopt-relaxed": (
         "src/heap/park.rs",
         "        slot.swap(ptr::null_mut(), Ordering::Acquire)",

@@ -620,3 +620,25 @@ pub const MODE_USE_DELAYED: usize = DelayedMode::UseDelayed as usize;
 pub const MODE_NO_DELAYED: usize = DelayedMode::NoDelayed as usize;
 /// `DelayedMode::Never` as a number.
 pub const MODE_NEVER: usize = DelayedMode::Never as usize;
+
+/// The purge thread's sleep (`sync::Sleeper`): a sleeper that waits for
+/// work and producers that publish work and wake it.
+pub struct ModelSleeper(crate::sync::Sleeper);
+
+impl ModelSleeper {
+    /// A sleeper nobody waits on.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> ModelSleeper {
+        ModelSleeper(crate::sync::Sleeper::new())
+    }
+
+    /// Sleeps while `no_work()` holds (see `Sleeper::sleep_while`).
+    pub fn sleep_while(&self, no_work: impl Fn() -> bool) {
+        self.0.sleep_while(no_work);
+    }
+
+    /// Wakes the sleeper if it sleeps (see `Sleeper::wake`).
+    pub fn wake(&self) {
+        self.0.wake();
+    }
+}

@@ -121,6 +121,8 @@ impl<T: Copy> OwnerCell<T> {
 
 #[cfg(not(any(loom, miri)))]
 use core::sync::atomic::{AtomicU32, fence};
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU32, fence};
 
 /// A thread's sleep until there is work, and the wake-up from threads that
 /// make work: a flag and a futex.
@@ -132,16 +134,32 @@ use core::sync::atomic::{AtomicU32, fence};
 /// sleeper sees the work and does not sleep, or the producer sees `asleep`
 /// and wakes it. A wake-up sent before the sleeper reaches `futex_wait`
 /// makes the wait return at once (the futex word is no longer 1).
-#[cfg(not(any(loom, miri)))]
+///
+/// Under loom the futex is a mutex and a condition variable with the
+/// kernel's contract (the wait checks the word and sleeps atomically with
+/// respect to a wake), and the loom model `sleeper_never_misses_work`
+/// checks that no wake-up is lost.
+#[cfg(any(loom, not(miri)))]
 pub(crate) struct Sleeper {
     asleep: AtomicU32,
+    #[cfg(loom)]
+    futex: (loom::sync::Mutex<()>, loom::sync::Condvar),
 }
 
-#[cfg(not(any(loom, miri)))]
+#[cfg(any(loom, not(miri)))]
 impl Sleeper {
+    #[cfg(not(loom))]
     pub(crate) const fn new() -> Sleeper {
         Sleeper {
             asleep: AtomicU32::new(0),
+        }
+    }
+
+    #[cfg(loom)]
+    pub(crate) fn new() -> Sleeper {
+        Sleeper {
+            asleep: AtomicU32::new(0),
+            futex: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
         }
     }
 
@@ -152,7 +170,7 @@ impl Sleeper {
         // SeqCst: pairs with the fence in `wake` (see the type's documentation).
         fence(Ordering::SeqCst);
         while no_work() {
-            futex_wait(&self.asleep, 1);
+            self.futex_wait(1);
             // Relaxed: a waker sets it to 0 before its futex_wake.
             if self.asleep.load(Ordering::Relaxed) == 0 {
                 return;
@@ -171,13 +189,47 @@ impl Sleeper {
         fence(Ordering::SeqCst);
         // Relaxed: the fence orders it; the swap decides who wakes.
         if self.asleep.load(Ordering::Relaxed) == 1 && self.asleep.swap(0, Ordering::Relaxed) == 1 {
-            futex_wake(&self.asleep);
+            self.futex_wake();
         }
     }
 
+    #[cfg(not(loom))]
     pub(crate) fn reset_after_fork(&self) {
         // Relaxed: the child has one thread.
         self.asleep.store(0, Ordering::Relaxed);
+    }
+
+    /// Waits while the flag holds `expected` (or until a spurious wake-up).
+    #[cfg(not(loom))]
+    fn futex_wait(&self, expected: u32) {
+        futex_wait(&self.asleep, expected);
+    }
+
+    /// Wakes one waiter.
+    #[cfg(not(loom))]
+    fn futex_wake(&self) {
+        futex_wake(&self.asleep);
+    }
+
+    /// The kernel's futex wait, as loom sees it: the check of the word and
+    /// the sleep are one step against `futex_wake`, which takes the same
+    /// lock after the word changed.
+    #[cfg(loom)]
+    fn futex_wait(&self, expected: u32) {
+        let (lock, woken) = &self.futex;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Relaxed: the lock orders it after a waker's change of the word.
+        if self.asleep.load(Ordering::Relaxed) == expected {
+            drop(woken.wait(guard).unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    /// Wakes one waiter (see `futex_wait`).
+    #[cfg(loom)]
+    fn futex_wake(&self) {
+        let (lock, woken) = &self.futex;
+        let _guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        woken.notify_one();
     }
 }
 
