@@ -155,8 +155,52 @@ fn huge_blocks_replaced_at_random_stay_intact_and_reuse_memory() {
     }
 }
 
-/// A thread frees a 6 MiB block and exits: its spare goes to the process's pool, and the next
-/// thread's 6 MiB block is that memory (no fault to write it), not a fresh mapping.
+/// Writes a fresh 6 MiB block from the global allocator on a new thread; returns the faults.
+fn faults_of_a_new_threads_6_mib_block() -> i64 {
+    let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
+    std::thread::spawn(move || {
+        // SAFETY: a non-zero layout; the block is written, then freed once.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            assert!(!p.is_null());
+            let faults = touch_pages(p, 6 * MIB);
+            std::alloc::dealloc(p, layout);
+            faults
+        }
+    })
+    .join()
+    .expect("the measuring thread")
+}
+
+/// A destroyed `Heap` hands its spare to the process's pool, and another thread's 6 MiB block
+/// is that memory (no fault to write it), not a fresh mapping.
+#[test]
+fn a_destroyed_heaps_huge_spare_serves_another_thread() {
+    let _one = one_at_a_time();
+    if shardalloc::options::reset_delay_ms() == 0 {
+        println!("skipping: SHARDALLOC_RESET_DELAY_MS=0 keeps no spares");
+        return;
+    }
+    let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
+    let heap = shardalloc::Heap::new();
+    let p = heap.alloc(layout);
+    assert!(!p.is_null());
+    touch_pages(p, 6 * MIB);
+    // SAFETY: a live block of `heap`, freed once.
+    unsafe { heap.dealloc(p) };
+    drop(heap);
+    let pooled = shardalloc::stats().cached_segments;
+    let faults = faults_of_a_new_threads_6_mib_block();
+    println!("{pooled} segments cached or pooled; the new thread's block took {faults} faults");
+    assert!(pooled >= 1, "the destroyed heap's spare was not pooled");
+    assert!(
+        faults <= 1,
+        "the new thread's 6 MiB block took {faults} faults: not the pooled spare's memory"
+    );
+}
+
+/// A thread frees a 6 MiB block and exits: its heap is parked (or, if it cannot be, its spare
+/// goes to the pool), and the next thread's 6 MiB block is that memory.
 #[test]
 fn an_exited_threads_huge_spare_serves_another_thread() {
     let _one = one_at_a_time();
@@ -176,23 +220,15 @@ fn an_exited_threads_huge_spare_serves_another_thread() {
     })
     .join()
     .expect("the first thread");
-    let pooled = shardalloc::stats().cached_segments;
-    let faults = std::thread::spawn(move || {
-        // SAFETY: as above.
-        unsafe {
-            let p = std::alloc::alloc(layout);
-            assert!(!p.is_null());
-            let faults = touch_pages(p, 6 * MIB);
-            std::alloc::dealloc(p, layout);
-            faults
-        }
-    })
-    .join()
-    .expect("the second thread");
-    println!("{pooled} segments cached or pooled; the second thread's block took {faults} faults");
-    assert!(pooled >= 1, "the exited thread's spare was not pooled");
+    let s = shardalloc::stats();
+    let faults = faults_of_a_new_threads_6_mib_block();
+    println!(
+        "{} heaps parked, {} segments cached or pooled; the next thread's block took {faults} \
+         faults",
+        s.parked_heaps, s.cached_segments
+    );
     assert!(
         faults <= 1,
-        "the second thread's 6 MiB block took {faults} faults: not the pooled spare's memory"
+        "the next thread's 6 MiB block took {faults} faults: not the exited thread's spare"
     );
 }

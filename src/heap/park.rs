@@ -176,10 +176,16 @@ impl RawHeap {
             if self.segments_more_than(PARK_MAX_SEGMENTS) {
                 return false;
             }
-            // Huge blocks still out go to whoever frees them, as at exit.
+            // Huge blocks still out go to whoever frees them, as at exit,
+            // and spare huge segments to the process's pool, where any
+            // heap finds them (a parked heap's serve only its adopter).
             // SAFETY: owner thread holding the lock; the heap stays
-            // consistent (this only takes pages off its huge queue).
-            unsafe { self.orphan_huge_blocks() };
+            // consistent (this only takes pages off its huge queue and
+            // spares off its reset queue).
+            unsafe {
+                self.orphan_huge_blocks();
+                self.pool_huge_spares();
+            }
             // SAFETY: owner thread holding the lock.
             unsafe { self.stamp_segments(PARKED_ID) };
             self.thread_id.set(PARKED_ID);
