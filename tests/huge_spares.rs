@@ -61,14 +61,13 @@ fn touch_pages(ptr: *mut u8, len: usize) -> i64 {
     let before = thread_minor_faults();
     for offset in (0..len).step_by(4096) {
         // SAFETY: inside a live block of `len` bytes (caller).
-        unsafe { ptr.add(offset).write_volatile(offset as u8) };
+        unsafe { ptr.add(offset).write_volatile(0xA5) };
     }
     thread_minor_faults() - before
 }
 
-/// Two freed 6 MiB blocks, then a 12 MiB request, larger than either: its memory is theirs,
-/// moved, so writing all of it takes no page fault, and what was written before is gone only
-/// in the sense that the new block owns it.
+/// Two freed 6 MiB blocks, then a zeroed 12 MiB request, larger than either: its memory is
+/// theirs, moved, so writing all of it takes no page fault, and it reads as zeros.
 #[test]
 fn a_larger_huge_block_is_built_from_spares_without_faults() {
     let _one = one_at_a_time();
@@ -88,8 +87,15 @@ fn a_larger_huge_block_is_built_from_spares_without_faults() {
         heap.dealloc(b);
     }
     let moved = shardalloc::stats().moved;
-    let c = heap.alloc(layout(12 * MIB));
+    // Zeroed: the moved memory holds the freed blocks' bytes, which must not show.
+    let c = heap.alloc_zeroed(layout(12 * MIB));
     assert!(!c.is_null(), "12 MiB allocation failed");
+    // SAFETY: a live block of ours, 12 MiB of it requested zeroed.
+    let zeroed = unsafe { std::slice::from_raw_parts(c, 12 * MIB) };
+    assert!(
+        zeroed.iter().all(|&x| x == 0),
+        "a zeroed block built from spares holds their old bytes"
+    );
     // SAFETY: a live block of ours.
     let len = unsafe { shardalloc::usable_size(c) };
     let moved = shardalloc::stats().moved - moved;
