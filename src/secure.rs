@@ -89,13 +89,18 @@ impl LocalRng {
         LocalRng(random_u64() | 1)
     }
 
-    /// A value below `bound` (≤ 2^32, > 0): the high half of a 32 × 32-bit
-    /// product (no division; the bias, below 2^-24, is irrelevant here).
-    pub(crate) fn below(&mut self, bound: usize) -> usize {
+    /// The next 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value below `bound` (≤ 2^32, > 0): the high half of a 32 × 32-bit
+    /// product (no division; the bias, below 2^-24, is irrelevant here).
+    pub(crate) fn below(&mut self, bound: usize) -> usize {
+        let r = self.next_u64() >> 32;
         ((r * bound as u64) >> 32) as usize
     }
 }
