@@ -334,13 +334,15 @@ pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page, usize
         reject(ptr);
     }
     // SAFETY: the segment is one of ours and mapped (the map says so); the
-    // page index is checked before the descriptor is read; the fields read
-    // do not change while a block of the page is live.
+    // page index is below its page count (below); the fields read do not
+    // change while a block of the page is live.
     unsafe {
         let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
-        if index >= (*segment).page_count {
-            reject(ptr);
-        }
+        // No test needed: the offset is below SEGMENT_SIZE (the segment is
+        // the pointer's 4 MiB-aligned base), and every kind's page slots
+        // tile those 4 MiB (small: 64 × 64 KiB, medium: 8 × 512 KiB; large
+        // and huge: a shift of 22 or more, index 0 of 1).
+        debug_assert!(index < (*segment).page_count);
         let page = Segment::page(segment, index);
         let (block, rest, m) = split(page, ptr.addr());
         if rest >= m {
@@ -374,12 +376,12 @@ pub(crate) unsafe fn check_pointer(ptr: *const u8) {
         // SAFETY: as in `check_free`.
         unsafe {
             let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
-            if index < (*segment).page_count {
-                let page = Segment::page(segment, index);
-                let (block, rest, m) = split(page, ptr.addr());
-                if rest < m && block < (*page).reserved.get() as usize {
-                    return;
-                }
+            // Below the page count, as in `check_free`.
+            debug_assert!(index < (*segment).page_count);
+            let page = Segment::page(segment, index);
+            let (block, rest, m) = split(page, ptr.addr());
+            if rest < m && block < (*page).reserved.get() as usize {
+                return;
             }
         }
     }
