@@ -959,8 +959,9 @@ impl Segment {
     }
 
     /// Secure builds: a random one of the [`SLOT_CANDIDATES`] lowest unused
-    /// slots (fewer if the segment has fewer), so which page of a segment
-    /// serves a size class is not predictable.
+    /// slots (fewer if the segment has fewer, or if fewer are left in the
+    /// lower half while any is), so which page of a segment serves a size
+    /// class is not predictable.
     ///
     /// Why not any unused slot: the plain build takes the lowest one, which
     /// is usually a slot just emptied, its memory still resident (its reset
@@ -979,7 +980,16 @@ impl Segment {
         let mut found = 0;
         // SAFETY: owner only (caller); indices are below page_count.
         unsafe {
-            for index in 0..(*segment).page_count {
+            let count = (*segment).page_count;
+            for index in 0..count {
+                // Not past the middle while a lower slot is free: the lower
+                // 2 MiB half fills first, as in the plain build, so the upper
+                // half is advised huge pages only once the segment is dense
+                // (`advise_upper_half_if_dense`), not 2 MiB made resident for
+                // one early page.
+                if found > 0 && index == count / 2 {
+                    break;
+                }
                 if !(*Segment::page(segment, index)).in_use.get() {
                     candidates[found] = index;
                     found += 1;
