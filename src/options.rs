@@ -24,8 +24,9 @@
 //! guards out (one `mprotect` call and one mapping split less per segment;
 //! an overflow past a large or huge block then runs into the next mapping
 //! instead of faulting). The layout is the same either way. And
-//! `SHARDALLOC_SECURE_SHUFFLE` ([`set_secure_shuffle_blocks`]), default
-//! `groups`: a page extension is shuffled in groups of 1 KiB of
+//! `SHARDALLOC_SECURE_SHUFFLE` ([`set_secure_shuffle`]), default `runs`:
+//! each block of a page extension joins one of two runs at random, each
+//! run handed out in address order; `groups` shuffles groups of 1 KiB of
 //! consecutive blocks; `blocks` shuffles every block (stronger, and slower
 //! for programs that walk their objects in allocation order).
 
@@ -308,23 +309,62 @@ pub fn secure_guard_pages() -> bool {
     SECURE_GUARD_PAGES.load(Ordering::Relaxed) != 0
 }
 
+/// Secure builds: how a page extension orders its new blocks
+/// (`docs/security.md`, "Randomized layout").
 #[cfg(feature = "secure")]
-static SECURE_SHUFFLE_BLOCKS: AtomicUsize = AtomicUsize::new(0);
-
-/// Secure builds: whether page extensions shuffle every block (`true`) or
-/// groups of 1 KiB of consecutive blocks (`false`, the default), from the
-/// next extension on (`docs/security.md`, "Randomized layout").
-#[cfg(feature = "secure")]
-pub fn set_secure_shuffle_blocks(blocks: bool) {
-    // Relaxed: see the module documentation.
-    SECURE_SHUFFLE_BLOCKS.store(usize::from(blocks), Ordering::Relaxed);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecureShuffle {
+    /// The default: every block of the extension joins one of two runs at
+    /// random (a coin per block); the runs are handed out one after the
+    /// other, each in address order. Blocks of 1 KiB and more are shuffled
+    /// one by one, as with `Blocks`.
+    Runs,
+    /// Groups of 1 KiB of consecutive blocks, in a random order (the default
+    /// before `Runs`).
+    Groups,
+    /// Every block in a random order (stronger; slower for programs that
+    /// walk their objects in allocation order).
+    Blocks,
 }
 
-/// See [`set_secure_shuffle_blocks`].
+#[cfg(feature = "secure")]
+static SECURE_SHUFFLE: AtomicUsize = AtomicUsize::new(SecureShuffle::Runs as usize);
+
+/// Secure builds: how page extensions order their blocks from the next
+/// extension on (`docs/security.md`, "Randomized layout").
+#[cfg(feature = "secure")]
+pub fn set_secure_shuffle(shuffle: SecureShuffle) {
+    // Relaxed: see the module documentation.
+    SECURE_SHUFFLE.store(shuffle as usize, Ordering::Relaxed);
+}
+
+/// See [`set_secure_shuffle`].
+#[cfg(feature = "secure")]
+pub fn secure_shuffle() -> SecureShuffle {
+    // Relaxed: see the module documentation.
+    match SECURE_SHUFFLE.load(Ordering::Relaxed) {
+        x if x == SecureShuffle::Blocks as usize => SecureShuffle::Blocks,
+        x if x == SecureShuffle::Groups as usize => SecureShuffle::Groups,
+        _ => SecureShuffle::Runs,
+    }
+}
+
+/// Secure builds: whether page extensions shuffle every block (`true`:
+/// [`SecureShuffle::Blocks`]) or use the default order (`false`:
+/// [`SecureShuffle::Runs`]), from the next extension on.
+#[cfg(feature = "secure")]
+pub fn set_secure_shuffle_blocks(blocks: bool) {
+    set_secure_shuffle(if blocks {
+        SecureShuffle::Blocks
+    } else {
+        SecureShuffle::Runs
+    });
+}
+
+/// Whether page extensions shuffle every block (see [`secure_shuffle`]).
 #[cfg(feature = "secure")]
 pub fn secure_shuffle_blocks() -> bool {
-    // Relaxed: see the module documentation.
-    SECURE_SHUFFLE_BLOCKS.load(Ordering::Relaxed) != 0
+    secure_shuffle() == SecureShuffle::Blocks
 }
 
 /// Reads the `SHARDALLOC_SECURE_*` environment variables.
@@ -338,12 +378,18 @@ fn read_secure_environment() {
         }
     }
     if let Some(value) = env(c"SHARDALLOC_SECURE_SHUFFLE") {
-        if value.eq_ignore_ascii_case(b"groups") {
-            set_secure_shuffle_blocks(false);
+        if value.eq_ignore_ascii_case(b"runs") {
+            set_secure_shuffle(SecureShuffle::Runs);
+        } else if value.eq_ignore_ascii_case(b"groups") {
+            set_secure_shuffle(SecureShuffle::Groups);
         } else if value.eq_ignore_ascii_case(b"blocks") {
-            set_secure_shuffle_blocks(true);
+            set_secure_shuffle(SecureShuffle::Blocks);
         } else {
-            report(b"SHARDALLOC_SECURE_SHUFFLE", value, b"groups or blocks");
+            report(
+                b"SHARDALLOC_SECURE_SHUFFLE",
+                value,
+                b"runs, groups or blocks",
+            );
         }
     }
 }

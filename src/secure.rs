@@ -89,13 +89,18 @@ impl LocalRng {
         LocalRng(random_u64() | 1)
     }
 
-    /// A value below `bound` (≤ 2^32, > 0): the high half of a 32 × 32-bit
-    /// product (no division; the bias, below 2^-24, is irrelevant here).
-    pub(crate) fn below(&mut self, bound: usize) -> usize {
+    /// The next 64 random bits.
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
-        let r = self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A value below `bound` (≤ 2^32, > 0): the high half of a 32 × 32-bit
+    /// product (no division; the bias, below 2^-24, is irrelevant here).
+    pub(crate) fn below(&mut self, bound: usize) -> usize {
+        let r = self.next_u64() >> 32;
         ((r * bound as u64) >> 32) as usize
     }
 }
@@ -329,13 +334,15 @@ pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page, usize
         reject(ptr);
     }
     // SAFETY: the segment is one of ours and mapped (the map says so); the
-    // page index is checked before the descriptor is read; the fields read
-    // do not change while a block of the page is live.
+    // page index is below its page count (below); the fields read do not
+    // change while a block of the page is live.
     unsafe {
         let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
-        if index >= (*segment).page_count {
-            reject(ptr);
-        }
+        // No test needed: the offset is below SEGMENT_SIZE (the segment is
+        // the pointer's 4 MiB-aligned base), and every kind's page slots
+        // tile those 4 MiB (small: 64 × 64 KiB, medium: 8 × 512 KiB; large
+        // and huge: a shift of 22 or more, index 0 of 1).
+        debug_assert!(index < (*segment).page_count);
         let page = Segment::page(segment, index);
         let (block, rest, m) = split(page, ptr.addr());
         if rest >= m {
@@ -369,12 +376,12 @@ pub(crate) unsafe fn check_pointer(ptr: *const u8) {
         // SAFETY: as in `check_free`.
         unsafe {
             let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
-            if index < (*segment).page_count {
-                let page = Segment::page(segment, index);
-                let (block, rest, m) = split(page, ptr.addr());
-                if rest < m && block < (*page).reserved.get() as usize {
-                    return;
-                }
+            // Below the page count, as in `check_free`.
+            debug_assert!(index < (*segment).page_count);
+            let page = Segment::page(segment, index);
+            let (block, rest, m) = split(page, ptr.addr());
+            if rest < m && block < (*page).reserved.get() as usize {
+                return;
             }
         }
     }

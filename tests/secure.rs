@@ -557,13 +557,29 @@ fn adjacency(envs: &[(&str, &str)]) -> (usize, Outcome) {
 }
 
 #[test]
-fn extensions_shuffle_groups_or_every_block() {
-    // Default: 1 KiB groups of 21 blocks of 48 B in address order, in a random order.
-    let (groups, _) = adjacency(&[]);
+fn extensions_shuffle_in_runs_groups_or_every_block() {
+    // Default: each block of 48 B joins one of two runs by a coin flip, each run in address
+    // order: the next block is the neighbour in memory half of the time.
+    let (runs, o) = adjacency(&[]);
+    assert!(
+        (350..650).contains(&runs),
+        "runs: {runs} per mille adjacent"
+    );
+    assert!(!o.stderr.contains("ignoring"), "{}", o.stderr);
+    let (named, o) = adjacency(&[("SHARDALLOC_SECURE_SHUFFLE", "runs")]);
+    assert!(
+        (350..650).contains(&named),
+        "runs: {named} per mille adjacent"
+    );
+    assert!(!o.stderr.contains("ignoring"), "{}", o.stderr);
+    // SHARDALLOC_SECURE_SHUFFLE=groups: 1 KiB groups of 21 blocks of 48 B in address order, in
+    // a random order.
+    let (groups, o) = adjacency(&[("SHARDALLOC_SECURE_SHUFFLE", "groups")]);
     assert!(
         (800..990).contains(&groups),
         "groups: {groups} per mille adjacent"
     );
+    assert!(!o.stderr.contains("ignoring"), "{}", o.stderr);
     // SHARDALLOC_SECURE_SHUFFLE=blocks: every block in a random order (1 in 85 by chance).
     let (blocks, o) = adjacency(&[("SHARDALLOC_SECURE_SHUFFLE", "blocks")]);
     assert!(blocks < 100, "blocks: {blocks} per mille adjacent");
@@ -571,7 +587,7 @@ fn extensions_shuffle_groups_or_every_block() {
     let (_, o) = adjacency(&[("SHARDALLOC_SECURE_SHUFFLE", "none")]);
     assert!(
         o.stderr.contains(
-            "shardalloc: ignoring SHARDALLOC_SECURE_SHUFFLE=none: expected groups or blocks\n"
+            "shardalloc: ignoring SHARDALLOC_SECURE_SHUFFLE=none: expected runs, groups or blocks\n"
         ),
         "{}",
         o.stderr
