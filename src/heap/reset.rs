@@ -119,27 +119,6 @@ impl RawHeap {
         unsafe { (*entry).set_reset_due(self.decay_due()) };
     }
 
-    /// Takes a slot that is about to be reused off the reset queue, if it
-    /// is there, and counts its memory as demand for the next decay pass
-    /// when it had waited at least an epoch (a slot that comes and goes
-    /// within an epoch, a few blocks allocated and freed again, shows no
-    /// demand for the rest of the queue).
-    ///
-    /// # Safety
-    /// As for [`RawHeap::unschedule_reset`].
-    pub(super) unsafe fn reuse_pending(&self, page: *mut Page) {
-        // SAFETY: a slot of ours (caller); the owner's (or lock holder's) cells.
-        let emptied_at = unsafe { (*page).emptied_at.get() };
-        // SAFETY: forwarded from the caller.
-        let bytes = unsafe { self.unschedule_reset(page) };
-        if bytes > 0
-            && os::now_ms().saturating_sub(emptied_at) >= decay::epoch_ms(options::reset_delay_ms())
-        {
-            self.reused_since_decay
-                .set(self.reused_since_decay.get().saturating_add(bytes));
-        }
-    }
-
     /// Takes a slot off the reset queue (it is being reused, or its segment
     /// goes away); returns the warm bytes that left the queue (0 if the
     /// slot was not on it).
@@ -275,7 +254,7 @@ impl RawHeap {
         // as a huge block of at least `size` bytes at `align`; its page goes
         // on the huge queue.
         unsafe {
-            self.reuse_pending(best);
+            self.unschedule_reset(best);
             let (block, tail) = Segment::reuse_huge(segment, size, align, self.as_ptr(), BIN_HUGE);
             self.queue_push_back(BIN_HUGE, best);
             self.note_page_bytes(segment, best, true);
@@ -450,7 +429,7 @@ impl RawHeap {
             // SAFETY: our spares: off the reset queue and our lists, they
             // are exclusively ours (no other thread reaches a spare).
             unsafe {
-                self.reuse_pending(Segment::page(segment, 0));
+                self.unschedule_reset(Segment::page(segment, 0));
                 self.detach_segment(segment);
             }
         }
@@ -518,15 +497,7 @@ impl RawHeap {
             return;
         }
         let mut due = if force { usize::MAX } else { 0 };
-        // What was reused from the queue since the last pass is demand the
-        // heap has shown within an epoch: that much of what the curve says
-        // is due stays (a heap that reuses its queue as fast as it fills it,
-        // rebuilding a structure while the last one is dropped, keeps its
-        // pages hot; one that is quiet, or busy with little, has no credit).
-        // Slots whose time is up go regardless.
-        let credit = self.reused_since_decay.replace(0);
         if !force {
-            let mut expired = 0usize;
             let mut page = self.reset_queue.first.get();
             // SAFETY: queued pages are slots of our live segments (caller).
             unsafe {
@@ -536,15 +507,14 @@ impl RawHeap {
                         // Younger slots (further back) are not due either.
                         break;
                     }
-                    let bytes = Self::queued_bytes(page);
-                    if age >= decay_ms {
-                        expired = expired.saturating_add(bytes);
-                    }
-                    due = due.saturating_add(decay::due_bytes(bytes, age, decay_ms));
+                    due = due.saturating_add(decay::due_bytes(
+                        Self::queued_bytes(page),
+                        age,
+                        decay_ms,
+                    ));
                     page = (*page).next.get();
                 }
             }
-            due = due.saturating_sub(credit).max(expired);
         }
         // Oldest first, while the next slot fits in what is due (so a pass
         // gives back no more than the curve asks; what is due but not given
