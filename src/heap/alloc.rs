@@ -310,7 +310,7 @@ impl RawHeap {
         let page = unsafe { Segment::claim_slot(segment) };
         // Reusing a slot whose memory waits for its reset: cancel it.
         // SAFETY: a slot of our segment.
-        unsafe { self.unschedule_reset(page) };
+        unsafe { self.reuse_pending(page) };
         // SAFETY: a live segment of ours; its header fields are cells.
         let (header, full) = unsafe { (&*segment, !Segment::has_free_slot(segment)) };
         if full && header.in_free_slot_list.get() {

@@ -89,6 +89,9 @@ pub(crate) struct RawHeap {
     reset_queue: PageQueue,
     /// Bytes of page memory on `reset_queue` (huge spares excluded).
     pending_reset: Cell<usize>,
+    /// Net bytes taken off `reset_queue` for reuse since the last decay
+    /// pass: demand the pass may keep back (`reset_expired`).
+    reused_since_decay: Cell<usize>,
     /// When the heap next applies the decay curve to its reset queue
     /// (`os::now_ms`; meaningful while the queue is not empty).
     next_decay_ms: Cell<u64>,
@@ -157,6 +160,7 @@ macro_rules! heap_value {
             slow_calls: Cell::new(0),
             reset_queue: PageQueue::new(),
             pending_reset: Cell::new(0),
+            reused_since_decay: Cell::new(0),
             next_decay_ms: Cell::new(0),
             huge_spares: Cell::new(0),
             huge_spare_bytes: Cell::new(0),
@@ -855,6 +859,87 @@ mod tests {
                 "every reclaimed page emptied and went back"
             );
         }
+    }
+
+    /// Empties `pages` pages of 8 KiB blocks and collects until their slots
+    /// wait on the reset queue, stamped as emptied half a decay time ago;
+    /// returns the queued bytes.
+    ///
+    /// # Safety
+    /// Owner thread of `heap`, whose queue is empty.
+    unsafe fn queue_half_aged_slots(heap: &RawHeap, pages: usize) -> usize {
+        // SAFETY: owner thread (caller).
+        unsafe {
+            let size = 8 * 1024;
+            let blocks: Vec<*mut u8> = (0..pages * 8)
+                .map(|_| heap.malloc_generic(size, false))
+                .collect();
+            for &b in &blocks {
+                b.write_bytes(1, size);
+            }
+            for b in blocks {
+                free_block(b, OWNER);
+            }
+            for _ in 0..32 {
+                heap.collect(false);
+            }
+            let queued = heap.pending_reset.get();
+            let half = options::reset_delay_ms() / 2;
+            let now = os::now_ms();
+            let mut page = heap.reset_queue.first.get();
+            while !page.is_null() {
+                (*page).emptied_at.set(now - half);
+                page = (*page).next.get();
+            }
+            heap.next_decay_ms.set(0);
+            queued
+        }
+    }
+
+    #[test]
+    fn memory_reused_from_the_reset_queue_is_kept_from_the_next_decay_pass() {
+        if options::reset_delay_ms() < 64 {
+            return;
+        }
+        // The warm budget is process-wide: other tests' frees must not push
+        // ours out before the pass. (Their memory goes back all the same,
+        // with the decay or their `collect(true)`.)
+        let floor = options::pending_reset_limit();
+        options::set_pending_reset_limit(usize::MAX / 2);
+        for credit in [false, true] {
+            let shared = Shared::new();
+            let heap = RawHeap::new(OWNER, &raw const shared);
+            // SAFETY: this thread plays the owner of `heap`.
+            unsafe {
+                // More than CREDIT_MIN queued: a rebuild's scale.
+                let queued = queue_half_aged_slots(&heap, 96);
+                assert!(queued >= 5 << 20, "{queued} bytes queued");
+                if credit {
+                    // As if the heap had just reused that much from the
+                    // queue (net); a small reuse earns nothing.
+                    heap.reused_since_decay.set(queued);
+                } else {
+                    heap.reused_since_decay.set(64 * 1024);
+                }
+                heap.reset_expired(false);
+                let left = heap.pending_reset.get();
+                if credit {
+                    assert_eq!(left, queued, "reused memory was still given back");
+                } else {
+                    // Half the decay time: half is due, and the slots
+                    // share a 2 MiB half with nothing in use, which goes
+                    // back whole.
+                    assert!(left < queued, "nothing of {queued} given back");
+                }
+                assert_eq!(
+                    heap.reused_since_decay.get(),
+                    0,
+                    "the credit lasts one pass"
+                );
+                heap.collect(true);
+            }
+        }
+        options::set_pending_reset_limit(floor);
     }
 
     #[test]

@@ -15,6 +15,10 @@ use crate::segment::{HugeLayout, RESHAPE_HUGE_SPARES, SEGMENT_SIZE, Segment};
 use crate::size_class::{BIN_COUNT, BIN_HUGE, PageKind};
 use core::ptr;
 
+/// The least net reuse from the reset queue in one epoch that a decay pass
+/// credits (`reset_expired`): a rebuild's, not a few slots cycling.
+const CREDIT_MIN: usize = 4 << 20;
+
 /// The most spare huge segments gathered into one block's segment.
 const GATHER_MAX: usize = 8;
 
@@ -62,6 +66,9 @@ impl RawHeap {
             let _ = self.reset_queue.push_back(page);
             let bytes = Segment::page_memory(segment, page).1;
             self.pending_reset.set(self.pending_reset.get() + bytes);
+            // Demand is net: a slot that comes back cancels a reuse.
+            self.reused_since_decay
+                .set(self.reused_since_decay.get().saturating_sub(bytes));
             decay::add_warm(bytes);
             if self.reset_queue.first.get() == page {
                 self.next_decay_ms
@@ -117,6 +124,28 @@ impl RawHeap {
         }
         // SAFETY: a registered heap's registry entry outlives it (see `lock`).
         unsafe { (*entry).set_reset_due(self.decay_due()) };
+    }
+
+    /// Takes a slot that is about to be reused off the reset queue, if it
+    /// is there, and counts its memory as demand for the next decay pass
+    /// when it had waited at least an epoch. Slots queued since the last
+    /// pass take their bytes off the demand again (`enqueue_reset`): only a
+    /// net reuse counts, and the pass only credits a large one
+    /// (`reset_expired`).
+    ///
+    /// # Safety
+    /// As for [`RawHeap::unschedule_reset`].
+    pub(super) unsafe fn reuse_pending(&self, page: *mut Page) {
+        // SAFETY: a slot of ours (caller); the owner's (or lock holder's) cells.
+        let emptied_at = unsafe { (*page).emptied_at.get() };
+        // SAFETY: forwarded from the caller.
+        let bytes = unsafe { self.unschedule_reset(page) };
+        if bytes > 0
+            && os::now_ms().saturating_sub(emptied_at) >= decay::epoch_ms(options::reset_delay_ms())
+        {
+            self.reused_since_decay
+                .set(self.reused_since_decay.get().saturating_add(bytes));
+        }
     }
 
     /// Takes a slot off the reset queue (it is being reused, or its segment
@@ -254,7 +283,7 @@ impl RawHeap {
         // as a huge block of at least `size` bytes at `align`; its page goes
         // on the huge queue.
         unsafe {
-            self.unschedule_reset(best);
+            self.reuse_pending(best);
             let (block, tail) = Segment::reuse_huge(segment, size, align, self.as_ptr(), BIN_HUGE);
             self.queue_push_back(BIN_HUGE, best);
             self.note_page_bytes(segment, best, true);
@@ -429,7 +458,7 @@ impl RawHeap {
             // SAFETY: our spares: off the reset queue and our lists, they
             // are exclusively ours (no other thread reaches a spare).
             unsafe {
-                self.unschedule_reset(Segment::page(segment, 0));
+                self.reuse_pending(Segment::page(segment, 0));
                 self.detach_segment(segment);
             }
         }
@@ -497,7 +526,20 @@ impl RawHeap {
             return;
         }
         let mut due = if force { usize::MAX } else { 0 };
+        // A large net reuse from the queue since the last pass (at least a
+        // quarter of what is queued, and CREDIT_MIN) is demand the heap has
+        // just shown: that much of what the curve says is due stays. A heap
+        // that rebuilds a structure while the last one is dropped keeps its
+        // pages hot; a light activity that cycles through a few slots, or a
+        // quiet heap, gets no credit. Slots whose time is up go regardless.
+        let reused = self.reused_since_decay.replace(0);
+        let credit = if reused >= CREDIT_MIN.max(self.pending_reset.get() / 4) {
+            reused
+        } else {
+            0
+        };
         if !force {
+            let mut expired = 0usize;
             let mut page = self.reset_queue.first.get();
             // SAFETY: queued pages are slots of our live segments (caller).
             unsafe {
@@ -507,14 +549,15 @@ impl RawHeap {
                         // Younger slots (further back) are not due either.
                         break;
                     }
-                    due = due.saturating_add(decay::due_bytes(
-                        Self::queued_bytes(page),
-                        age,
-                        decay_ms,
-                    ));
+                    let bytes = Self::queued_bytes(page);
+                    if age >= decay_ms {
+                        expired = expired.saturating_add(bytes);
+                    }
+                    due = due.saturating_add(decay::due_bytes(bytes, age, decay_ms));
                     page = (*page).next.get();
                 }
             }
+            due = due.saturating_sub(credit).max(expired);
         }
         // Oldest first, while the next slot fits in what is due (so a pass
         // gives back no more than the curve asks; what is due but not given
