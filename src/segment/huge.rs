@@ -1,0 +1,423 @@
+//! Huge segments: one block each, mapped for it, and the spares a freed
+//! one leaves — reused for a smaller block with the rest split off, gathered
+//! with others into a larger one by moving their pages, or pooled for any
+//! heap (design §6, "Huge blocks").
+
+use super::*;
+
+/// A spare huge segment reused for a block this much (or a quarter of the
+/// spare) smaller gives the difference back to the OS.
+const TRIM_MIN: usize = 1 << 20;
+
+/// Whether spare huge segments are reshaped rather than given back: split
+/// (`Segment::split_huge_tail`) and gathered into one by moving their pages
+/// (`Segment::gather_huge`). Needs real mappings (not the loom and Miri
+/// test backend) and no guard pages (secure builds: a guard page ends
+/// each segment, and splits its mapping in two, which a move cannot take).
+pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri, feature = "secure")));
+
+/// Where a huge block goes in its segment, and how that segment is mapped.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HugeLayout {
+    /// The block's offset from the segment start.
+    block_offset: usize,
+    /// The mapping's alignment: `SEGMENT_SIZE`, or the block's alignment
+    /// when larger.
+    pub(crate) map_align: usize,
+    /// What must be aligned is the mapping plus this.
+    map_offset: usize,
+    /// Header, block in whole OS pages, and guard: the segment's `size`.
+    total: usize,
+    /// `total`, rounded to a huge page when backed by huge pages.
+    pub(crate) map_size: usize,
+    /// Advised for transparent huge pages.
+    huge_pages: bool,
+}
+
+impl HugeLayout {
+    /// The layout of a huge segment for a block of `size` bytes aligned to
+    /// `align`; `None` if it cannot be mapped.
+    pub(crate) fn of(size: usize, align: usize) -> Option<HugeLayout> {
+        if size > HUGE_SIZE_MAX || align > HUGE_SIZE_MAX {
+            return None;
+        }
+        let align = align.max(OS_PAGE_SIZE);
+        // Where the block goes, and how the mapping must be aligned so that
+        // (segment + block_offset) is `align`-aligned and the segment itself
+        // is SEGMENT_SIZE-aligned.
+        let (block_offset, map_align, map_offset) = if align <= SEGMENT_SIZE {
+            (Segment::huge_block_offset(align)?, SEGMENT_SIZE, 0)
+        } else {
+            // The block sits exactly one segment size in: (block − 1) still
+            // masks to the header.
+            (SEGMENT_SIZE, align, SEGMENT_SIZE)
+        };
+        let total = Segment::huge_total(block_offset, size)?;
+        let huge_pages = total >= HUGE_OS_PAGE && options::huge_os_pages();
+        // Backed by huge pages, the mapping ends on a huge page boundary, so
+        // the block's last huge page is a huge page too rather than 4 KiB
+        // faults. The slack past `total` is never handed out or counted;
+        // it becomes resident only with that last huge page.
+        let map_size = if huge_pages {
+            checked_align_up(total, HUGE_OS_PAGE)?
+        } else {
+            total
+        };
+        Some(HugeLayout {
+            block_offset,
+            map_align,
+            map_offset,
+            total,
+            map_size,
+            huge_pages,
+        })
+    }
+}
+
+impl Segment {
+    /// A spare huge segment (its page unused, its memory dirty) leaves its
+    /// heap for the process-wide pool: it belongs to no heap or thread,
+    /// counts in the warm budget, and is due for unmapping at `due_ms`.
+    ///
+    /// # Safety
+    /// The caller owns the spare: huge, its page unused, on no list or
+    /// queue, unreachable by any other thread.
+    pub(crate) unsafe fn pool_huge(segment: *mut Segment, due_ms: u64) {
+        // SAFETY: owned by the caller.
+        unsafe {
+            let header = &*segment;
+            header.heap.set(ptr::null_mut());
+            // Relaxed: no block of the segment is live, so no free reads it;
+            // the pool's Release put publishes it to the next owner.
+            header.thread_id.store(0, Ordering::Relaxed);
+            header.cache_due_ms.set(due_ms);
+            Segment::uncount_warm(segment);
+            let warm = Segment::committed_len(segment, Segment::page(segment, 0));
+            header.warm_bytes.set(warm);
+            decay::add_warm(warm);
+        }
+    }
+
+    /// A pooled huge spare joins heap `heap` of thread `thread_id` (which
+    /// counts it in the warm budget its own way).
+    ///
+    /// # Safety
+    /// The caller took the spare from the pool and owns it.
+    pub(crate) unsafe fn unpool_huge(segment: *mut Segment, heap: *mut RawHeap, thread_id: usize) {
+        // SAFETY: owned by the caller.
+        unsafe {
+            Segment::uncount_warm(segment);
+            (*segment).heap.set(heap);
+            // Relaxed: as in `pool_huge`; the page is unused, no free reads it.
+            (*segment).thread_id.store(thread_id, Ordering::Relaxed);
+        }
+    }
+
+    /// Maps a huge segment whose single block of at least `size` bytes is
+    /// aligned to `align`, and initialises its page for `heap` (queue index
+    /// `bin`). Returns the segment and the block.
+    pub(crate) fn create_huge(
+        size: usize,
+        align: usize,
+        thread_id: usize,
+        heap: *mut RawHeap,
+        bin: usize,
+    ) -> Option<(NonNull<Segment>, *mut u8)> {
+        let layout = HugeLayout::of(size, align)?;
+        let base = map_below_limit(layout.map_size, layout.map_align, layout.map_offset)?;
+        // SAFETY: a fresh mapping of ours of `layout.map_size` bytes.
+        Some(unsafe {
+            Segment::init_huge_segment(base, layout.map_size, layout, thread_id, heap, bin)
+        })
+    }
+
+    /// Builds a huge segment for a block of `layout` out of spare huge
+    /// segments: maps `map_size` bytes (at least `layout.map_size` and the
+    /// spares' mappings together), moves each spare's pages into it side by
+    /// side, in the order given (`os::move_pages`: page tables move, the
+    /// memory is neither copied nor faulted again), and splits the memory
+    /// past what the block needs off into a spare (`split_huge_tail`). A
+    /// spare that cannot move is unmapped, its part left fresh. Returns the
+    /// segment, its block (whose memory is not zero) and the new spare or
+    /// null; `None` when the OS refuses the mapping (the spares are then
+    /// unmapped: their memory was free).
+    ///
+    /// # Safety
+    /// The caller owns every spare: huge, no page in use, on no list and no
+    /// queue, unreachable by any other thread; `layout.map_align` is
+    /// `SEGMENT_SIZE` and `map_size` is at least the spares' `map_size`s
+    /// together and at least `layout.map_size`. [`RESHAPE_HUGE_SPARES`] holds.
+    pub(crate) unsafe fn gather_huge(
+        spares: &[*mut Segment],
+        map_size: usize,
+        layout: HugeLayout,
+        thread_id: usize,
+        heap: *mut RawHeap,
+        bin: usize,
+    ) -> Option<(NonNull<Segment>, *mut u8, *mut Segment)> {
+        let dest = map_below_limit(map_size, SEGMENT_SIZE, 0);
+        let mut offset = 0;
+        let mut whole = dest.is_some();
+        for &spare in spares {
+            // SAFETY: exclusively ours (caller); read before it moves.
+            let (len, align) = unsafe { ((*spare).map_size, (*spare).map_align) };
+            // SAFETY: as above: its accounting leaves with it.
+            unsafe {
+                if !(*spare).pages_zero.get() {
+                    Segment::forget_committed(spare);
+                }
+                Segment::uncount_warm(spare);
+            }
+            let moved = match dest {
+                // SAFETY: the spare's whole mapping, unused, into the part of
+                // our fresh mapping that nothing else is moved to.
+                Some(dest) if whole => unsafe {
+                    os::move_pages(spare.cast(), len, dest.as_ptr().add(offset))
+                },
+                _ => os::Moved::No,
+            };
+            match moved {
+                os::Moved::Yes => stats::MOVED_TOTAL.add(len),
+                os::Moved::No => {
+                    // SAFETY: still the spare's own mapping, which nothing uses.
+                    unsafe { os::unmap(NonNull::new_unchecked(spare.cast()), len, align) }
+                }
+                os::Moved::Broken => {
+                    // SAFETY: as above.
+                    unsafe { os::unmap(NonNull::new_unchecked(spare.cast()), len, align) };
+                    whole = false;
+                }
+            }
+            offset += len;
+        }
+        let dest = dest?;
+        if !whole {
+            // SAFETY: our mapping, holding nothing anyone uses.
+            unsafe { os::unmap(dest, map_size, SEGMENT_SIZE) };
+            return None;
+        }
+        // SAFETY: our mapping of `map_size` bytes, holding nothing anyone
+        // uses; the block's memory is not zero, which `init_huge` records.
+        let (segment, block) =
+            unsafe { Segment::init_huge_segment(dest, map_size, layout, thread_id, heap, bin) };
+        // SAFETY: our new segment; the block ends within `layout.map_size`,
+        // and what lies past it is moved memory nobody uses (what the split
+        // leaves stays with the block, counted in its committed length).
+        let tail = unsafe { Segment::split_huge_tail(segment.as_ptr(), layout.map_size) };
+        Some((segment, block, tail))
+    }
+
+    /// Cuts the memory of huge segment `segment` from the first
+    /// `SEGMENT_SIZE` boundary at or past `keep` (where its block ends, or
+    /// later) off into a spare huge segment of its own, when that leaves at
+    /// least a huge page. Returns the new spare (unused page, same owner and
+    /// heap, on no list; the two are separate mappings from then on), or
+    /// null with nothing changed.
+    ///
+    /// # Safety
+    /// The caller owns `segment`, mapped at `SEGMENT_SIZE`; nothing uses
+    /// its memory past `keep`; [`RESHAPE_HUGE_SPARES`] holds.
+    pub(crate) unsafe fn split_huge_tail(segment: *mut Segment, keep: usize) -> *mut Segment {
+        // SAFETY: ours (caller).
+        let header = unsafe { &mut *segment };
+        let map_size = header.map_size;
+        let cut = checked_align_up(keep, SEGMENT_SIZE).filter(|&cut| {
+            cut.checked_add(HUGE_OS_PAGE)
+                .is_some_and(|end| end <= map_size)
+        });
+        let Some(cut) = cut else {
+            return ptr::null_mut();
+        };
+        let tail_len = map_size - cut;
+        // Relaxed: the owner reads the id it stored itself; pairs with nothing.
+        let thread_id = header.thread_id.load(Ordering::Relaxed);
+        // SAFETY: our segment's page (caller); its committed length changes
+        // with the mapping, so it is counted again.
+        unsafe {
+            let page = Segment::page(segment, 0);
+            let counted = !(*page).memory_is_zero.get();
+            if counted {
+                stats::COMMITTED.sub(Segment::committed_len(segment, page));
+            }
+            header.map_size = cut;
+            header.size = header.size.min(cut);
+            if counted {
+                stats::COMMITTED.add(Segment::committed_len(segment, page));
+            }
+        }
+        // SAFETY: the part past `cut`: SEGMENT_SIZE-aligned memory of ours,
+        // unused, at least a huge page (above), now a mapping of its own.
+        unsafe {
+            let tail = segment.cast::<u8>().add(cut).cast::<Segment>();
+            Segment::init_header(
+                tail,
+                PageKind::Huge,
+                HUGE_PAGE_SHIFT,
+                1,
+                tail_len,
+                SEGMENT_SIZE,
+                thread_id,
+                header.heap.get(),
+                false,
+            );
+            stats::COMMITTED.add(Segment::committed_len(tail, Segment::page(tail, 0)));
+            tail
+        }
+    }
+
+    /// Sets up a huge segment in the mapping `[base, base + map_size)`:
+    /// its guard and huge-page advice, header and page, for a block of
+    /// `layout`. Returns the segment and the block.
+    ///
+    /// # Safety
+    /// The mapping is ours, `map_size ≥ layout.map_size` bytes, aligned as
+    /// `layout` asks, and nothing else uses it.
+    unsafe fn init_huge_segment(
+        base: NonNull<u8>,
+        map_size: usize,
+        layout: HugeLayout,
+        thread_id: usize,
+        heap: *mut RawHeap,
+        bin: usize,
+    ) -> (NonNull<Segment>, *mut u8) {
+        let HugeLayout {
+            block_offset,
+            total,
+            ..
+        } = layout;
+        #[cfg(feature = "secure")]
+        secure_new_segment(base, total);
+        if layout.huge_pages {
+            // SAFETY: our mapping (caller).
+            unsafe { os::advise_huge_pages(base.as_ptr(), map_size) };
+        }
+        let segment = base.cast::<Segment>();
+        // SAFETY: exclusively ours (caller), large enough for header and block.
+        unsafe {
+            Segment::init_header(
+                segment.as_ptr(),
+                PageKind::Huge,
+                HUGE_PAGE_SHIFT,
+                1,
+                total,
+                layout.map_align,
+                thread_id,
+                heap,
+                true,
+            );
+            (*segment.as_ptr()).map_size = map_size;
+            let block = base.as_ptr().add(block_offset);
+            let page = Segment::page(segment.as_ptr(), 0);
+            Segment::note_page_committed(segment.as_ptr(), page);
+            (*page).init_huge(heap, bin, block, total - block_offset - GUARD_SIZE);
+            stats::HUGE_LIVE.add(total - block_offset - GUARD_SIZE);
+            (*segment.as_ptr()).used_pages.set(1);
+            (segment, block)
+        }
+    }
+
+    /// Where a huge block aligned to `align` starts in a huge segment mapped
+    /// at `SEGMENT_SIZE` alignment.
+    fn huge_block_offset(align: usize) -> Option<usize> {
+        checked_align_up(HEADER_SIZE, align.max(OS_PAGE_SIZE))
+    }
+
+    /// The bytes a huge block of `size` bytes aligned to `align` counts for
+    /// in its heap's page bytes (`page_bytes` of its segment), or `None`
+    /// if it cannot be mapped.
+    pub(crate) fn huge_footprint(size: usize, align: usize) -> Option<usize> {
+        let block_offset = if align <= SEGMENT_SIZE {
+            Segment::huge_block_offset(align)?
+        } else {
+            SEGMENT_SIZE
+        };
+        let total = Segment::huge_total(block_offset, size)?;
+        Some(total - HEADER_SIZE - GUARD_SIZE)
+    }
+
+    /// The mapping size of a huge segment whose block of `size` bytes starts
+    /// at `block_offset`: whole OS pages, and the guard.
+    fn huge_total(block_offset: usize, size: usize) -> Option<usize> {
+        checked_align_up(block_offset.checked_add(size)?, OS_PAGE_SIZE)?.checked_add(GUARD_SIZE)
+    }
+
+    /// Whether the huge segment (a spare) can hold a block of `size` bytes
+    /// aligned to `align`.
+    ///
+    /// # Safety
+    /// `segment` is a live huge segment.
+    pub(crate) unsafe fn huge_fits(segment: *mut Segment, size: usize, align: usize) -> bool {
+        // SAFETY: a live segment (caller).
+        let (total, map_size, map_align) =
+            unsafe { ((*segment).size, (*segment).map_size, (*segment).map_align) };
+        // Reshaped, a spare offers its whole mapping; otherwise (secure:
+        // the guard page ends `size`) its old block's.
+        let limit = if RESHAPE_HUGE_SPARES { map_size } else { total };
+        align <= SEGMENT_SIZE
+            && map_align == SEGMENT_SIZE
+            && Segment::huge_block_offset(align)
+                .and_then(|offset| offset.checked_add(size))
+                .is_some_and(|end| end <= limit - GUARD_SIZE)
+    }
+
+    /// Sets a spare huge segment's page up again for a block of `size` bytes
+    /// aligned to `align`, owned by `heap`; returns the block, and the spare
+    /// split off its tail (`split_huge_tail`) or null. When the spare is
+    /// much larger than the block and cannot be split, the tail's memory
+    /// goes back.
+    ///
+    /// # Safety
+    /// The caller owns the spare `segment` and `page` (its only page,
+    /// unused), and `huge_fits(segment, size, align)` holds.
+    pub(crate) unsafe fn reuse_huge(
+        segment: *mut Segment,
+        size: usize,
+        align: usize,
+        heap: *mut RawHeap,
+        bin: usize,
+    ) -> (*mut u8, *mut Segment) {
+        // SAFETY: an unused page of our spare, which fits (caller).
+        unsafe {
+            let offset = Segment::huge_block_offset(align).unwrap_or(HEADER_SIZE);
+            let total = (*segment).size;
+            let block = segment.cast::<u8>().add(offset);
+            let page = Segment::page(segment, 0);
+            // A spare advised for huge pages is trimmed at a 2 MiB boundary:
+            // trimming inside a huge page would split it, and the next
+            // touch of the trimmed part would fault it back 4 KiB at a time.
+            let unit = if total >= HUGE_OS_PAGE && options::huge_os_pages() {
+                HUGE_OS_PAGE
+            } else {
+                OS_PAGE_SIZE
+            };
+            let tail = if RESHAPE_HUGE_SPARES {
+                // The block takes what it needs, in whole units; the rest of
+                // the mapping becomes a spare of its own where it can (kept
+                // warm for the next huge block), else stays with the block.
+                // The block's own size is tight (what its heap's page bytes
+                // and limit count); the rest up to the cut stays mapped and
+                // resident with it, counted as committed.
+                let map_size = (*segment).map_size;
+                let keep =
+                    checked_align_up(offset + size, unit).map_or(map_size, |k| k.min(map_size));
+                (*segment).size = Segment::huge_total(offset, size).map_or(keep, |t| t.min(keep));
+                Segment::split_huge_tail(segment, keep)
+            } else {
+                // (A partial huge page at the end stays: it is 4 KiB pages,
+                // faulted in one by one if it ever went back.)
+                let keep = checked_align_up(offset + size, unit).unwrap_or(total);
+                let end = (total - GUARD_SIZE) & !(unit - 1);
+                let tail = end.saturating_sub(keep);
+                if tail >= TRIM_MIN.max(total / 2) {
+                    os::reset(segment.cast::<u8>().add(keep), tail);
+                }
+                ptr::null_mut()
+            };
+            let total = (*segment).size;
+            (*page).init_huge(heap, bin, block, total - offset - GUARD_SIZE);
+            (*segment).used_pages.set(1);
+            stats::HUGE_LIVE.add(total - offset - GUARD_SIZE);
+            (block, tail)
+        }
+    }
+}
