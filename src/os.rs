@@ -393,21 +393,7 @@ pub(crate) unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
 #[cfg(not(any(loom, miri)))]
 pub fn resident_bytes() -> Option<usize> {
     let mut buf = [0u8; 128];
-    // SAFETY: the path is a NUL-terminated literal.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/statm".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: `buf` is writable for its whole length; `fd` is open.
-    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-    // SAFETY: `fd` is open and ours.
-    unsafe { libc::close(fd) };
-    let text = buf.get(..usize::try_from(n).ok()?)?;
+    let text = read_proc_file(c"/proc/self/statm", &mut buf)?;
     // Second field: resident pages.
     let field = text.split(|&b| b == b' ').nth(1)?;
     let mut pages = 0usize;
@@ -424,20 +410,13 @@ pub fn resident_bytes() -> Option<usize> {
     pages.checked_mul(usize::try_from(page).ok()?)
 }
 
-/// Returns the resident anonymous memory of the process that transparent
-/// huge pages back, in bytes (`AnonHugePages` of `/proc/self/smaps_rollup`,
-/// read with raw system calls: no allocation). `None` if unreadable.
+/// Reads the file at `path` (a small `/proc` file) into `buf` with raw
+/// system calls (no allocation) and returns what was read, at most
+/// `buf.len()` bytes; `None` if it cannot be opened.
 #[cfg(not(any(loom, miri)))]
-pub(crate) fn huge_page_bytes() -> Option<usize> {
-    const FIELD: &[u8] = b"AnonHugePages:";
-    let mut buf = [0u8; 4096];
-    // SAFETY: the path is a NUL-terminated literal.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/self/smaps_rollup".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
+fn read_proc_file<'a>(path: &core::ffi::CStr, buf: &'a mut [u8]) -> Option<&'a [u8]> {
+    // SAFETY: `path` is a NUL-terminated string (a `CStr`).
+    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
     if fd < 0 {
         return None;
     }
@@ -451,9 +430,19 @@ pub(crate) fn huge_page_bytes() -> Option<usize> {
             Ok(n) => len += n,
         }
     }
-    // SAFETY: `fd` is open and ours.
+    // SAFETY: `fd` is open and ours, closed once.
     unsafe { libc::close(fd) };
-    let text = &buf[..len];
+    Some(&buf[..len])
+}
+
+/// Returns the resident anonymous memory of the process that transparent
+/// huge pages back, in bytes (`AnonHugePages` of `/proc/self/smaps_rollup`,
+/// read with raw system calls: no allocation). `None` if unreadable.
+#[cfg(not(any(loom, miri)))]
+pub(crate) fn huge_page_bytes() -> Option<usize> {
+    const FIELD: &[u8] = b"AnonHugePages:";
+    let mut buf = [0u8; 4096];
+    let text = read_proc_file(c"/proc/self/smaps_rollup", &mut buf)?;
     let at = text.windows(FIELD.len()).position(|w| w == FIELD)?;
     let mut kib = 0usize;
     let mut seen = false;
