@@ -91,8 +91,10 @@ impl SegmentCache {
 
     /// Gives back the memory of cached segments whose reset is due by
     /// `now_ms` (see `Segment::cache_dirty`): each is taken out, reset, and
-    /// put back (or unmapped if its slot was refilled meanwhile); a pooled
-    /// huge spare that is due is unmapped.
+    /// put back into the first `limit` slots (or unmapped if they are all
+    /// taken); one whose memory stays (not due yet) may go back into any
+    /// slot, as `heap::segments::cache_or_release` put it; a pooled huge
+    /// spare that is due is unmapped.
     pub(crate) fn sweep(&self, now_ms: u64, limit: usize) {
         for slot in &self.slots {
             // Relaxed: a cheap emptiness test; the swap acquires.
@@ -106,7 +108,15 @@ impl SegmentCache {
             }
             // SAFETY: the swap made us the segment's only owner.
             unsafe {
-                if !Segment::reset_cached_if_due(segment, now_ms) || !self.put(segment, limit) {
+                let keep = Segment::reset_cached_if_due(segment, now_ms);
+                // Still warm (not due): any slot, as it was put; reset (or
+                // a huge spare): within `limit`, and none with the cache off.
+                let slots = if limit > 0 && Segment::is_warm_cached(segment, now_ms) {
+                    MAX_SEGMENT_CACHE
+                } else {
+                    limit
+                };
+                if !keep || !self.put(segment, slots) {
                     Segment::release(segment);
                 }
             }

@@ -6,7 +6,7 @@
 use super::RawHeap;
 use crate::decay;
 use crate::heap::Shared;
-use crate::options;
+use crate::options::{self, MAX_SEGMENT_CACHE};
 use crate::os;
 use crate::page::Page;
 use crate::segment::{Links, Segment};
@@ -333,12 +333,23 @@ impl RawHeap {
 /// has any: thread exit, `destroy`, an emptied abandoned segment), or back
 /// to the OS when the cache is full or off.
 ///
+/// A segment that keeps its memory (*warm*) may take any of the cache's
+/// [`MAX_SEGMENT_CACHE`] slots, a reset one only the first
+/// `options::segment_cache()`: warm memory is bounded by the warm budget
+/// (over it, the segment is reset first) and by its reset when due (the
+/// reaper's sweep then keeps it only within the option's slots). Unmapping
+/// a warm segment because four others wait would throw away memory the
+/// next thread faults in again (`mstress`: the exiting threads of a round
+/// leave more than four empty segments, and the next round's threads
+/// mapped fresh ones).
+///
 /// # Safety
 /// The caller owns the segment: empty, on no list, no slot pending.
 pub(super) unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segment) {
     let limit = options::segment_cache();
     // SAFETY: exclusively ours (caller); `kind` never changes.
     if unsafe { (*segment).kind } != PageKind::Huge && limit > 0 {
+        let mut slots = limit;
         // SAFETY: exclusively ours, empty, nothing pending (caller).
         unsafe {
             if !Segment::all_pages_zero(segment) {
@@ -349,12 +360,13 @@ pub(super) unsafe fn cache_or_release(shared: *const Shared, segment: *mut Segme
                     // The next heap may well reuse it soon; a reaper's sweep
                     // gives the memory back if not.
                     Segment::cache_dirty(segment, os::now_ms().saturating_add(delay));
+                    slots = MAX_SEGMENT_CACHE;
                 }
             }
         }
         // SAFETY: `shared` outlives every heap; the segment is ours, given
         // up on success.
-        if unsafe { (*shared).segment_cache.put(segment, limit) } {
+        if unsafe { (*shared).segment_cache.put(segment, slots) } {
             return;
         }
     }

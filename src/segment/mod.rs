@@ -580,6 +580,20 @@ impl Segment {
         }
     }
 
+    /// A cached non-huge segment that still holds its memory and is not due
+    /// for its reset by `now_ms` (cached by [`Segment::cache_dirty`]).
+    ///
+    /// # Safety
+    /// `segment` is live and owned by the caller.
+    pub(crate) unsafe fn is_warm_cached(segment: *mut Segment, now_ms: u64) -> bool {
+        // SAFETY: owned by the caller; header fields are cells.
+        unsafe {
+            (*segment).kind != PageKind::Huge
+                && !(*segment).pages_zero.get()
+                && (*segment).cache_due_ms.get() > now_ms
+        }
+    }
+
     /// Every page slot's memory is known to read as zeros.
     ///
     /// # Safety
