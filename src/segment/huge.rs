@@ -23,7 +23,7 @@ pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri)));
 /// split that page's mapping, and its last part would be faulted 4 KiB at a
 /// time. Without guard pages the mapping is rounded up to whole huge pages
 /// instead (`HugeLayout::map_size`).
-pub(super) const END_ON_HUGE_PAGE: bool = GUARD_SIZE > 0;
+pub(super) const END_ON_HUGE_PAGE: bool = GUARD_SIZE != 0;
 
 /// Where a huge block goes in its segment, and how that segment is mapped.
 #[derive(Clone, Copy, Debug)]
@@ -493,10 +493,11 @@ impl Segment {
             // merges mappings and cannot need more of them.
             crate::fatal::fatal("a huge spare's guard page cannot be made writable again");
         }
+        if !options::secure_guard_pages() {
+            return;
+        }
         // SAFETY: an OS page inside the mapping holding no block (caller).
-        if options::secure_guard_pages()
-            && unsafe { os::protect_none(segment.cast::<u8>().add(at), GUARD_SIZE) }
-        {
+        if unsafe { os::protect_none(segment.cast::<u8>().add(at), GUARD_SIZE) } {
             header.huge_guard.set(at);
         }
     }

@@ -1013,7 +1013,7 @@ mod tests {
                     0,
                     "size {size}: ends mid huge page"
                 );
-                assert!(offset >= HEADER_SIZE && offset < HEADER_SIZE + HUGE_OS_PAGE);
+                assert!((HEADER_SIZE..HEADER_SIZE + HUGE_OS_PAGE).contains(&offset));
                 assert_eq!((*segment).size, offset + len + GUARD_SIZE);
                 assert_eq!(Segment::page_bytes(segment, page), len, "size {size}");
                 assert_eq!(Segment::huge_footprint(size, align), Some(len));
