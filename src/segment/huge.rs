@@ -38,7 +38,8 @@ pub(crate) struct HugeLayout {
     pub(crate) map_align: usize,
     /// What must be aligned is the mapping plus this.
     map_offset: usize,
-    /// Header, block in whole OS pages, and guard: the segment's `size`.
+    /// Header (and lead), block in whole OS pages, and guard: the
+    /// segment's `size`.
     total: usize,
     /// `total`, rounded to a huge page when backed by huge pages.
     pub(crate) map_size: usize,
@@ -464,8 +465,10 @@ impl Segment {
             return true;
         }
         #[cfg(not(any(loom, miri)))]
-        // SAFETY: the guard page, an OS page inside the segment's mapping
-        // (`huge_guard` is only set to an offset below `size`).
+        // SAFETY: the guard page, an OS page inside the segment's mapping:
+        // `huge_guard` is only set right after a block that fits the
+        // mapping, and the mapping only shrinks (`split_huge_tail`) past
+        // the guard.
         if !unsafe { os::protect_read_write(segment.cast::<u8>().add(guard), GUARD_SIZE) } {
             return false;
         }
