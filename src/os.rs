@@ -388,6 +388,19 @@ pub(crate) unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
     unsafe { libc::mprotect(ptr.cast(), size, libc::PROT_NONE) == 0 }
 }
 
+/// Makes `[ptr, ptr + size)` read-write again (a guard page that a huge
+/// spare's new block, or a move of its pages, needs back). Returns whether
+/// it worked.
+///
+/// # Safety
+/// The range is page-aligned and inside one of our mappings.
+#[cfg(all(feature = "secure", not(any(loom, miri))))]
+pub(crate) unsafe fn protect_read_write(ptr: *mut u8, size: usize) -> bool {
+    // SAFETY: the caller guarantees the range is ours; widening the
+    // protection of our own memory changes no contents.
+    unsafe { libc::mprotect(ptr.cast(), size, libc::PROT_READ | libc::PROT_WRITE) == 0 }
+}
+
 /// Returns the current resident set size of the process in bytes, read from
 /// `/proc/self/statm` with raw system calls (no allocation).
 #[cfg(not(any(loom, miri)))]

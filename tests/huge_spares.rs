@@ -21,16 +21,9 @@ const MIB: usize = 1 << 20;
 /// spares would push another's out.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Secure builds end every segment with a guard page, which a move cannot take: their spares
-/// are neither split, gathered nor pooled (docs/design.md, §6).
-const RESHAPED: bool = !cfg!(feature = "secure");
-
-/// Whether the test of spare reshaping `test` runs here; prints why not.
+/// Whether the test of spare reshaping `test` runs here; prints why not. Every build reshapes
+/// its spares, secure builds too (they move a spare's guard page: docs/design.md, §6).
 fn reshaping_runs(test: &str) -> bool {
-    if !RESHAPED {
-        println!("[{test}] skipping: secure builds do not reshape or pool huge spares");
-        return false;
-    }
     if shardalloc::options::reset_delay_ms() == 0 {
         println!("[{test}] skipping: SHARDALLOC_RESET_DELAY_MS=0 keeps no spares");
         return false;
@@ -172,7 +165,7 @@ fn huge_blocks_replaced_at_random_stay_intact_and_reuse_memory() {
         s.moved / MIB,
         s.reset / MIB
     );
-    if RESHAPED && shardalloc::options::reset_delay_ms() > 0 {
+    if shardalloc::options::reset_delay_ms() > 0 {
         assert!(s.moved > 0, "seed {seed}: no spare was ever gathered");
     }
 }

@@ -488,6 +488,98 @@ fn writing_past_a_huge_block_faults_before_another_block() {
     assert_faulted(&run_child("child_overflow_huge"), "past a huge block");
 }
 
+/// Writes one byte in every OS page of `[p, p + len)`: a spare's memory is then resident.
+fn touch(p: *mut u8, len: usize) {
+    for offset in (0..len).step_by(4096) {
+        // SAFETY: inside a live block of `len` bytes (caller).
+        unsafe { p.add(offset).write_volatile(1) };
+    }
+}
+
+/// A huge block made of spares' memory, as the environment variable `SECURE_TEST_RESHAPE`
+/// says: `reused`, an 8 MiB spare taken for a 3 MiB block (its guard page moved to the new
+/// end, its tail split off as a spare of its own), or `gathered`, two 6 MiB spares moved into
+/// a 12 MiB block. Returns the block and its usable size; exits with 6 if no spare was
+/// reshaped (the test would prove nothing).
+fn reshaped_huge_block() -> (*mut u8, usize) {
+    let how = std::env::var("SECURE_TEST_RESHAPE").unwrap_or_default();
+    let p = match how.as_str() {
+        "reused" => {
+            let big = alloc(8 << 20);
+            touch(big, 8 << 20);
+            free(big);
+            let p = alloc(3 << 20);
+            if p.addr() >> 22 != big.addr() >> 22 {
+                println!("NOT RESHAPED: the 3 MiB block is not in the 8 MiB spare");
+                std::process::exit(6);
+            }
+            p
+        }
+        "gathered" => {
+            let (a, b) = (alloc(6 << 20), alloc(6 << 20));
+            touch(a, 6 << 20);
+            touch(b, 6 << 20);
+            free(a);
+            free(b);
+            let moved = shardalloc::stats().moved;
+            let p = alloc(12 << 20);
+            if shardalloc::stats().moved == moved {
+                println!("NOT RESHAPED: no spare moved into the 12 MiB block");
+                std::process::exit(6);
+            }
+            p
+        }
+        _ => panic!("SECURE_TEST_RESHAPE={how:?}: expected reused or gathered"),
+    };
+    // SAFETY: a live block of ours.
+    (p, unsafe { shardalloc::usable_size(p) })
+}
+
+child!(child_write_past_a_reshaped_huge_block, {
+    let (p, len) = reshaped_huge_block();
+    touch(p, len);
+    // The next huge block takes the spare split off the old one, or other memory.
+    let next = alloc(3 << 20);
+    touch(next, 3 << 20);
+    // SAFETY: not safe — the OS page right after the block, on purpose; its guard page must
+    // stop it.
+    unsafe {
+        p.wrapping_add(len.next_multiple_of(4096))
+            .write_volatile(0x5A)
+    };
+    println!("WROTE past {p:p}+{len}");
+});
+
+child!(child_overflow_reshaped_huge, {
+    let (p, len) = reshaped_huge_block();
+    // Blocks that may take the spare split off right after it, or other spares.
+    let others: Vec<*mut u8> = (0..3).map(|_| alloc(3 << 20)).collect();
+    let spans: Vec<(usize, usize)> = others.iter().map(|q| (q.addr(), 3 << 20)).collect();
+    overflow(p, len, &spans);
+});
+
+#[test]
+fn writing_past_a_huge_block_made_of_spares_faults_at_once() {
+    for how in ["reused", "gathered"] {
+        let o = run_child_with(
+            "child_write_past_a_reshaped_huge_block",
+            &[("SECURE_TEST_RESHAPE", how)],
+        );
+        assert_faulted(&o, &format!("the page after a {how} huge block"));
+    }
+}
+
+#[test]
+fn writing_past_a_huge_block_made_of_spares_faults_before_another_block() {
+    for how in ["reused", "gathered"] {
+        let o = run_child_with(
+            "child_overflow_reshaped_huge",
+            &[("SECURE_TEST_RESHAPE", how)],
+        );
+        assert_faulted(&o, &format!("past a {how} huge block"));
+    }
+}
+
 // ---- SHARDALLOC_SECURE_GUARD_PAGES ------------------------------------------------------------
 
 child!(child_write_the_guard_page, {

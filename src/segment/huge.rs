@@ -12,21 +12,34 @@ const TRIM_MIN: usize = 1 << 20;
 /// Whether spare huge segments are reshaped rather than given back: split
 /// (`Segment::split_huge_tail`) and gathered into one by moving their pages
 /// (`Segment::gather_huge`). Needs real mappings (not the loom and Miri
-/// test backend) and no guard pages (secure builds: a guard page ends
-/// each segment, and splits its mapping in two, which a move cannot take).
-pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri, feature = "secure")));
+/// test backend). Secure builds too: a spare's guard page is made
+/// read-write again before its pages move or a new block takes them, and
+/// the new block gets a guard page of its own right after its end.
+pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri)));
+
+/// Whether a huge block backed by huge pages is placed to end on a 2 MiB
+/// boundary (`Segment::huge_block_offset`): with a guard page right after
+/// the block (secure builds), a block ending inside a 2 MiB page would
+/// split that page's mapping, and its last part would be faulted 4 KiB at a
+/// time. Without guard pages the mapping is rounded up to whole huge pages
+/// instead (`HugeLayout::map_size`).
+pub(super) const END_ON_HUGE_PAGE: bool = GUARD_SIZE != 0;
 
 /// Where a huge block goes in its segment, and how that segment is mapped.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct HugeLayout {
     /// The block's offset from the segment start.
     block_offset: usize,
+    /// How far past its lowest aligned start the block was placed to end on
+    /// a 2 MiB boundary (0 unless [`END_ON_HUGE_PAGE`]).
+    lead: usize,
     /// The mapping's alignment: `SEGMENT_SIZE`, or the block's alignment
     /// when larger.
     pub(crate) map_align: usize,
     /// What must be aligned is the mapping plus this.
     map_offset: usize,
-    /// Header, block in whole OS pages, and guard: the segment's `size`.
+    /// Header (and lead), block in whole OS pages, and guard: the
+    /// segment's `size`.
     total: usize,
     /// `total`, rounded to a huge page when backed by huge pages.
     pub(crate) map_size: usize,
@@ -45,19 +58,24 @@ impl HugeLayout {
         // Where the block goes, and how the mapping must be aligned so that
         // (segment + block_offset) is `align`-aligned and the segment itself
         // is SEGMENT_SIZE-aligned.
-        let (block_offset, map_align, map_offset) = if align <= SEGMENT_SIZE {
-            (Segment::huge_block_offset(align)?, SEGMENT_SIZE, 0)
+        let (block_offset, lead, map_align, map_offset) = if align <= SEGMENT_SIZE {
+            let (offset, lead) = Segment::huge_block_offset(size, align)?;
+            (offset, lead, SEGMENT_SIZE, 0)
         } else {
             // The block sits exactly one segment size in: (block − 1) still
             // masks to the header.
-            (SEGMENT_SIZE, align, SEGMENT_SIZE)
+            (SEGMENT_SIZE, 0, align, SEGMENT_SIZE)
         };
         let total = Segment::huge_total(block_offset, size)?;
         let huge_pages = total >= HUGE_OS_PAGE && options::huge_os_pages();
         // Backed by huge pages, the mapping ends on a huge page boundary, so
         // the block's last huge page is a huge page too rather than 4 KiB
         // faults. The slack past `total` is never handed out or counted;
-        // it becomes resident only with that last huge page.
+        // it becomes resident only with that last huge page. (Secure: the
+        // block itself ends on a huge page boundary where its alignment
+        // allows, and the slack after its guard page is never touched; the
+        // mapping is still whole huge pages, so that spares moved side by
+        // side into one segment keep their huge pages 2 MiB-aligned.)
         let map_size = if huge_pages {
             checked_align_up(total, HUGE_OS_PAGE)?
         } else {
@@ -65,6 +83,7 @@ impl HugeLayout {
         };
         Some(HugeLayout {
             block_offset,
+            lead,
             map_align,
             map_offset,
             total,
@@ -168,10 +187,23 @@ impl Segment {
                 }
                 Segment::uncount_warm(spare);
             }
+            // Secure: the spare's pages move with their protection, so its
+            // guard page must be read-write before they do (else it would
+            // sit inside the new block); one that stays `PROT_NONE` keeps
+            // its spare from moving. The spare leaves the segment map,
+            // moved or unmapped.
+            #[cfg(feature = "secure")]
+            // SAFETY: the spare is ours alone, mapped, unused (caller).
+            let movable = unsafe {
+                crate::secure::segment_map::remove(spare.addr());
+                Segment::lift_huge_guard(spare)
+            };
+            #[cfg(not(feature = "secure"))]
+            let movable = true;
             let moved = match dest {
                 // SAFETY: the spare's whole mapping, unused, into the part of
                 // our fresh mapping that nothing else is moved to.
-                Some(dest) if whole => unsafe {
+                Some(dest) if whole && movable => unsafe {
                     os::move_pages(spare.cast(), len, dest.as_ptr().add(offset))
                 },
                 _ => os::Moved::No,
@@ -200,9 +232,10 @@ impl Segment {
         // uses; the block's memory is not zero, which `init_huge` records.
         let (segment, block) =
             unsafe { Segment::init_huge_segment(dest, map_size, layout, thread_id, heap, bin) };
-        // SAFETY: our new segment; the block ends within `layout.map_size`,
-        // and what lies past it is moved memory nobody uses (what the split
-        // leaves stays with the block, counted in its committed length).
+        // SAFETY: our new segment; the block and its guard page end within
+        // `layout.map_size`, and what lies past it is moved memory nobody
+        // uses, read-write (what the split leaves stays with the block,
+        // counted in its committed length).
         let tail = unsafe { Segment::split_huge_tail(segment.as_ptr(), layout.map_size) };
         Some((segment, block, tail))
     }
@@ -216,7 +249,8 @@ impl Segment {
     ///
     /// # Safety
     /// The caller owns `segment`, mapped at `SEGMENT_SIZE`; nothing uses
-    /// its memory past `keep`; [`RESHAPE_HUGE_SPARES`] holds.
+    /// its memory past `keep`, which is read-write (secure: its guard page
+    /// lies before `keep`); [`RESHAPE_HUGE_SPARES`] holds.
     pub(crate) unsafe fn split_huge_tail(segment: *mut Segment, keep: usize) -> *mut Segment {
         // SAFETY: ours (caller).
         let header = unsafe { &mut *segment };
@@ -245,10 +279,14 @@ impl Segment {
                 stats::COMMITTED.add(Segment::committed_len(segment, page));
             }
         }
-        // SAFETY: the part past `cut`: SEGMENT_SIZE-aligned memory of ours,
-        // unused, at least a huge page (above), now a mapping of its own.
+        // SAFETY: the part past `cut`: SEGMENT_SIZE-aligned read-write memory
+        // of ours, unused, at least a huge page (above, and caller), now a
+        // mapping of its own (secure: without a guard page, it holds no
+        // block; in the segment map).
         unsafe {
             let tail = segment.cast::<u8>().add(cut).cast::<Segment>();
+            #[cfg(feature = "secure")]
+            crate::secure::segment_map::insert(tail.addr());
             Segment::init_header(
                 tail,
                 PageKind::Huge,
@@ -285,8 +323,9 @@ impl Segment {
             total,
             ..
         } = layout;
+        // The guard page right after the block: `total` ends with it.
         #[cfg(feature = "secure")]
-        secure_new_segment(base, total);
+        let guarded = secure_new_segment(base, total);
         if layout.huge_pages {
             // SAFETY: our mapping (caller).
             unsafe { os::advise_huge_pages(base.as_ptr(), map_size) };
@@ -306,6 +345,16 @@ impl Segment {
                 true,
             );
             (*segment.as_ptr()).map_size = map_size;
+            #[cfg(feature = "secure")]
+            {
+                let header = &*segment.as_ptr();
+                header
+                    .huge_guard
+                    .set(if guarded { total - GUARD_SIZE } else { 0 });
+                header.huge_lead.set(layout.lead);
+            }
+            #[cfg(not(feature = "secure"))]
+            let _ = layout.lead;
             let block = base.as_ptr().add(block_offset);
             let page = Segment::page(segment.as_ptr(), 0);
             Segment::note_page_committed(segment.as_ptr(), page);
@@ -316,23 +365,63 @@ impl Segment {
         }
     }
 
-    /// Where a huge block aligned to `align` starts in a huge segment mapped
-    /// at `SEGMENT_SIZE` alignment.
-    fn huge_block_offset(align: usize) -> Option<usize> {
-        checked_align_up(HEADER_SIZE, align.max(OS_PAGE_SIZE))
+    /// Where a huge block of `size` bytes aligned to `align` (at most
+    /// `SEGMENT_SIZE`) starts in a huge segment mapped at `SEGMENT_SIZE`
+    /// alignment, and its lead: how far past the lowest aligned start after
+    /// the header it was placed. With [`END_ON_HUGE_PAGE`] and huge pages
+    /// on, a block that reaches the first 2 MiB boundary is moved up so that
+    /// its end, rounded up to OS pages, falls on a 2 MiB boundary (as close
+    /// as its alignment allows): the guard page after it then splits no
+    /// huge page of the block. It still starts within the first
+    /// `SEGMENT_SIZE` bytes (the lead is under 2 MiB), so the mask of
+    /// `Segment::of` finds the header. Fresh blocks, gathered ones, reused
+    /// spares and the checks before them all take their place from here.
+    fn huge_block_offset(size: usize, align: usize) -> Option<(usize, usize)> {
+        let align = align.max(OS_PAGE_SIZE);
+        let first = checked_align_up(HEADER_SIZE, align)?;
+        if !END_ON_HUGE_PAGE || !options::huge_os_pages() {
+            return Some((first, 0));
+        }
+        let len = checked_align_up(size, OS_PAGE_SIZE)?;
+        let end = first.checked_add(len)?;
+        if end < HUGE_OS_PAGE {
+            return Some((first, 0));
+        }
+        // At least `first` (the end rounded up, less `len`, is at least
+        // `first`, a multiple of `align`), under `first + 2 MiB`.
+        let offset = (checked_align_up(end, HUGE_OS_PAGE)? - len) & !(align - 1);
+        Some((offset, offset - first))
+    }
+
+    /// The lead of huge segment `segment`'s block (see
+    /// `Segment::huge_block_offset`): 0 but in secure builds.
+    ///
+    /// # Safety
+    /// `segment` is a live segment.
+    #[inline]
+    pub(super) unsafe fn huge_lead(segment: *mut Segment) -> usize {
+        #[cfg(feature = "secure")]
+        // SAFETY: a live segment (caller).
+        return unsafe { (*segment).huge_lead.get() };
+        #[cfg(not(feature = "secure"))]
+        {
+            let _ = segment;
+            0
+        }
     }
 
     /// The bytes a huge block of `size` bytes aligned to `align` counts for
     /// in its heap's page bytes (`page_bytes` of its segment), or `None`
-    /// if it cannot be mapped.
+    /// if it cannot be mapped: its OS pages and the padding its alignment
+    /// needs after the header, not the lead (`huge_block_offset`).
     pub(crate) fn huge_footprint(size: usize, align: usize) -> Option<usize> {
-        let block_offset = if align <= SEGMENT_SIZE {
-            Segment::huge_block_offset(align)?
+        let (block_offset, lead) = if align <= SEGMENT_SIZE {
+            Segment::huge_block_offset(size, align)?
         } else {
-            SEGMENT_SIZE
+            (SEGMENT_SIZE, 0)
         };
         let total = Segment::huge_total(block_offset, size)?;
-        Some(total - HEADER_SIZE - GUARD_SIZE)
+        Some(total - HEADER_SIZE - GUARD_SIZE - lead)
     }
 
     /// The mapping size of a huge segment whose block of `size` bytes starts
@@ -350,14 +439,70 @@ impl Segment {
         // SAFETY: a live segment (caller).
         let (total, map_size, map_align) =
             unsafe { ((*segment).size, (*segment).map_size, (*segment).map_align) };
-        // Reshaped, a spare offers its whole mapping; otherwise (secure:
-        // the guard page ends `size`) its old block's.
+        // Reshaped, a spare offers its whole mapping; otherwise its old
+        // block's. The block, and (secure) its guard page, must fit.
         let limit = if RESHAPE_HUGE_SPARES { map_size } else { total };
         align <= SEGMENT_SIZE
             && map_align == SEGMENT_SIZE
-            && Segment::huge_block_offset(align)
-                .and_then(|offset| offset.checked_add(size))
-                .is_some_and(|end| end <= limit - GUARD_SIZE)
+            && Segment::huge_block_offset(size, align)
+                .and_then(|(offset, _)| Segment::huge_total(offset, size))
+                .is_some_and(|end| end <= limit)
+    }
+
+    /// Secure builds: makes huge segment `segment`'s guard page (if it has
+    /// one) read-write again, and records that it has none. Returns whether
+    /// the segment is now read-write throughout (false: the OS refused, and
+    /// the guard page stays).
+    ///
+    /// # Safety
+    /// The caller owns `segment`, a live huge segment.
+    #[cfg(feature = "secure")]
+    unsafe fn lift_huge_guard(segment: *mut Segment) -> bool {
+        // SAFETY: ours (caller).
+        let header = unsafe { &*segment };
+        let guard = header.huge_guard.get();
+        if guard == 0 {
+            return true;
+        }
+        #[cfg(not(any(loom, miri)))]
+        // SAFETY: the guard page, an OS page inside the segment's mapping:
+        // `huge_guard` is only set right after a block that fits the
+        // mapping, and the mapping only shrinks (`split_huge_tail`) past
+        // the guard.
+        if !unsafe { os::protect_read_write(segment.cast::<u8>().add(guard), GUARD_SIZE) } {
+            return false;
+        }
+        header.huge_guard.set(0);
+        true
+    }
+
+    /// Secure builds: moves huge segment `segment`'s guard page to offset
+    /// `at` (right after its new block): the old one is made read-write
+    /// again, the new one `PROT_NONE` when guard pages are on.
+    ///
+    /// # Safety
+    /// The caller owns `segment`, a live huge segment whose page is unused;
+    /// `[at, at + GUARD_SIZE)` lies inside its mapping and holds no block.
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    unsafe fn place_huge_guard(segment: *mut Segment, at: usize) {
+        // SAFETY: ours (caller).
+        let header = unsafe { &*segment };
+        if header.huge_guard.get() == at {
+            return;
+        }
+        // SAFETY: ours (caller).
+        if !unsafe { Segment::lift_huge_guard(segment) } {
+            // Our own page, whose protection only we changed: lifting it
+            // merges mappings and cannot need more of them.
+            crate::fatal::fatal("a huge spare's guard page cannot be made writable again");
+        }
+        if !options::secure_guard_pages() {
+            return;
+        }
+        // SAFETY: an OS page inside the mapping holding no block (caller).
+        if unsafe { os::protect_none(segment.cast::<u8>().add(at), GUARD_SIZE) } {
+            header.huge_guard.set(at);
+        }
     }
 
     /// Sets a spare huge segment's page up again for a block of `size` bytes
@@ -378,7 +523,8 @@ impl Segment {
     ) -> (*mut u8, *mut Segment) {
         // SAFETY: an unused page of our spare, which fits (caller).
         unsafe {
-            let offset = Segment::huge_block_offset(align).unwrap_or(HEADER_SIZE);
+            let (offset, lead) =
+                Segment::huge_block_offset(size, align).unwrap_or((HEADER_SIZE, 0));
             let total = (*segment).size;
             let block = segment.cast::<u8>().add(offset);
             let page = Segment::page(segment, 0);
@@ -396,11 +542,15 @@ impl Segment {
                 // warm for the next huge block), else stays with the block.
                 // The block's own size is tight (what its heap's page bytes
                 // and limit count); the rest up to the cut stays mapped and
-                // resident with it, counted as committed.
+                // resident with it, counted as committed. Secure: the guard
+                // page goes right after the block, before the split (the
+                // old one may lie in the tail), and stays with the block.
                 let map_size = (*segment).map_size;
-                let keep =
-                    checked_align_up(offset + size, unit).map_or(map_size, |k| k.min(map_size));
+                let keep = checked_align_up(offset + size + GUARD_SIZE, unit)
+                    .map_or(map_size, |k| k.min(map_size));
                 (*segment).size = Segment::huge_total(offset, size).map_or(keep, |t| t.min(keep));
+                #[cfg(all(feature = "secure", not(any(loom, miri))))]
+                Segment::place_huge_guard(segment, (*segment).size - GUARD_SIZE);
                 Segment::split_huge_tail(segment, keep)
             } else {
                 // (A partial huge page at the end stays: it is 4 KiB pages,
@@ -413,6 +563,10 @@ impl Segment {
                 }
                 ptr::null_mut()
             };
+            #[cfg(feature = "secure")]
+            (*segment).huge_lead.set(lead);
+            #[cfg(not(feature = "secure"))]
+            let _ = lead;
             let total = (*segment).size;
             (*page).init_huge(heap, bin, block, total - offset - GUARD_SIZE);
             (*segment).used_pages.set(1);

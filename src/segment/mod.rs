@@ -82,19 +82,21 @@ const GUARD_SIZE: usize = 0;
 const SEGMENT_MAP_SIZE: usize = SEGMENT_SIZE + GUARD_SIZE;
 
 /// Secure builds: the guard page at the end of `[base, base + size)`, and
-/// the segment entered in the segment map.
+/// the segment entered in the segment map. Returns whether the guard page
+/// is in place (guard pages on, and the OS agreed).
 #[cfg(feature = "secure")]
-fn secure_new_segment(base: NonNull<u8>, size: usize) {
+fn secure_new_segment(base: NonNull<u8>, size: usize) -> bool {
+    crate::secure::segment_map::insert(base.as_ptr().addr());
     #[cfg(not(any(loom, miri)))]
     if crate::options::secure_guard_pages() {
-        // SAFETY: the last OS page of a fresh mapping of ours, which no page
-        // area or block reaches (they end GUARD_SIZE before the mapping
-        // does). A refused mprotect only loses the guard.
-        unsafe { os::protect_none(base.as_ptr().add(size - GUARD_SIZE), GUARD_SIZE) };
+        // SAFETY: the last OS page of `[base, base + size)`, memory of ours
+        // that no page area or block reaches (they end GUARD_SIZE before
+        // it). A refused mprotect only loses the guard.
+        return unsafe { os::protect_none(base.as_ptr().add(size - GUARD_SIZE), GUARD_SIZE) };
     }
     #[cfg(any(loom, miri))]
     let _ = size;
-    crate::secure::segment_map::insert(base.as_ptr().addr());
+    false
 }
 
 /// Secure builds: a fresh page takes one of this many lowest unused slots
@@ -198,6 +200,18 @@ pub(crate) struct Segment {
     /// 0: the lower, bit 1: the upper): the advice belongs to the mapping,
     /// so it survives the segment's reuse from the cache.
     huge_halves: Cell<u8>,
+    /// Secure builds, huge segments: the offset from the segment start of
+    /// the guard page made `PROT_NONE` right after the block (its end
+    /// rounded up to OS pages), or 0 when there is none (guard pages off, a
+    /// refused `mprotect`, a spare split off another segment). Owner-only.
+    #[cfg(feature = "secure")]
+    huge_guard: Cell<usize>,
+    /// Secure builds, huge segments: how far past its lowest aligned start
+    /// the block was placed so that it ends on a 2 MiB boundary
+    /// (`Segment::huge_block_offset`); not counted in the heap's page
+    /// bytes. Owner-only.
+    #[cfg(feature = "secure")]
+    huge_lead: Cell<usize>,
     /// Page descriptors; only the first `page_count` are initialised.
     pages: [Page; MAX_PAGES],
 }
@@ -295,7 +309,7 @@ impl Segment {
         let (page_shift, page_count) = Segment::layout_of(kind)?;
         let base = map_below_limit(SEGMENT_MAP_SIZE, SEGMENT_SIZE, 0)?;
         #[cfg(feature = "secure")]
-        secure_new_segment(base, SEGMENT_MAP_SIZE);
+        let _ = secure_new_segment(base, SEGMENT_MAP_SIZE);
         // Advised before the header's first write, so its fault already
         // maps a huge page.
         let halves = if dense && options::huge_os_pages() {
@@ -414,8 +428,10 @@ impl Segment {
         // SAFETY: forwarded from the caller.
         unsafe {
             if (*segment).kind == PageKind::Huge {
-                // (Secure: the guard page never holds memory.)
-                (*segment).size - HEADER_SIZE - GUARD_SIZE
+                // (Secure: the guard page never holds a block, and the lead
+                // before a block placed to end on a huge page is not the
+                // block's.)
+                (*segment).size - HEADER_SIZE - GUARD_SIZE - Segment::huge_lead(segment)
             } else {
                 Segment::page_memory(segment, page).1
             }
@@ -664,6 +680,11 @@ impl Segment {
             ptr::addr_of_mut!((*segment).warm_bytes).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).cache_due_ms).write(Cell::new(0));
             ptr::addr_of_mut!((*segment).huge_halves).write(Cell::new(0));
+            #[cfg(feature = "secure")]
+            {
+                ptr::addr_of_mut!((*segment).huge_guard).write(Cell::new(0));
+                ptr::addr_of_mut!((*segment).huge_lead).write(Cell::new(0));
+            }
             ptr::addr_of_mut!((*segment).abandoned_next).write(UnsafeCell::new(ptr::null_mut()));
             for index in 0..page_count {
                 let page = Page::new();
@@ -974,6 +995,44 @@ mod tests {
                 assert_eq!(page, Segment::page(segment, 0));
                 assert!((*page).block_size.get() >= size);
                 block.write_bytes(0x5A, size);
+                Segment::release(segment);
+            }
+        }
+    }
+
+    /// Secure builds place a huge block to end on a 2 MiB boundary, its guard page right
+    /// after it, so the block's last huge page is whole; its usable size and the page bytes
+    /// its heap counts are those of a block placed right after the header.
+    #[test]
+    fn huge_blocks_end_on_a_huge_page_before_their_guard() {
+        if !huge::END_ON_HUGE_PAGE || !options::huge_os_pages() {
+            return;
+        }
+        for (size, align) in [
+            (3 << 20, 16),
+            ((5 << 20) + 100, 16),
+            ((2 << 20) - 4096, 4096),
+        ] {
+            let (segment, block) =
+                Segment::create_huge(size, align, 42, ptr::null_mut(), 0).expect("huge");
+            let segment = segment.as_ptr();
+            let len = size.next_multiple_of(OS_PAGE_SIZE);
+            let offset = block.addr() - segment.addr();
+            // SAFETY: the huge segment and its page are ours.
+            unsafe {
+                let page = Segment::page(segment, 0);
+                assert_eq!((*page).block_size.get(), len, "size {size}");
+                assert_eq!(
+                    (offset + len) % HUGE_OS_PAGE,
+                    0,
+                    "size {size}: ends mid huge page"
+                );
+                assert!((HEADER_SIZE..HEADER_SIZE + HUGE_OS_PAGE).contains(&offset));
+                assert_eq!((*segment).size, offset + len + GUARD_SIZE);
+                assert_eq!(Segment::page_bytes(segment, page), len, "size {size}");
+                assert_eq!(Segment::huge_footprint(size, align), Some(len));
+                assert_eq!(Segment::of(block), segment);
+                block.write_bytes(0x5A, len);
                 Segment::release(segment);
             }
         }
