@@ -68,13 +68,11 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
     #[cfg(not(feature = "secure"))]
     let segment = Segment::of(ptr);
-    // Secure: nothing about `ptr` is trusted until the segment map vouches
-    // for its segment (then the header's owner id may be read) and the
-    // page's block boundaries for the block, before any list or canary is
-    // touched (else `invalid free` aborts).
+    // Secure: nothing about `ptr` is trusted until the segment map and the
+    // page's block boundaries vouch for it (else `invalid free` aborts).
     #[cfg(feature = "secure")]
     // SAFETY: any address may be checked.
-    let (segment, page) = unsafe { crate::secure::check_segment(ptr) };
+    let (segment, page, index) = unsafe { crate::secure::check_free(ptr) };
     // SAFETY: `ptr` is a live block (caller), so its segment and page are
     // live. The segment's owner id equals ours only if this thread owns it,
     // in which case the page's lists are ours to touch.
@@ -90,7 +88,6 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
             // Secure: the key is loaded once for the canary and the link.
             #[cfg(feature = "secure")]
             let used = {
-                let index = crate::secure::check_block(page, ptr);
                 let key = (*page).key.get();
                 crate::secure::mark_freed_local(page, block, index, key);
                 (*page).push_local_keyed(block, key)
@@ -99,13 +96,8 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
                 after_local_free(page);
             }
         } else {
-            // Secure: checked with the copies on the descriptor's second
-            // line, not the owner's first line.
             #[cfg(feature = "secure")]
-            {
-                crate::secure::check_block_remote(page, ptr);
-                crate::secure::mark_freed_remote(page, block);
-            }
+            crate::secure::mark_freed_remote(page, block, index);
             free_remote(segment, page, block);
         }
     }

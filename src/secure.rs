@@ -277,7 +277,7 @@ enum Found {
     NotOurs,
 }
 
-/// See [`find_page`]. The careful version of [`check_block`]'s test: it
+/// See [`find_page`]. The careful version of [`check_free`]'s test: it
 /// also tells a block of a page no longer in use (whose `boundary_m` is 0)
 /// from a pointer that was never a block.
 ///
@@ -318,22 +318,24 @@ unsafe fn classify(ptr: *mut u8) -> Found {
 }
 
 /// Checks a pointer handed to `free`/`dealloc` before any header is
-/// trusted, first step: its segment is in the map. Returns the segment and
-/// the descriptor of the page slot the pointer falls in; whether it is a
-/// block of that page is the second step, [`check_block`] on the owner
-/// thread, [`check_block_remote`] on another (which the segment's owner id,
-/// readable now, tells).
+/// trusted: its segment is in the map, and it is on a block boundary of a
+/// page in use. Returns its segment, page and block index, or aborts with
+/// `invalid free` (or `double free`, for a block of a page emptied since).
+/// The index is not bounded yet: [`mark_freed_local`] bounds it by the
+/// page's extension, [`mark_freed_remote`] by its block count (one compare
+/// on each path instead of two on the local one).
 ///
 /// # Safety
 /// See [`find_page`].
 #[inline(always)]
-pub(crate) unsafe fn check_segment(ptr: *mut u8) -> (*mut Segment, *mut Page) {
+pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page, usize) {
     let segment = Segment::of(ptr);
     if !segment_map::contains(segment.addr()) {
         reject(ptr);
     }
     // SAFETY: the segment is one of ours and mapped (the map says so); the
-    // page index is below its page count (below).
+    // page index is below its page count (below); the fields read do not
+    // change while a block of the page is live.
     unsafe {
         let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
         // No test needed: the offset is below SEGMENT_SIZE (the segment is
@@ -341,56 +343,16 @@ pub(crate) unsafe fn check_segment(ptr: *mut u8) -> (*mut Segment, *mut Page) {
         // tile those 4 MiB (small: 64 × 64 KiB, medium: 8 × 512 KiB; large
         // and huge: a shift of 22 or more, index 0 of 1).
         debug_assert!(index < (*segment).page_count);
-        (segment, Segment::page(segment, index))
+        let page = Segment::page(segment, index);
+        let (block, rest, m) = split(page, ptr.addr());
+        if rest >= m {
+            reject(ptr);
+        }
+        (segment, page, block)
     }
 }
 
-/// Second step of [`check_segment`] on the page's owner thread: `ptr` is on
-/// a block boundary of `page`, which is in use; returns the block's index,
-/// or aborts with `invalid free` (or `double free`, for a block of a page
-/// emptied since). The index is not bounded here: [`mark_freed_local`]
-/// bounds it by the page's extension.
-///
-/// # Safety
-/// `page` is what [`check_segment`] returned for `ptr`.
-#[inline(always)]
-pub(crate) unsafe fn check_block(page: *mut Page, ptr: *mut u8) -> usize {
-    // SAFETY: a descriptor of one of our segments (caller); the fields read
-    // do not change while a block of the page is live.
-    let (block, rest, m) = unsafe { split(page, ptr.addr()) };
-    if rest >= m {
-        reject(ptr);
-    }
-    block
-}
-
-/// [`check_block`] on another thread: the same test with the copies on the
-/// descriptor's second line (`Page::remote_key`; the first line is the
-/// owner's, written on its every allocation and free), and the index
-/// bounded by the page's block count. Returns the index.
-///
-/// # Safety
-/// As for [`check_block`].
-#[inline(always)]
-pub(crate) unsafe fn check_block_remote(page: *mut Page, ptr: *mut u8) -> usize {
-    // SAFETY: a descriptor of one of our segments (caller); the copies do
-    // not change while a block of the page is live (`Page::init`).
-    let (start, m, reserved) = unsafe {
-        (
-            (*page).remote_page_start.get().addr(),
-            (*page).remote_boundary_m.get(),
-            (*page).remote_reserved.get(),
-        )
-    };
-    let wide = (ptr.addr().wrapping_sub(start) as u128) * (m as u128);
-    let block = (wide >> 64) as usize;
-    if wide as usize >= m || block >= reserved as usize {
-        reject(ptr);
-    }
-    block
-}
-
-/// A pointer [`check_block`] or a bound on its index refused: report what
+/// A pointer [`check_free`] or a bound on its index refused: report what
 /// it is.
 #[cold]
 #[inline(never)]
@@ -402,7 +364,7 @@ fn reject(ptr: *mut u8) -> ! {
     }
 }
 
-/// Checks a pointer handed to `usable_size`/`realloc`: [`check_block`]'s
+/// Checks a pointer handed to `usable_size`/`realloc`: [`check_free`]'s
 /// test, with the index bounded by the page's block count.
 ///
 /// # Safety
@@ -411,10 +373,10 @@ fn reject(ptr: *mut u8) -> ! {
 pub(crate) unsafe fn check_pointer(ptr: *const u8) {
     let segment = Segment::of(ptr);
     if segment_map::contains(segment.addr()) {
-        // SAFETY: as in `check_segment`.
+        // SAFETY: as in `check_free`.
         unsafe {
             let index = (ptr.addr() - segment.addr()) >> (*segment).page_shift;
-            // Below the page count, as in `check_segment`.
+            // Below the page count, as in `check_free`.
             debug_assert!(index < (*segment).page_count);
             let page = Segment::page(segment, index);
             let (block, rest, m) = split(page, ptr.addr());
@@ -454,7 +416,7 @@ fn canary_word(block: *mut Block) -> *mut usize {
 ///
 /// # Safety
 /// `page` is a page of the calling thread and `block`, its block `index`,
-/// passed [`check_block`].
+/// passed [`check_free`].
 #[inline(always)]
 pub(crate) unsafe fn mark_freed_local(
     page: *mut Page,
@@ -484,28 +446,30 @@ pub(crate) unsafe fn mark_freed_local(
 #[cold]
 #[inline(never)]
 fn beyond_extension(page: *mut Page, block: *mut Block, index: usize) -> ! {
-    // SAFETY: a descriptor of one of our segments (`check_segment`).
+    // SAFETY: a descriptor of one of our segments (`check_free`).
     if index < unsafe { (*page).reserved.get() } as usize {
         misuse("double free", block.addr());
     }
     reject(block.cast())
 }
 
-/// A free by another thread of `block`, of `page` (it passed
-/// [`check_block_remote`], which bounds its index by the page's block
-/// count): as [`mark_freed_local`], with an atomic swap so that two threads
-/// freeing the same block at once cannot both pass, and the key's copy on
-/// the descriptor's second line.
+/// A free by another thread of block `index` of `page`: as
+/// [`mark_freed_local`] (bounded by the page's block count instead of the
+/// owner-only extension), with an atomic swap so that two threads freeing
+/// the same block at once cannot both pass.
 ///
 /// # Safety
-/// `block` passed [`check_block_remote`] with `page`.
+/// `block` passed [`check_free`], with `page` and `index`.
 #[inline(always)]
-pub(crate) unsafe fn mark_freed_remote(page: *mut Page, block: *mut Block) {
-    // SAFETY: the block is a block of the live `page` (caller); the canary
-    // word lies inside it and is word-aligned.
+pub(crate) unsafe fn mark_freed_remote(page: *mut Page, block: *mut Block, index: usize) {
+    // SAFETY: the block is a block of the live `page` (caller, and the
+    // index bound); the canary word lies inside it and is word-aligned.
     unsafe {
+        if index >= (*page).reserved.get() as usize {
+            reject(block.cast());
+        }
         let word = AtomicUsize::from_ptr(canary_word(block));
-        let expected = canary((*page).remote_key.get(), block);
+        let expected = canary((*page).key.get(), block);
         // Relaxed: only the value matters; the block itself is published to
         // the owner by the list push's Release CAS that follows.
         if word.swap(expected, Ordering::Relaxed) == expected {

@@ -266,9 +266,9 @@ fn double_free_after_the_page_emptied_aborts() {
 
 child!(child_double_free_after_page_emptied_other_thread, {
     // As above, but the owner frees the block (its page empties and goes back to its segment)
-    // and another thread frees it again: the remote check (the copies on the descriptor's
-    // second line) must see the page is no longer in use. The thread is started first, so
-    // that nothing allocates between the two frees (a new page could take the slot).
+    // and another thread frees it again: the remote path's boundary test must see the page is
+    // no longer in use. The thread is started first, so that nothing allocates between the two
+    // frees (a new page could take the slot).
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Barrier};
     let addr = Arc::new(AtomicUsize::new(0));

@@ -79,18 +79,7 @@ impl Block {
     #[cfg(feature = "secure")]
     #[inline(always)]
     pub(crate) unsafe fn set_next_in(page: &Page, block: *mut Block, next: *mut Block) {
-        // SAFETY: forwarded; the page's key.
-        unsafe { Block::set_next_keyed(page.key.get(), block, next) }
-    }
-
-    /// [`Block::set_next`] with the key of `block`'s page already loaded.
-    ///
-    /// # Safety
-    /// As for [`Block::set_next`]; `key` is the key of `block`'s page.
-    #[cfg(feature = "secure")]
-    #[inline(always)]
-    pub(crate) unsafe fn set_next_keyed(key: usize, block: *mut Block, next: *mut Block) {
-        let next = crate::secure::encode(key, block, next);
+        let next = crate::secure::encode(page.key.get(), block, next);
         // SAFETY: the caller guarantees exclusive ownership of the block.
         unsafe { (*block).next.with_mut(|p| *p = next) }
     }
@@ -268,20 +257,6 @@ pub(crate) struct Page {
     pub(crate) thread_free: AtomicPtr<Block>,
     /// The owning heap; null while the page is abandoned or unused.
     pub(crate) heap: AtomicPtr<RawHeap>,
-    /// Secure mode: copies of `key`, `boundary_m`, `page_start` and
-    /// `reserved` for other threads' frees, set with them and, like them,
-    /// unchanged while a block of the page is live. A remote free reads
-    /// these instead of the first line, which the owner writes on every
-    /// allocation and free: it writes this line anyway (the push's CAS),
-    /// and leaves the owner's line alone (`docs/security.md`, "Cost").
-    #[cfg(feature = "secure")]
-    pub(crate) remote_key: Cell<usize>,
-    #[cfg(feature = "secure")]
-    pub(crate) remote_boundary_m: Cell<usize>,
-    #[cfg(feature = "secure")]
-    pub(crate) remote_page_start: Cell<*mut u8>,
-    #[cfg(feature = "secure")]
-    pub(crate) remote_reserved: Cell<u32>,
     /// The page slot holds a page in use (segment bookkeeping).
     pub(crate) in_use: Cell<bool>,
     /// The page's memory is known to be zero (fresh from the OS or reset).
@@ -307,10 +282,8 @@ pub(crate) struct Page {
 
 #[cfg(all(feature = "secure", not(loom)))]
 const _: () = assert!(
-    size_of::<Page>() == 192
-        && core::mem::offset_of!(Page, boundary_m) < 64
-        && core::mem::offset_of!(Page, remote_reserved) + size_of::<u32>() <= 128,
-    "secure builds: the key on the first line, its remote copies on the second"
+    size_of::<Page>() == 128 && core::mem::offset_of!(Page, boundary_m) < 64,
+    "secure builds keep the descriptor at two lines, the key on the first"
 );
 
 #[cfg(not(loom))]
@@ -501,14 +474,6 @@ impl Page {
             key: Cell::new(0),
             #[cfg(feature = "secure")]
             boundary_m: Cell::new(0),
-            #[cfg(feature = "secure")]
-            remote_key: Cell::new(0),
-            #[cfg(feature = "secure")]
-            remote_boundary_m: Cell::new(0),
-            #[cfg(feature = "secure")]
-            remote_page_start: Cell::new(ptr::null_mut()),
-            #[cfg(feature = "secure")]
-            remote_reserved: Cell::new(0),
         }
     }
 
@@ -581,8 +546,6 @@ impl Page {
         self.retire_expire.set(0);
         self.block_size.set(block_size);
         self.page_start.set(first);
-        #[cfg(feature = "secure")]
-        self.publish_remote_copies();
         self.next.set(ptr::null_mut());
         self.prev.set(ptr::null_mut());
         // Relaxed: no remote thread can reach this page until one of its
@@ -628,8 +591,6 @@ impl Page {
         self.retire_expire.set(0);
         self.block_size.set(usable);
         self.page_start.set(block);
-        #[cfg(feature = "secure")]
-        self.publish_remote_copies();
         #[cfg(all(feature = "secure", not(loom)))]
         // SAFETY: the block is ours and longer than two words. A live block's
         // link word means nothing, and a fresh huge block must read as zero
@@ -648,26 +609,6 @@ impl Page {
         self.heap.store(heap, Ordering::Release);
         self.in_use.set(true);
         self.memory_is_zero.set(false);
-    }
-
-    /// Secure mode: copies the fields a remote free checks onto the
-    /// descriptor's second line (see `remote_key`). Called by `init` and
-    /// `init_huge` once they are set, before any block is handed out.
-    #[cfg(feature = "secure")]
-    fn publish_remote_copies(&self) {
-        self.remote_key.set(self.key.get());
-        self.remote_boundary_m.set(self.boundary_m.get());
-        self.remote_page_start.set(self.page_start.get());
-        self.remote_reserved.set(self.reserved.get());
-    }
-
-    /// Secure mode: the page slot is given back; no pointer passes the
-    /// block-boundary test from now on, on either line (a free of one of
-    /// its blocks is a double free).
-    #[cfg(feature = "secure")]
-    pub(crate) fn clear_boundary(&self) {
-        self.boundary_m.set(0);
-        self.remote_boundary_m.set(0);
     }
 
     /// The page has a block ready on `free`.
@@ -940,7 +881,9 @@ impl Page {
         #[cfg(not(loom))]
         // SAFETY: a never-used block of this page (caller), ours to write.
         unsafe {
-            Block::set_next_keyed(key, block, next)
+            (*block)
+                .next
+                .with_mut(|p| *p = crate::secure::encode(key, block, next))
         };
     }
 

@@ -267,13 +267,11 @@ impl Page {
                 unsafe {
                     Block::set_next(block, list_of(word))
                 };
-                // Secure: encoded with this page's key (no page lookup),
-                // read from its copy on this line, which the CAS below
-                // writes anyway (not from the owner's first line).
+                // Secure: encoded with this page's key (no page lookup).
                 #[cfg(feature = "secure")]
                 // SAFETY: as above; the block is a block of this page.
                 unsafe {
-                    Block::set_next_keyed(self.remote_key.get(), block, list_of(word))
+                    Block::set_next_in(self, block, list_of(word))
                 };
                 (pack(block, count_of(word) + 1, mode), false)
             };

@@ -897,7 +897,7 @@ impl Segment {
             // Secure: no pointer passes the block-boundary test of a page
             // not in use (a free of one of its blocks is a double free).
             #[cfg(feature = "secure")]
-            (*page).clear_boundary();
+            (*page).boundary_m.set(0);
             (*page).memory_is_zero.set(false);
             (*page).flags.set(0);
             (*page).free.set(ptr::null_mut());
