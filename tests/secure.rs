@@ -264,6 +264,38 @@ fn double_free_after_the_page_emptied_aborts() {
     assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
 }
 
+child!(child_double_free_after_page_emptied_other_thread, {
+    // As above, but the owner frees the block (its page empties and goes back to its segment)
+    // and another thread frees it again: the remote path's boundary test must see the page is
+    // no longer in use. The thread is started first, so that nothing allocates between the two
+    // frees (a new page could take the slot).
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+    let addr = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(Barrier::new(2));
+    let other = {
+        let (addr, go) = (Arc::clone(&addr), Arc::clone(&go));
+        std::thread::spawn(move || {
+            go.wait();
+            free(ptr_of(Addr(addr.load(Ordering::SeqCst))));
+        })
+    };
+    let p = alloc(128);
+    report("ADDR", p.addr());
+    free(p);
+    shardalloc::collect(true);
+    addr.store(p.expose_provenance(), Ordering::SeqCst);
+    go.wait();
+    other.join().unwrap();
+    println!("SURVIVED");
+});
+
+#[test]
+fn double_free_by_another_thread_after_the_page_emptied_aborts() {
+    let o = run_child("child_double_free_after_page_emptied_other_thread");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
 child!(child_double_free_two_other_threads, {
     let p = alloc(128);
     report("ADDR", p.addr());
@@ -305,6 +337,22 @@ child!(child_interior_free, {
 #[test]
 fn free_of_an_interior_pointer_aborts() {
     let o = run_child("child_interior_free");
+    assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_interior_free_other_thread, {
+    let keep = alloc(64); // the page stays in use
+    let p = alloc(64);
+    report("ADDR", p.addr() + 16);
+    let a = Addr(p.wrapping_add(16).expose_provenance());
+    std::thread::spawn(move || free(ptr_of(a))).join().unwrap();
+    std::hint::black_box(keep);
+    println!("SURVIVED");
+});
+
+#[test]
+fn free_of_an_interior_pointer_by_another_thread_aborts() {
+    let o = run_child("child_interior_free_other_thread");
     assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
 }
 
