@@ -16,14 +16,17 @@
 //!
 //! The warm memory is also bounded process-wide, not per heap: [`WARM`]
 //! counts the bytes every heap keeps unused and dirty (its reset queue's
-//! slots and huge spares). While it is above both the floor
-//! (`options::pending_reset_limit`, 32 MiB by default) and the memory in use
-//! (`stats::COMMITTED − WARM`), the heap that adds to it gives back its own
-//! oldest slots at once. So a program that drops a structure as large as the
-//! one it keeps finds all of it warm for the next build, and one that drops
-//! everything keeps at most the floor while the curve runs.
+//! slots and huge spares). While it is above the floor
+//! (`options::pending_reset_limit`, 32 MiB by default), the memory in use
+//! (`stats::COMMITTED − WARM`) and the most memory in use in pages within the
+//! last decay time, the heap that adds to it gives back its own oldest slots
+//! at once ([`over_budget`]). So a program that drops a structure as large
+//! as the one it keeps finds all of it warm for the next build, and one that
+//! drops everything keeps at most the floor once that window has passed.
 
-use crate::stats::{COMMITTED, Counter};
+use crate::stats::{COMMITTED, Counter, HUGE_LIVE};
+// core atomics even under loom, as in `stats`: a statistic, read on its own.
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// Bytes of unused, dirty page memory that heaps keep warm: slots on their
 /// reset queues and huge spares. Statistics ordering (`Relaxed`): a budget,
@@ -79,16 +82,89 @@ pub(crate) fn due_bytes(bytes: usize, age_ms: u64, decay_ms: u64) -> usize {
     ((bytes as u128 * u128::from(share)) >> 16) as usize
 }
 
-/// The process keeps more warm memory than it may: above the floor and
-/// above the memory in use.
+/// The process keeps more warm memory than it may: above the floor, above
+/// the memory in use, and above the most memory in use in pages (huge
+/// blocks left out) within the last decay time.
+///
+/// The recent peak, not only the memory in use at this instant: a program
+/// that builds a structure beside the one it is about to drop holds both
+/// for a moment, then frees the old one while the new one is still smaller
+/// than it; measured against the instant, that warm memory (which the next
+/// build takes back) would go back at once and be faulted in again
+/// (`rebuild` at two threads: 120–270 MiB reset and faulted back a run).
+/// Huge blocks stay out of the peak: one counts its whole mapping, touched
+/// or not, and a spare kept because a block as large was live a moment ago
+/// could be far larger than the memory the program ever touched.
 pub(crate) fn over_budget(floor: usize) -> bool {
     let warm = WARM.get();
-    warm > floor && warm > COMMITTED.get().saturating_sub(warm)
+    if warm <= floor {
+        return false;
+    }
+    let in_use = COMMITTED.get().saturating_sub(warm);
+    // Sampled on every call above the floor, so that the peak is seen.
+    let in_pages = in_use.saturating_sub(HUGE_LIVE.get());
+    let peak = PEAK_IN_PAGES.sample(
+        in_pages,
+        crate::os::now_ms(),
+        crate::options::reset_delay_ms(),
+    );
+    warm > in_use.max(peak)
 }
+
+/// The most memory in use in pages within a sliding window: a sample above
+/// the peak, or one taken after the window has passed since the peak was
+/// seen, becomes the peak. Statistics ordering (`Relaxed`): a racing update
+/// loses a sample, which at worst gives back warm memory a little early or
+/// keeps it until its decay.
+struct RecentPeak {
+    bytes: AtomicUsize,
+    at_ms: AtomicU64,
+}
+
+impl RecentPeak {
+    const fn new() -> RecentPeak {
+        RecentPeak {
+            bytes: AtomicUsize::new(0),
+            at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Records `bytes` seen at `now_ms` and returns the peak of the last
+    /// `window_ms` (at least `bytes`).
+    fn sample(&self, bytes: usize, now_ms: u64, window_ms: u64) -> usize {
+        // Relaxed: see the type.
+        let peak = self.bytes.load(Ordering::Relaxed);
+        let at = self.at_ms.load(Ordering::Relaxed);
+        if bytes >= peak || now_ms.saturating_sub(at) > window_ms {
+            // Relaxed: see the type.
+            self.bytes.store(bytes, Ordering::Relaxed);
+            self.at_ms.store(now_ms, Ordering::Relaxed);
+            return bytes;
+        }
+        peak
+    }
+}
+
+/// The peak that [`over_budget`] measures warm memory against.
+static PEAK_IN_PAGES: RecentPeak = RecentPeak::new();
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recent_peak_holds_for_a_window_then_follows_the_samples() {
+        let peak = RecentPeak::new();
+        assert_eq!(peak.sample(100, 1_000, 500), 100);
+        // Lower samples within the window: the peak holds.
+        assert_eq!(peak.sample(40, 1_200, 500), 100);
+        assert_eq!(peak.sample(60, 1_500, 500), 100);
+        // A higher one replaces it at once.
+        assert_eq!(peak.sample(150, 1_501, 500), 150);
+        // Past the window since the peak was seen: the sample is the peak.
+        assert_eq!(peak.sample(30, 2_002, 500), 30);
+        assert_eq!(peak.sample(20, 2_100, 500), 30);
+    }
 
     #[test]
     fn the_curve_starts_flat_is_half_at_the_middle_and_ends_at_one() {

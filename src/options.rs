@@ -8,7 +8,7 @@
 //! |---|---|---|---|
 //! | `SHARDALLOC_RESET_DELAY_MS` | [`set_reset_delay_ms`] | 500 | the decay time: unused page memory goes back gradually over it (smootherstep; little in its first tenth, half by its middle, all by its end), memory reused within it is never given back (0: at once) |
 //! | `SHARDALLOC_RESET_MODE` | [`set_reset_mode`] | `dontneed` | `dontneed` (RSS drops at once) or `free` (`MADV_FREE`: cheaper, RSS drops only under memory pressure) |
-//! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 32768 | the floor of the process-wide warm budget: unused memory waiting on the decay curve beyond both this and the memory in use goes back at once, oldest first |
+//! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 32768 | the floor of the process-wide warm budget: unused memory waiting on the decay curve beyond this, the memory in use and the most memory in use within the last decay time goes back at once, oldest first |
 //! | `SHARDALLOC_SEGMENT_CACHE` | [`set_segment_cache`] | 4 | empty segments (4 MiB of address space each, their memory already given back) kept for reuse, at most 16; warm ones (still holding their memory, within the warm budget) may fill all 16 slots until their decay time; 0 turns the cache off |
 //! | `SHARDALLOC_PURGE_THREAD` | [`set_purge_thread`] | on in Rust programs, off in the C library | `1`: a background thread gives warm memory back along the decay curve when no thread calls the allocator (started at the first warm memory; in the C library, when it loads), asleep while there is none; `0`: memory goes back on allocator calls only |
 //! | `SHARDALLOC_HUGE_OS_PAGES` | [`set_huge_os_pages`] | `1` | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) on huge blocks of 2 MiB or more; `0`: never |
@@ -117,8 +117,9 @@ pub fn reset_mode() -> ResetMode {
 }
 
 /// Sets the floor of the process-wide warm budget (in bytes): unused page
-/// memory waiting on the decay curve may exceed the memory in use up to this
-/// much; beyond both, the heap adding to it gives back its oldest at once.
+/// memory waiting on the decay curve may exceed the memory in use (and its
+/// recent peak) up to this much; beyond all three, the heap adding to it
+/// gives back its oldest at once.
 pub fn set_pending_reset_limit(bytes: usize) {
     // Relaxed: see the module documentation.
     PENDING_RESET_LIMIT.store(bytes, Ordering::Relaxed);
