@@ -13,8 +13,8 @@ const MIB: usize = 1024 * 1024;
 const BLOCK: usize = 1024;
 
 /// `bytes` of 1 KiB blocks, every byte written.
-fn build(bytes: usize, tag: u8) -> Vec<Box<[u8; BLOCK]>> {
-    (0..bytes / BLOCK).map(|_| Box::new([tag; BLOCK])).collect()
+fn build(bytes: usize, tag: u8) -> Vec<Vec<u8>> {
+    (0..bytes / BLOCK).map(|_| vec![tag; BLOCK]).collect()
 }
 
 /// Minor page faults of this process so far (field 10 of `/proc/self/stat`).
