@@ -114,8 +114,8 @@ unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block)
             return;
         }
         // A huge block: give its memory back now (the first OS page keeps the
-        // link word), then either tell the owner or, if the owner exited,
-        // release the segment ourselves.
+        // link word), then tell the owner; or, if the owner exited, keep
+        // the segment ourselves as a pooled spare (warm for the decay time).
         if (*page).delayed_mode() != DelayedMode::Never {
             let usable = (*page).block_size.get();
             if usable > OS_PAGE_SIZE {
@@ -127,7 +127,9 @@ unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block)
         }
         match (*page).free_huge_remote(block) {
             Some(outcome) => finish_remote_free(page, block, outcome),
-            None => Segment::release(segment),
+            // The owner exited (`Never`): the segment is ours alone, and
+            // its page's block the one we give up.
+            None => crate::heap::pool_orphaned_huge(segment, page),
         }
     }
 }

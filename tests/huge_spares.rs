@@ -245,3 +245,39 @@ fn an_exited_threads_huge_spare_serves_another_thread() {
         "the next thread's 6 MiB block took {faults} faults: not the exited thread's spare"
     );
 }
+
+/// A huge block that outlives the thread that allocated it, freed by another thread, joins the
+/// process's pool warm instead of being unmapped: the next thread's 6 MiB block is that memory.
+#[test]
+fn a_huge_block_freed_after_its_owner_exited_serves_another_thread() {
+    let _one = one_at_a_time();
+    if !reshaping_runs("a_huge_block_freed_after_its_owner_exited_serves_another_thread") {
+        return;
+    }
+    let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
+    let address = std::thread::spawn(move || {
+        // SAFETY: a non-zero layout; the block is written and handed to the main thread.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            assert!(!p.is_null());
+            touch_pages(p, 6 * MIB);
+            p.expose_provenance()
+        }
+    })
+    .join()
+    .expect("the allocating thread");
+    let before = shardalloc::stats();
+    // SAFETY: the block the exited thread allocated with `layout`, freed once, here.
+    unsafe { std::alloc::dealloc(std::ptr::with_exposed_provenance_mut(address), layout) };
+    let after = shardalloc::stats();
+    let faults = faults_of_a_new_threads_6_mib_block();
+    println!(
+        "segments cached or pooled: {} before the free, {} after; munmap calls {} -> {}; the \
+         next thread's block took {faults} faults",
+        before.cached_segments, after.cached_segments, before.munmap_calls, after.munmap_calls
+    );
+    assert!(
+        faults <= 1,
+        "the next thread's 6 MiB block took {faults} faults: the freed block's memory went back"
+    );
+}

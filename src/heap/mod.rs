@@ -53,6 +53,7 @@ use core::ptr;
 pub(crate) use park::evict_parked;
 pub(crate) use park::{ParkedHeaps, adopt_parked};
 pub(crate) use queue::PageQueue;
+pub(crate) use reset::pool_orphaned_huge;
 use segments::SegmentList;
 
 /// A heap. See the module documentation.

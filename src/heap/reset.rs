@@ -675,6 +675,34 @@ pub(super) unsafe fn pool_or_release_huge(
     }
 }
 
+/// A huge block freed by another thread after its owner exited (its page
+/// orphaned, `DelayedMode::Never`): the freeing thread owns the segment now
+/// and keeps it warm in the process's pool of huge spares for the decay
+/// time, as an exiting thread's own spares are (design §6), where any
+/// thread's next huge block finds it; over the warm budget, or with the pool
+/// full, it is unmapped as before.
+///
+/// # Safety
+/// The caller owns `segment`, a huge segment no other thread can reach any
+/// more, whose only page `page` holds the block the caller just gave up.
+pub(crate) unsafe fn pool_orphaned_huge(segment: *mut Segment, page: *mut Page) {
+    // SAFETY: ours (caller); the page's block is given up, so the page
+    // leaves use, and the segment becomes a spare like any other. (Loom
+    // models hold their own `Shared` and reshape no spares: released.)
+    unsafe {
+        #[cfg(not(loom))]
+        if RESHAPE_HUGE_SPARES {
+            crate::stats::HUGE_LIVE.sub((*page).block_size.get());
+            Segment::release_slot(segment, page);
+            pool_or_release_huge(&raw const crate::process::SHARED, segment);
+            return;
+        }
+        #[cfg(loom)]
+        let _ = page;
+        Segment::release(segment);
+    }
+}
+
 /// Gives back the OS pages inside a free block of `size` bytes, all but its
 /// first (which holds its link and the mark), unless the mark says it was
 /// done already.
