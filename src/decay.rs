@@ -38,6 +38,27 @@ pub(crate) static WARM: Counter = Counter::new();
 #[cfg(not(any(loom, miri)))]
 pub(crate) static WARM_WAITER: crate::sync::Sleeper = crate::sync::Sleeper::new();
 
+/// Bytes of huge blocks that other threads freed while their owner lives:
+/// on the owner's delayed list with their memory, for the owner's next huge
+/// block to reuse warm, until the owner takes them or a reaper gives their
+/// memory back (`heap/reset.rs`, "remote huge"). Not in [`WARM`] (they are
+/// still live blocks to the owner's heap, in `stats::HUGE_LIVE`), but the
+/// purge thread wakes for them too. Statistics ordering, as [`WARM`].
+pub(crate) static DELAYED_HUGE: Counter = Counter::new();
+
+/// Memory a reaper may give back: [`WARM`] and [`DELAYED_HUGE`]. The purge
+/// thread sleeps while it is 0.
+pub(crate) fn reclaimable() -> usize {
+    WARM.get().saturating_add(DELAYED_HUGE.get())
+}
+
+/// Adds `bytes` to [`DELAYED_HUGE`], and wakes [`WARM_WAITER`] if it sleeps.
+pub(crate) fn add_delayed_huge(bytes: usize) {
+    DELAYED_HUGE.add(bytes);
+    #[cfg(not(any(loom, miri)))]
+    WARM_WAITER.wake();
+}
+
 /// Adds `bytes` to [`WARM`], and wakes [`WARM_WAITER`] if it sleeps.
 #[inline]
 pub(crate) fn add_warm(bytes: usize) {

@@ -4,14 +4,14 @@
 //! page or takes it out of the full state, the heap's page bookkeeping), a
 //! remote free otherwise (one CAS onto the page's `thread_free`, or the
 //! delayed route to the owning heap's delayed list for a page that asked
-//! to be noticed), and huge blocks, which are given back at once.
+//! to be noticed), and huge blocks, which go to their owner with their
+//! memory (or, when their owner has exited, to the pool of huge spares).
 //!
 //! The owner's side of the delayed list (taking it, freeing each block) is
 //! the heap's (`heap/delayed.rs`), since the heap's own slow paths run it.
 
 use crate::heap::RawHeap;
-use crate::os::{self, OS_PAGE_SIZE};
-use crate::page::{Block, DelayedMode, Page, RemoteFree};
+use crate::page::{Block, Page, RemoteFree};
 use crate::segment::Segment;
 use crate::size_class::PageKind;
 use crate::sync::Ordering;
@@ -113,20 +113,24 @@ unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block)
             finish_remote_free(page, block, (*page).free_remote(block));
             return;
         }
-        // A huge block: give its memory back now (the first OS page keeps the
-        // link word), then tell the owner; or, if the owner exited, keep
-        // the segment ourselves as a pooled spare (warm for the decay time).
-        if (*page).delayed_mode() != DelayedMode::Never {
-            let usable = (*page).block_size.get();
-            if usable > OS_PAGE_SIZE {
-                os::reset(
-                    block.cast::<u8>().add(OS_PAGE_SIZE),
-                    (usable - OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1),
-                );
-            }
-        }
+        // A huge block: to the owner with its memory, for the owner's next
+        // huge block to reuse warm (a reaper gives it back if the owner goes
+        // quiet: `heap::keep_remote_huge`); or, if the owner exited, kept by
+        // us as a pooled spare (warm for the decay time).
         match (*page).free_huge_remote(block) {
-            Some(outcome) => finish_remote_free(page, block, outcome),
+            Some(outcome) => {
+                let kept = matches!(outcome, RemoteFree::Delayed(_));
+                if kept {
+                    crate::heap::keep_remote_huge(block, (*page).block_size.get());
+                }
+                finish_remote_free(page, block, outcome);
+                // Memory only a reaper may give back, if the owner stays
+                // quiet: the purge thread must exist. (No lock held here.)
+                #[cfg(not(any(loom, miri)))]
+                if kept {
+                    crate::purge_thread::start_if_needed();
+                }
+            }
             // The owner exited (`Never`): the segment is ours alone, and
             // its page's block the one we give up.
             None => crate::heap::pool_orphaned_huge(segment, page),

@@ -6,14 +6,15 @@
 //! that makes no allocator call at all after its last frees — a service
 //! waiting for its next request. So the process gets one background thread,
 //! started lazily on a slow path the first time warm memory exists, that
-//! runs the reaper once per epoch while any memory is warm and sleeps on a
-//! futex, with no wake-ups, while none is.
+//! runs the reaper once per epoch while any memory is warm (`decay::WARM`,
+//! or a huge block freed to a live owner: `decay::DELAYED_HUGE`) and sleeps
+//! on a futex, with no wake-ups, while none is.
 //!
 //! The thread is an ordinary reaper: it has its own (empty) heap, takes
 //! other heaps' locks with `try_lock`, and does nothing an allocating
 //! thread's reaper would not (design §4.5, loom model
 //! `reaper_races_owner_reuse`). It sleeps on `decay::WARM_WAITER`
-//! (`sync::Sleeper`, design §4.7), which every addition of warm memory
+//! (`sync::Sleeper`, design §4.7), which every addition to either count
 //! wakes.
 //!
 //! * **Started** from a slow path (`RawHeap::heartbeat_work`, or a free
@@ -61,7 +62,7 @@ static STATE: AtomicU32 = AtomicU32::new(IDLE);
 #[inline]
 pub(crate) fn start_if_needed() {
     // Relaxed: a hint; the CAS below decides.
-    if STATE.load(Ordering::Relaxed) != IDLE || decay::WARM.get() == 0 {
+    if STATE.load(Ordering::Relaxed) != IDLE || decay::reclaimable() == 0 {
         return;
     }
     start();
@@ -148,17 +149,17 @@ extern "C" fn purge_main(_: *mut c_void) -> *mut c_void {
     }
     let mut idle_passes = 0u32;
     loop {
-        if decay::WARM.get() == 0 {
-            decay::WARM_WAITER.sleep_while(|| decay::WARM.get() == 0);
+        if decay::reclaimable() == 0 {
+            decay::WARM_WAITER.sleep_while(|| decay::reclaimable() == 0);
             idle_passes = 0;
         }
-        let before = decay::WARM.get();
+        let before = decay::reclaimable();
         // SAFETY: our own heap, on its thread.
         unsafe { (*heap).reap_idle_heaps(false) };
         // A pass that gave nothing back (every owner busy, or memory not
         // yet due): back off up to 16 epochs, so memory that stays warm
         // for a while costs few wake-ups.
-        idle_passes = if decay::WARM.get() < before {
+        idle_passes = if decay::reclaimable() < before {
             0
         } else {
             (idle_passes + 1).min(4)

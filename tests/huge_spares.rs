@@ -281,3 +281,96 @@ fn a_huge_block_freed_after_its_owner_exited_serves_another_thread() {
         "the next thread's 6 MiB block took {faults} faults: the freed block's memory went back"
     );
 }
+
+/// A huge block freed by another thread while its owner lives keeps its memory for the owner:
+/// the owner's next huge block of the same size is that memory, written without faults (its
+/// body went back to the OS at the remote free before, and the owner faulted it in again).
+#[test]
+fn a_huge_block_freed_by_another_thread_stays_warm_for_its_owner() {
+    let _one = one_at_a_time();
+    if !reshaping_runs("a_huge_block_freed_by_another_thread_stays_warm_for_its_owner") {
+        return;
+    }
+    let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
+    let (to_main, from_owner) = std::sync::mpsc::channel::<usize>();
+    let (to_owner, from_main) = std::sync::mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        // SAFETY: non-zero layouts; the first block is written and handed to the main thread,
+        // which frees it; the second is written and freed here.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            assert!(!p.is_null());
+            touch_pages(p, 6 * MIB);
+            to_main.send(p.expose_provenance()).expect("main waits");
+            from_main.recv().expect("main freed the block");
+            let q = std::alloc::alloc(layout);
+            assert!(!q.is_null());
+            let faults = touch_pages(q, 6 * MIB);
+            std::alloc::dealloc(q, layout);
+            faults
+        }
+    });
+    let address = from_owner.recv().expect("the owner's block");
+    // SAFETY: the owner's block, allocated with `layout`, freed once, here.
+    unsafe { std::alloc::dealloc(std::ptr::with_exposed_provenance_mut(address), layout) };
+    to_owner.send(()).expect("the owner waits");
+    let faults = owner.join().expect("the owner");
+    println!("the owner's next 6 MiB block took {faults} faults");
+    assert!(
+        faults <= 1,
+        "the owner's next 6 MiB block took {faults} faults: the remote free gave its memory back"
+    );
+}
+
+/// ... and if the owner goes quiet, that memory still goes back with no call: the purge thread
+/// wakes for it, and its reaper gives back the memory of a quiet owner's remotely freed huge
+/// blocks (as the remote free itself did before).
+#[test]
+fn a_quiet_owners_remotely_freed_huge_block_goes_back_with_no_call() {
+    let _one = one_at_a_time();
+    if !reshaping_runs("a_quiet_owners_remotely_freed_huge_block_goes_back_with_no_call")
+        || !shardalloc::options::purge_thread()
+    {
+        return;
+    }
+    let layout = std::alloc::Layout::from_size_align(16 * MIB, 16).expect("layout");
+    let (to_main, from_owner) = std::sync::mpsc::channel::<usize>();
+    let (to_owner, from_main) = std::sync::mpsc::channel::<()>();
+    let owner = std::thread::spawn(move || {
+        // SAFETY: a non-zero layout; the block is written and handed to the main thread.
+        unsafe {
+            let p = std::alloc::alloc(layout);
+            assert!(!p.is_null());
+            touch_pages(p, 16 * MIB);
+            to_main.send(p.expose_provenance()).expect("main waits");
+        }
+        // Alive and quiet until the main thread has seen the memory go back (or given up).
+        from_main.recv().expect("main is done");
+    });
+    let address = from_owner.recv().expect("the owner's block");
+    let resident = || shardalloc::stats().resident.expect("/proc/self/statm");
+    let before = resident();
+    // SAFETY: the owner's block, allocated with `layout`, freed once, here.
+    unsafe { std::alloc::dealloc(std::ptr::with_exposed_provenance_mut(address), layout) };
+    let start = std::time::Instant::now();
+    let mut now = resident();
+    while before.saturating_sub(now) < 12 * MIB && start.elapsed().as_millis() < 2_000 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        now = resident();
+    }
+    to_owner.send(()).expect("the owner waits");
+    owner.join().expect("the owner");
+    println!(
+        "resident {} MiB before the free, {} MiB {} ms after",
+        before / MIB,
+        now / MIB,
+        start.elapsed().as_millis()
+    );
+    assert!(
+        before.saturating_sub(now) >= 12 * MIB,
+        "the quiet owner's 16 MiB block freed by another thread still resident after 2 s: \
+         {} MiB before, {} MiB after",
+        before / MIB,
+        now / MIB
+    );
+}

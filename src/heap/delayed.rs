@@ -8,6 +8,7 @@
 use super::RawHeap;
 use crate::page::{Block, DelayedMode, Page};
 use crate::segment::Segment;
+use crate::size_class::PageKind;
 use crate::sync::{Ordering, yield_thread};
 use core::ptr;
 
@@ -89,6 +90,9 @@ impl RawHeap {
                     // First wait out a remote thread still in `Freeing` on this
                     // page: freeing the block could free the page under it.
                     if (*page).try_set_delayed_mode(DelayedMode::UseDelayed, false) {
+                        if (*segment).kind == PageKind::Huge {
+                            super::reset::take_remote_huge(block, (*page).block_size.get());
+                        }
                         (*page).collect_thread_free();
                         self.free_block_local(page, block);
                     } else {

@@ -53,7 +53,7 @@ use core::ptr;
 pub(crate) use park::evict_parked;
 pub(crate) use park::{ParkedHeaps, adopt_parked};
 pub(crate) use queue::PageQueue;
-pub(crate) use reset::pool_orphaned_huge;
+pub(crate) use reset::{keep_remote_huge, pool_orphaned_huge};
 use segments::SegmentList;
 
 /// A heap. See the module documentation.

@@ -4,7 +4,7 @@
 //! lock (see `registry` and `docs/design.md` §4.5).
 
 use super::RawHeap;
-use super::reset::{HUGE_POOL_SLOTS, reset_block_interior};
+use super::reset::{HUGE_POOL_SLOTS, reset_block_interior, reset_remote_huge};
 use crate::decay;
 use crate::options;
 use crate::os;
@@ -212,8 +212,8 @@ impl RawHeap {
 
     /// Step 1 of `reset_remote_frees`: takes the delayed list (blocks of
     /// full pages) and files its blocks by page, in each page's scratch
-    /// (`reaped_delayed`); huge blocks (their body went back when freed)
-    /// are kept aside and handed back as they are.
+    /// (`reaped_delayed`); huge blocks are handed back with their memory
+    /// given back (`reset_remote_huge`): their owner has gone quiet.
     ///
     /// # Safety
     /// The caller holds the heap's lock.
@@ -231,8 +231,12 @@ impl RawHeap {
             let segment = Segment::of(block.cast());
             // SAFETY: as above; `kind` never changes.
             if unsafe { (*segment).kind } == PageKind::Huge {
-                // SAFETY: our block.
-                unsafe { Block::set_next(block, huge_head) };
+                // SAFETY: our block, the live one of its segment's only page,
+                // whose size does not change while the block is out.
+                unsafe {
+                    reset_remote_huge(block, (*Segment::page(segment, 0)).block_size.get());
+                    Block::set_next(block, huge_head);
+                }
                 if huge_head.is_null() {
                     huge_tail = block;
                 }

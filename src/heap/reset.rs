@@ -703,6 +703,65 @@ pub(crate) unsafe fn pool_orphaned_huge(segment: *mut Segment, page: *mut Page) 
     }
 }
 
+/// A huge block that a thread other than its owner frees, while the owner
+/// lives, keeps its memory on the owner's delayed list (the owner's next
+/// huge block reuses it warm) and is counted in `decay::DELAYED_HUGE`, which
+/// wakes the purge thread: if the owner goes quiet, a reaper gives its
+/// memory back ([`reset_remote_huge`]); if not, the owner takes it
+/// ([`take_remote_huge`]). The interior mark (`reset_block_interior`) tells
+/// the two apart. Called by the freeing thread before the push publishes
+/// the block.
+///
+/// # Safety
+/// The caller holds `Freeing` for `block`, the live block of a huge page,
+/// of `size` bytes, which it is about to push onto the owner's delayed list.
+pub(crate) unsafe fn keep_remote_huge(block: *mut Block, size: usize) {
+    // SAFETY: the block is being given up by the caller, and its first OS
+    // page (which holds the mark's word) is inside it.
+    unsafe { block.cast::<u8>().add(MARK_OFFSET).cast::<usize>().write(0) };
+    decay::add_delayed_huge(size);
+}
+
+/// A reaper's share of [`keep_remote_huge`]: gives the block's memory back
+/// (all but its first OS page), once.
+///
+/// # Safety
+/// The caller holds the owner heap's lock and took `block` off its delayed
+/// list: a huge block of `size` bytes that `keep_remote_huge` counted.
+pub(super) unsafe fn reset_remote_huge(block: *mut Block, size: usize) {
+    // SAFETY: as above; the block is ours until we hand it back.
+    unsafe {
+        if !interior_was_reset(block) {
+            reset_block_interior(block, size);
+            decay::DELAYED_HUGE.sub(size);
+        }
+    }
+}
+
+/// The owner's share of [`keep_remote_huge`]: the block leaves the count
+/// (unless a reaper gave its memory back, and uncounted it, already).
+///
+/// # Safety
+/// Owner thread; `block` is a huge block of `size` bytes that
+/// `keep_remote_huge` counted, taken off our delayed list to be freed.
+pub(super) unsafe fn take_remote_huge(block: *mut Block, size: usize) {
+    // SAFETY: as above.
+    if unsafe { !interior_was_reset(block) } {
+        decay::DELAYED_HUGE.sub(size);
+    }
+}
+
+/// Whether `reset_block_interior` gave back the interior of free `block`
+/// (its mark is set).
+///
+/// # Safety
+/// The caller owns the free block, of at least two OS pages.
+unsafe fn interior_was_reset(block: *mut Block) -> bool {
+    let start = block.cast::<u8>();
+    // SAFETY: the mark's word lies in the block's first OS page (caller).
+    unsafe { start.add(MARK_OFFSET).cast::<usize>().read() == INTERIOR_RESET_MARK ^ start.addr() }
+}
+
 /// Gives back the OS pages inside a free block of `size` bytes, all but its
 /// first (which holds its link and the mark), unless the mark says it was
 /// done already.
