@@ -170,6 +170,16 @@ fn huge_blocks_replaced_at_random_stay_intact_and_reuse_memory() {
     }
 }
 
+/// A block of `layout` from the global allocator with every 4 KiB page written (a program's
+/// first pass over a new buffer).
+fn written_block(layout: std::alloc::Layout) -> *mut u8 {
+    // SAFETY: the layouts of these tests are non-zero.
+    let p = unsafe { std::alloc::alloc(layout) };
+    assert!(!p.is_null(), "alloc({layout:?})");
+    touch_pages(p, layout.size());
+    p
+}
+
 /// Writes a fresh 6 MiB block from the global allocator on a new thread; returns the faults.
 fn faults_of_a_new_threads_6_mib_block() -> i64 {
     let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
@@ -223,13 +233,9 @@ fn an_exited_threads_huge_spare_serves_another_thread() {
     }
     let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
     std::thread::spawn(move || {
-        // SAFETY: a non-zero layout; the block is written, then freed once.
-        unsafe {
-            let p = std::alloc::alloc(layout);
-            assert!(!p.is_null());
-            touch_pages(p, 6 * MIB);
-            std::alloc::dealloc(p, layout);
-        }
+        let p = written_block(layout);
+        // SAFETY: allocated above with `layout`, freed once.
+        unsafe { std::alloc::dealloc(p, layout) };
     })
     .join()
     .expect("the first thread");
@@ -255,17 +261,9 @@ fn a_huge_block_freed_after_its_owner_exited_serves_another_thread() {
         return;
     }
     let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
-    let address = std::thread::spawn(move || {
-        // SAFETY: a non-zero layout; the block is written and handed to the main thread.
-        unsafe {
-            let p = std::alloc::alloc(layout);
-            assert!(!p.is_null());
-            touch_pages(p, 6 * MIB);
-            p.expose_provenance()
-        }
-    })
-    .join()
-    .expect("the allocating thread");
+    let address = std::thread::spawn(move || written_block(layout).expose_provenance())
+        .join()
+        .expect("the allocating thread");
     let before = shardalloc::stats();
     // SAFETY: the block the exited thread allocated with `layout`, freed once, here.
     unsafe { std::alloc::dealloc(std::ptr::with_exposed_provenance_mut(address), layout) };
@@ -295,13 +293,12 @@ fn a_huge_block_freed_by_another_thread_stays_warm_for_its_owner() {
     let (to_main, from_owner) = std::sync::mpsc::channel::<usize>();
     let (to_owner, from_main) = std::sync::mpsc::channel::<()>();
     let owner = std::thread::spawn(move || {
-        // SAFETY: non-zero layouts; the first block is written and handed to the main thread,
-        // which frees it; the second is written and freed here.
+        // SAFETY: non-zero layouts; the first block is handed to the main thread, which frees
+        // it; the second is written and freed here.
         unsafe {
-            let p = std::alloc::alloc(layout);
-            assert!(!p.is_null());
-            touch_pages(p, 6 * MIB);
-            to_main.send(p.expose_provenance()).expect("main waits");
+            to_main
+                .send(written_block(layout).expose_provenance())
+                .expect("main waits");
             from_main.recv().expect("main freed the block");
             let q = std::alloc::alloc(layout);
             assert!(!q.is_null());
@@ -337,13 +334,9 @@ fn a_quiet_owners_remotely_freed_huge_block_goes_back_with_no_call() {
     let (to_main, from_owner) = std::sync::mpsc::channel::<usize>();
     let (to_owner, from_main) = std::sync::mpsc::channel::<()>();
     let owner = std::thread::spawn(move || {
-        // SAFETY: a non-zero layout; the block is written and handed to the main thread.
-        unsafe {
-            let p = std::alloc::alloc(layout);
-            assert!(!p.is_null());
-            touch_pages(p, 16 * MIB);
-            to_main.send(p.expose_provenance()).expect("main waits");
-        }
+        to_main
+            .send(written_block(layout).expose_provenance())
+            .expect("main waits");
         // Alive and quiet until the main thread has seen the memory go back (or given up).
         from_main.recv().expect("main is done");
     });
