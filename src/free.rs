@@ -118,19 +118,15 @@ unsafe fn free_remote(segment: *mut Segment, page: *mut Page, block: *mut Block)
         // quiet: `heap::keep_remote_huge`); or, if the owner exited, kept by
         // us as a pooled spare (warm for the decay time).
         match (*page).free_huge_remote(block) {
-            Some(outcome) => {
-                let kept = matches!(outcome, RemoteFree::Delayed(_));
-                if kept {
-                    crate::heap::keep_remote_huge(block, (*page).block_size.get());
-                }
+            Some(outcome @ RemoteFree::Delayed(_)) => {
+                crate::heap::keep_remote_huge(block, (*page).block_size.get());
                 finish_remote_free(page, block, outcome);
                 // Memory only a reaper may give back, if the owner stays
                 // quiet: the purge thread must exist. (No lock held here.)
                 #[cfg(not(any(loom, miri)))]
-                if kept {
-                    crate::purge_thread::start_if_needed();
-                }
+                crate::purge_thread::start_if_needed();
             }
+            Some(outcome) => finish_remote_free(page, block, outcome),
             // The owner exited (`Never`): the segment is ours alone, and
             // its page's block the one we give up.
             None => crate::heap::pool_orphaned_huge(segment, page),

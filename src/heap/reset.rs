@@ -716,9 +716,11 @@ pub(crate) unsafe fn pool_orphaned_huge(segment: *mut Segment, page: *mut Page) 
 /// The caller holds `Freeing` for `block`, the live block of a huge page,
 /// of `size` bytes, which it is about to push onto the owner's delayed list.
 pub(crate) unsafe fn keep_remote_huge(block: *mut Block, size: usize) {
-    // SAFETY: the block is being given up by the caller, and its first OS
-    // page (which holds the mark's word) is inside it.
-    unsafe { block.cast::<u8>().add(MARK_OFFSET).cast::<usize>().write(0) };
+    // SAFETY: the caller gives the block up, so its memory is ours to
+    // write; a huge block spans far more than the first OS page, which holds
+    // the mark's word. A stale mark (the block's memory went back once
+    // before, as a spare) must not pass for this free's.
+    unsafe { interior_mark(block).0.write(0) };
     decay::add_delayed_huge(size);
 }
 
@@ -729,12 +731,11 @@ pub(crate) unsafe fn keep_remote_huge(block: *mut Block, size: usize) {
 /// The caller holds the owner heap's lock and took `block` off its delayed
 /// list: a huge block of `size` bytes that `keep_remote_huge` counted.
 pub(super) unsafe fn reset_remote_huge(block: *mut Block, size: usize) {
-    // SAFETY: as above; the block is ours until we hand it back.
-    unsafe {
-        if !interior_was_reset(block) {
-            reset_block_interior(block, size);
-            decay::DELAYED_HUGE.sub(size);
-        }
+    // SAFETY: the block is free and ours (taken off the list, under the
+    // lock) until we hand it back, and a huge block spans at least two OS
+    // pages.
+    if unsafe { reset_block_interior(block, size) } {
+        decay::DELAYED_HUGE.sub(size);
     }
 }
 
@@ -745,43 +746,50 @@ pub(super) unsafe fn reset_remote_huge(block: *mut Block, size: usize) {
 /// Owner thread; `block` is a huge block of `size` bytes that
 /// `keep_remote_huge` counted, taken off our delayed list to be freed.
 pub(super) unsafe fn take_remote_huge(block: *mut Block, size: usize) {
+    // SAFETY: the block is free and ours (caller), and its first OS page,
+    // which holds the mark's word, lies inside it.
+    let (mark, expected) = unsafe { interior_mark(block) };
     // SAFETY: as above.
-    if unsafe { !interior_was_reset(block) } {
+    if unsafe { mark.read() } != expected {
         decay::DELAYED_HUGE.sub(size);
     }
 }
 
-/// Whether `reset_block_interior` gave back the interior of free `block`
-/// (its mark is set).
+/// The word of free `block` that marks its interior as given back, and the
+/// value it holds then (the block's address under a constant, which a
+/// program's data matches only by chance).
 ///
 /// # Safety
-/// The caller owns the free block, of at least two OS pages.
-unsafe fn interior_was_reset(block: *mut Block) -> bool {
+/// `block` spans more than `MARK_OFFSET` plus a word (every block with an
+/// interior, of at least two OS pages, does).
+unsafe fn interior_mark(block: *mut Block) -> (*mut usize, usize) {
     let start = block.cast::<u8>();
-    // SAFETY: the mark's word lies in the block's first OS page (caller).
-    unsafe { start.add(MARK_OFFSET).cast::<usize>().read() == INTERIOR_RESET_MARK ^ start.addr() }
+    // SAFETY: inside the block (caller).
+    let mark = unsafe { start.add(MARK_OFFSET) }.cast::<usize>();
+    (mark, INTERIOR_RESET_MARK ^ start.addr())
 }
 
 /// Gives back the OS pages inside a free block of `size` bytes, all but its
 /// first (which holds its link and the mark), unless the mark says it was
-/// done already.
+/// done already. Returns whether it did so now.
 ///
 /// # Safety
 /// The caller owns the free block (on no list anyone else can take it
 /// from), of `size ≥ INTERIOR_RESET_MIN` bytes.
-pub(super) unsafe fn reset_block_interior(block: *mut Block, size: usize) {
+pub(super) unsafe fn reset_block_interior(block: *mut Block, size: usize) -> bool {
     let start = block.cast::<u8>();
     let first = (start.addr() + OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1);
     let end = (start.addr() + size) & !(OS_PAGE_SIZE - 1);
     // SAFETY: the mark's word lies in the block's first OS page, inside the
-    // block (size ≥ two OS pages), which the caller owns.
+    // block (size ≥ two OS pages), which the caller owns; the pages reset
+    // lie between that page and the block's end.
     unsafe {
-        let mark = start.add(MARK_OFFSET).cast::<usize>();
-        let expected = INTERIOR_RESET_MARK ^ start.addr();
+        let (mark, expected) = interior_mark(block);
         if mark.read() == expected || end <= first {
-            return;
+            return false;
         }
         os::reset(start.with_addr(first), end - first);
         mark.write(expected);
     }
+    true
 }
