@@ -2,7 +2,7 @@
 //! from here, and goes back through here.
 //!
 //! Two backends implement the same functions (`map`, `unmap`, `reset`,
-//! `advise_huge_pages`, `move_pages`, `now_ms`):
+//! `advise_huge_pages`, `advise_no_huge_pages`, `move_pages`, `now_ms`):
 //!
 //! * `unix` (normal builds): `mmap`, `munmap` and `madvise` through `libc`,
 //!   and the monotonic clock;
@@ -27,11 +27,13 @@ pub(crate) const fn checked_align_up(n: usize, align: usize) -> Option<usize> {
 }
 
 #[cfg(not(any(loom, miri)))]
-pub(crate) use unix::{advise_huge_pages, map, move_pages, now_ms, reset, unmap};
+pub(crate) use unix::{
+    advise_huge_pages, advise_no_huge_pages, map, move_pages, now_ms, reset, unmap,
+};
 
 #[cfg(any(loom, miri))]
 pub(crate) use test_backend::{
-    advise_huge_pages, live_mappings, map, move_pages, now_ms, reset, unmap,
+    advise_huge_pages, advise_no_huge_pages, live_mappings, map, move_pages, now_ms, reset, unmap,
 };
 
 /// What [`move_pages`] did.
@@ -186,6 +188,22 @@ mod unix {
         unsafe { libc::madvise(ptr.cast(), size, libc::MADV_HUGEPAGE) };
     }
 
+    /// Withdraws [`advise_huge_pages`] from the range (`MADV_NOHUGEPAGE`):
+    /// no fault maps a huge page there, and khugepaged leaves it alone. It
+    /// would otherwise collapse a range with as little as one resident 4 KiB
+    /// page back into a whole huge page (Linux's default `max_ptes_none` is
+    /// 511), taking back within one scan the memory a partial reset gave
+    /// back. Huge pages already mapped stay until something splits them.
+    ///
+    /// # Safety
+    /// The range is page-aligned and lies inside one of our mappings.
+    pub(crate) unsafe fn advise_no_huge_pages(ptr: *mut u8, size: usize) {
+        stats::MADVISE_CALLS.add(1);
+        // SAFETY: the caller guarantees the range is ours; the advice does
+        // not change the contents.
+        unsafe { libc::madvise(ptr.cast(), size, libc::MADV_NOHUGEPAGE) };
+    }
+
     /// Moves the pages of `[from, from + size)` to `[to, to + size)`, which
     /// they replace, without copying or faulting them: the kernel moves
     /// the page-table entries (whole 2 MiB entries for transparent huge
@@ -305,6 +323,12 @@ mod test_backend {
     /// # Safety
     /// None needed; the signature matches the unix backend.
     pub(crate) unsafe fn advise_huge_pages(_ptr: *mut u8, _size: usize) {}
+
+    /// No transparent huge pages in the test backend.
+    ///
+    /// # Safety
+    /// None needed; the signature matches the unix backend.
+    pub(crate) unsafe fn advise_no_huge_pages(_ptr: *mut u8, _size: usize) {}
 
     /// Never moves: the test backend's mappings are heap blocks. The
     /// destination keeps its (zeroed) memory and the source stays mapped.

@@ -775,19 +775,22 @@ unsafe fn interior_mark(block: *mut Block) -> (*mut usize, usize) {
 ///
 /// # Safety
 /// The caller owns the free block (on no list anyone else can take it
-/// from), of `size ≥ INTERIOR_RESET_MIN` bytes.
+/// from), of `size ≥ INTERIOR_RESET_MIN` bytes, and acts for the heap
+/// owning its segment (owner, or holder of that heap's lock).
 pub(super) unsafe fn reset_block_interior(block: *mut Block, size: usize) -> bool {
     let start = block.cast::<u8>();
     let first = (start.addr() + OS_PAGE_SIZE) & !(OS_PAGE_SIZE - 1);
     let end = (start.addr() + size) & !(OS_PAGE_SIZE - 1);
     // SAFETY: the mark's word lies in the block's first OS page, inside the
     // block (size ≥ two OS pages), which the caller owns; the pages reset
-    // lie between that page and the block's end.
+    // lie between that page and the block's end, inside its live segment,
+    // whose header cells the caller may write (it acts for the owner).
     unsafe {
         let (mark, expected) = interior_mark(block);
         if mark.read() == expected || end <= first {
             return false;
         }
+        Segment::withdraw_huge_advice(Segment::of(start), start.with_addr(first), end - first);
         os::reset(start.with_addr(first), end - first);
         mark.write(expected);
     }
