@@ -289,6 +289,9 @@ mod test_backend {
         Some(memory)
     }
 
+    /// Bytes at the start of a mapping that [`unmap`] poisons.
+    const POISONED_HEADER: usize = 64 << 10;
+
     std::thread_local! {
         /// Mappings made and not yet unmapped on this OS thread (a loom model
         /// runs all its threads on one OS thread), so models can check that
@@ -306,6 +309,13 @@ mod test_backend {
     /// `ptr`, `size` and `align` are exactly those of one [`map`] call.
     pub(crate) unsafe fn unmap(ptr: NonNull<u8>, size: usize, align: usize) {
         LIVE_MAPPINGS.with(|live| live.set(live.get() - 1));
+        // The header (where the page descriptors and their atomics live) is
+        // poisoned first: the System allocator keeps freed blocks mapped, so
+        // a late access from a thread that should have been done with the
+        // segment would otherwise go unnoticed; this way loom (or Miri)
+        // trips over what it reads.
+        // SAFETY: the mapping is ours until the dealloc below (caller).
+        unsafe { ptr.as_ptr().write_bytes(0xDB, size.min(POISONED_HEADER)) };
         // SAFETY: map() succeeded with this very layout.
         unsafe { System.dealloc(ptr.as_ptr(), Layout::from_size_align_unchecked(size, align)) }
     }
