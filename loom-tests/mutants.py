@@ -122,6 +122,16 @@ MUTANTS = {
         "match { self.cell.store(encoded, Ordering::Release); Ok::<usize, usize>(0) }",
         "once", "publish_once_races",
     ),
+    # The reaper frees a quiet owner's remotely freed huge block without
+    # waiting out the freeing thread's `Freeing` step on the page (the
+    # thread then ends that step on a released segment). Not the wait's
+    # result ignored: its spins already let the freeing thread finish.
+    "reaper-huge-ignores-freeing": (
+        "src/heap/reap.rs",
+        "            if !(*page).try_set_delayed_mode(DelayedMode::UseDelayed, false) {",
+        "            if false {",
+        "reaper", "reaper_races_the_remote_free_of_a_huge_block",
+    ),
     # The reaper resets a heap's waiting slots without taking its lock.
     "reaper-skips-lock": (
         "src/heap/reap.rs",

@@ -320,8 +320,9 @@ fn a_huge_block_freed_by_another_thread_stays_warm_for_its_owner() {
 }
 
 /// ... and if the owner goes quiet, that memory still goes back with no call: the purge thread
-/// wakes for it, and its reaper gives back the memory of a quiet owner's remotely freed huge
-/// blocks (as the remote free itself did before).
+/// wakes for it, its reaper frees the block for the quiet owner and pools the segment, and the
+/// pool gives it back after the decay time (before the owner kept it, the remote free itself
+/// gave it back at once).
 #[test]
 fn a_quiet_owners_remotely_freed_huge_block_goes_back_with_no_call() {
     let _one = one_at_a_time();
@@ -365,5 +366,85 @@ fn a_quiet_owners_remotely_freed_huge_block_goes_back_with_no_call() {
          {} MiB before, {} MiB after",
         before / MIB,
         now / MIB
+    );
+}
+
+/// Waits (at most 2 s) until the process's pool or segment cache holds something: the purge
+/// thread's reaper has pooled a quiet heap's spare. Returns the milliseconds waited.
+fn wait_until_pooled() -> u128 {
+    let start = std::time::Instant::now();
+    while shardalloc::stats().cached_segments == 0 && start.elapsed().as_millis() < 2_000 {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    start.elapsed().as_millis()
+}
+
+/// A thread that stays alive but quiet: `work` runs on it, then it waits until `done` is
+/// dropped or sent to.
+fn quiet_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> (T, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (to_main, from_thread) = std::sync::mpsc::channel::<T>();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let handle = std::thread::spawn(move || {
+        to_main.send(work()).expect("main waits");
+        let _ = wait.recv();
+    });
+    let value = from_thread.recv().expect("the quiet thread's work");
+    (value, done, handle)
+}
+
+/// A huge block freed by another thread while its owner lives, the owner then quiet: the
+/// reaper frees it for the owner and pools its segment, so another thread's 6 MiB block is
+/// that memory (no fault to write it), not a fresh mapping, while the owner still lives.
+#[test]
+fn a_quiet_owners_remotely_freed_huge_block_serves_another_thread() {
+    let _one = one_at_a_time();
+    if !reshaping_runs("a_quiet_owners_remotely_freed_huge_block_serves_another_thread")
+        || !shardalloc::options::purge_thread()
+    {
+        return;
+    }
+    let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
+    let (address, done, owner) = quiet_thread(move || written_block(layout).expose_provenance());
+    // SAFETY: the owner's block, allocated with `layout`, freed once, here.
+    unsafe { std::alloc::dealloc(std::ptr::with_exposed_provenance_mut(address), layout) };
+    let waited = wait_until_pooled();
+    let faults = faults_of_a_new_threads_6_mib_block();
+    drop(done);
+    owner.join().expect("the owner");
+    println!("pooled after {waited} ms; another thread's 6 MiB block took {faults} faults");
+    assert!(
+        faults <= 1,
+        "another thread's 6 MiB block took {faults} faults: the quiet owner's freed block was \
+         not pooled"
+    );
+}
+
+/// A quiet thread's own spare (a huge block it freed itself) is pooled by the reaper too:
+/// another thread's 6 MiB block is that memory.
+#[test]
+fn a_quiet_threads_huge_spare_serves_another_thread() {
+    let _one = one_at_a_time();
+    if !reshaping_runs("a_quiet_threads_huge_spare_serves_another_thread")
+        || !shardalloc::options::purge_thread()
+    {
+        return;
+    }
+    let layout = std::alloc::Layout::from_size_align(6 * MIB, 16).expect("layout");
+    let ((), done, owner) = quiet_thread(move || {
+        let p = written_block(layout);
+        // SAFETY: allocated above with `layout`, freed once.
+        unsafe { std::alloc::dealloc(p, layout) };
+    });
+    let waited = wait_until_pooled();
+    let faults = faults_of_a_new_threads_6_mib_block();
+    drop(done);
+    owner.join().expect("the quiet thread");
+    println!("pooled after {waited} ms; another thread's 6 MiB block took {faults} faults");
+    assert!(
+        faults <= 1,
+        "another thread's 6 MiB block took {faults} faults: the quiet thread's spare was not \
+         pooled"
     );
 }

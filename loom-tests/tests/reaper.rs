@@ -367,3 +367,86 @@ fn reaper_resets_local_free_interiors_while_owner_reuses_them() {
         assert_all_released(baseline);
     });
 }
+
+/// A huge block (its own segment) in the models below: just over the
+/// largest size-classed block.
+const HUGE: usize = (1 << 20) + (64 << 10);
+
+/// A huge block freed by another thread while its owner lives reaches the
+/// owner's delayed list with its memory (`keep_remote_huge`). A reaper that
+/// finds the owner idle frees the block for it and hands the heap's spare
+/// huge segments to the process (`free_huge_for_quiet_owner`,
+/// `pool_huge_spares`), while the owner passes over its delayed list and
+/// allocates another huge block. Afterwards:
+/// * the owner's new block still holds what the owner wrote (a segment
+///   freed twice, or handed out twice, would be reused under it);
+/// * every segment is released exactly once at the end.
+#[test]
+fn reaper_frees_a_quiet_owners_remotely_freed_huge_block() {
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let owner = ModelHeap::new_registered(&world, OWNER);
+        let handed = SendPtr(owner.alloc_huge(HUGE));
+        thread::spawn(move || {
+            let handed = handed;
+            // SAFETY: the block was handed to this thread, which frees it.
+            unsafe { model::free(handed.0, REMOTE_B) }
+        })
+        .join()
+        .unwrap();
+        let reaper = spawn_reaper(&world);
+        owner.process_delayed(false);
+        let c = owner.alloc_huge(HUGE);
+        // SAFETY: our own live block (its first bytes hold the link's
+        // tracked cell under loom).
+        unsafe { c.add(LINK).write_bytes(PATTERN, HUGE - LINK) };
+        reaper.join().unwrap();
+        // SAFETY: as above; the reaper has finished.
+        let intact = unsafe { core::slice::from_raw_parts(c.add(LINK), HUGE - LINK) }
+            .iter()
+            .all(|&byte| byte == PATTERN);
+        assert!(intact, "a huge block in use was freed or reused");
+        // SAFETY: our own live block.
+        unsafe { owner.free(c) };
+        owner.process_delayed(true);
+        owner.collect(true);
+        owner.abandon();
+        drop(owner);
+        drop(world);
+        assert_all_released(baseline);
+    });
+}
+
+/// The same, with the remote free racing the reaper: a reaper that takes
+/// the delayed list while the freeing thread is still in its `Freeing` step
+/// on the page must not free the page under it (it hands the block back for
+/// the owner instead). Afterwards every segment is released exactly once.
+#[test]
+fn reaper_races_the_remote_free_of_a_huge_block() {
+    builder().check(|| {
+        let baseline = model::live_mappings();
+        let world = Arc::new(World::new());
+        let owner = ModelHeap::new_registered(&world, OWNER);
+        let handed = SendPtr(owner.alloc_huge(HUGE));
+        let remote = thread::spawn(move || {
+            let handed = handed;
+            // SAFETY: the block was handed to this thread, which frees it.
+            unsafe { model::free(handed.0, REMOTE_B) }
+        });
+        let reaper = spawn_reaper(&world);
+        remote.join().unwrap();
+        reaper.join().unwrap();
+        owner.process_delayed(true);
+        owner.collect(true);
+        assert_eq!(
+            owner.segments(),
+            0,
+            "the huge block's segment is still the owner's"
+        );
+        owner.abandon();
+        drop(owner);
+        drop(world);
+        assert_all_released(baseline);
+    });
+}

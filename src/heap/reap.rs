@@ -4,11 +4,11 @@
 //! lock (see `registry` and `docs/design.md` §4.5).
 
 use super::RawHeap;
-use super::reset::{HUGE_POOL_SLOTS, reset_block_interior, reset_remote_huge};
+use super::reset::{HUGE_POOL_SLOTS, reset_block_interior, reset_remote_huge, take_remote_huge};
 use crate::decay;
 use crate::options;
 use crate::os;
-use crate::page::{Block, INTERIOR_RESET_MIN, Page};
+use crate::page::{Block, DelayedMode, INTERIOR_RESET_MIN, Page};
 use crate::registry::NOTHING_DUE;
 use crate::segment::Segment;
 use crate::size_class::PageKind;
@@ -103,6 +103,8 @@ impl RawHeap {
                 }
                 if idle {
                     (*heap).reset_remote_frees();
+                    // Its spare huge segments serve any thread meanwhile.
+                    (*heap).pool_huge_spares();
                 }
             }
             entry.unlock();
@@ -212,8 +214,9 @@ impl RawHeap {
 
     /// Step 1 of `reset_remote_frees`: takes the delayed list (blocks of
     /// full pages) and files its blocks by page, in each page's scratch
-    /// (`reaped_delayed`); huge blocks are handed back with their memory
-    /// given back (`reset_remote_huge`): their owner has gone quiet.
+    /// (`reaped_delayed`); huge blocks are freed for the quiet owner
+    /// (`free_huge_for_quiet_owner`), or else handed back with their memory
+    /// given back (`reset_remote_huge`).
     ///
     /// # Safety
     /// The caller holds the heap's lock.
@@ -231,6 +234,11 @@ impl RawHeap {
             let segment = Segment::of(block.cast());
             // SAFETY: as above; `kind` never changes.
             if unsafe { (*segment).kind } == PageKind::Huge {
+                // SAFETY: we hold the lock and took the block off the list.
+                if unsafe { self.free_huge_for_quiet_owner(block, segment) } {
+                    block = next;
+                    continue;
+                }
                 // SAFETY: our block, the live one of its segment's only page,
                 // whose size does not change while the block is out.
                 unsafe {
@@ -256,6 +264,40 @@ impl RawHeap {
             // SAFETY: a chain of our blocks, handed back to this live heap.
             unsafe { RawHeap::push_delayed_chain(self.as_ptr(), huge_head, huge_tail) };
         }
+    }
+
+    /// A huge block another thread freed while its owner, now quiet, lived
+    /// (`keep_remote_huge`): freed here on the owner's behalf, as the owner's
+    /// own pass over its delayed list would (`process_delayed`), so that its
+    /// segment becomes a spare; the reaper then hands the quiet heap's spares
+    /// to the process's pool (`pool_huge_spares`), where any thread's next
+    /// huge block reuses the memory warm within the decay time. False, with
+    /// nothing done, while the freeing thread is still in its `Freeing` step
+    /// on the page (the block is then handed back with its memory given
+    /// back, `reset_remote_huge`, as before).
+    ///
+    /// # Safety
+    /// The caller holds the heap's lock and took `block`, a huge block of
+    /// this heap in `segment`, off the heap's delayed list.
+    unsafe fn free_huge_for_quiet_owner(&self, block: *mut Block, segment: *mut Segment) -> bool {
+        // SAFETY: the block's segment stays live while the block is unfreed,
+        // and its only page is the block's (caller). The owner reaches the
+        // page only through the block, which is off every list it can see,
+        // and through sections under the lock we hold: the owner's own
+        // delayed-list steps are ours to take.
+        unsafe {
+            let page = Segment::page(segment, 0);
+            if !(*page).try_set_delayed_mode(DelayedMode::UseDelayed, false) {
+                return false;
+            }
+            take_remote_huge(block, (*page).block_size.get());
+            (*page).collect_thread_free();
+            // A huge page holds one block: it is empty now.
+            if (*page).push_local(block) == 0 {
+                self.page_free_locked(page, false);
+            }
+        }
+        true
     }
 
     /// Step 2 of `reset_remote_frees` for one page in use.

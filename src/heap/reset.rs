@@ -377,13 +377,17 @@ impl RawHeap {
     }
 
     /// Hands every spare huge segment of ours to the process's pool (the
-    /// heap is being torn down): another heap's next huge block reuses its
-    /// memory until the decay time passes. Without room in the pool, or
-    /// with the process over its warm budget, a spare is unmapped.
+    /// heap is being torn down, or its owner has gone quiet): another heap's
+    /// next huge block reuses its memory until the decay time passes (ours
+    /// too: `adopt_pooled_huge_spares`). Without room in the pool, or with
+    /// the process over its warm budget, a spare is unmapped.
     ///
     /// # Safety
-    /// Owner thread holding the lock.
+    /// Owner thread, or a reaper, holding the lock.
     pub(super) unsafe fn pool_huge_spares(&self) {
+        if self.huge_spares.get() == 0 {
+            return;
+        }
         let mut page = self.reset_queue.first.get();
         while !page.is_null() {
             let segment = Segment::of(page.cast());
@@ -706,10 +710,12 @@ pub(crate) unsafe fn pool_orphaned_huge(segment: *mut Segment, page: *mut Page) 
 /// A huge block that a thread other than its owner frees, while the owner
 /// lives, keeps its memory on the owner's delayed list (the owner's next
 /// huge block reuses it warm) and is counted in `decay::DELAYED_HUGE`, which
-/// wakes the purge thread: if the owner goes quiet, a reaper gives its
-/// memory back ([`reset_remote_huge`]); if not, the owner takes it
+/// wakes the purge thread. If the owner goes quiet, a reaper frees the block
+/// on its behalf and pools the segment for any thread
+/// (`free_huge_for_quiet_owner`), or, when it cannot yet, gives the memory
+/// back ([`reset_remote_huge`]); if not, the owner takes the block
 /// ([`take_remote_huge`]). The interior mark (`reset_block_interior`) tells
-/// the two apart. Called by the freeing thread before the push publishes
+/// a block whose memory went back from one that kept it. Called by the freeing thread before the push publishes
 /// the block.
 ///
 /// # Safety
@@ -743,8 +749,9 @@ pub(super) unsafe fn reset_remote_huge(block: *mut Block, size: usize) {
 /// (unless a reaper gave its memory back, and uncounted it, already).
 ///
 /// # Safety
-/// Owner thread; `block` is a huge block of `size` bytes that
-/// `keep_remote_huge` counted, taken off our delayed list to be freed.
+/// Owner thread, or a reaper holding the owner's lock; `block` is a huge
+/// block of `size` bytes that `keep_remote_huge` counted, taken off the
+/// owner's delayed list to be freed.
 pub(super) unsafe fn take_remote_huge(block: *mut Block, size: usize) {
     // SAFETY: the block is free and ours (caller), and its first OS page,
     // which holds the mark's word, lies inside it.
