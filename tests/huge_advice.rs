@@ -13,6 +13,10 @@
 //!
 //! Run: `cargo test --release --test huge_advice -- --nocapture`.
 
+mod common;
+
+use common::thp_mode;
+
 #[global_allocator]
 static GLOBAL: shardalloc::ShardAlloc = shardalloc::ShardAlloc;
 
@@ -22,13 +26,6 @@ const BYTES: usize = 48 << 20;
 const WINDOW: usize = 2 << 20;
 const OS_PAGE: usize = 4096;
 const PAGES_PER_WINDOW: usize = WINDOW / OS_PAGE;
-
-fn thp_mode() -> Option<String> {
-    let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
-    let start = text.find('[')?;
-    let end = text[start..].find(']')?;
-    Some(text[start + 1..start + end].to_string())
-}
 
 /// The mappings of `/proc/self/smaps`: start, end, and whether `VmFlags` has `hg`.
 fn mappings() -> Vec<(usize, usize, bool)> {

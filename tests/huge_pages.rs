@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::mib;
+use common::{mib, thp_mode};
 
 #[global_allocator]
 static GLOBAL: shardalloc::ShardAlloc = shardalloc::ShardAlloc;
@@ -17,13 +17,6 @@ const BLOCK: usize = 1024;
 /// Twelve segments' worth of 1 KiB blocks: the heap's fifth small segment on are backed by
 /// huge pages from the start.
 const BYTES: usize = 48 << 20;
-
-fn thp_mode() -> Option<String> {
-    let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
-    let start = text.find('[')?;
-    let end = text[start..].find(']')?;
-    Some(text[start + 1..start + end].to_string())
-}
 
 #[test]
 fn dense_small_blocks_get_huge_pages_and_give_them_back() {

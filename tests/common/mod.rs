@@ -381,6 +381,15 @@ pub(crate) fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
+/// The kernel's transparent-huge-page mode (`always`, `madvise` or `never`, from
+/// `/sys/kernel/mm/transparent_hugepage/enabled`), or `None` where it cannot be read.
+pub(crate) fn thp_mode() -> Option<String> {
+    let text = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").ok()?;
+    let start = text.find('[')?;
+    let end = text[start..].find(']')?;
+    Some(text[start + 1..start + end].to_string())
+}
+
 // === random sizes ===
 
 /// Sizes around every power of two from 8 B up to `max`: where size classes, page kinds and
