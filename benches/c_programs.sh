@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Times real programs under LD_PRELOAD: glibc's malloc, shardalloc
-# (target/release/libshardalloc.so), mimalloc and jemalloc. Wall time and
-# peak RSS (/usr/bin/time's %e and %M), medians of interleaved rounds;
-# prints a Markdown table.
+# (target/release/libshardalloc.so), mimalloc and jemalloc. Wall time, peak
+# RSS and CPU time (benches/c/run.c: /usr/bin/time's %e %M %U %S from
+# wait4, to the millisecond rather than 10 ms), medians of interleaved
+# rounds; prints Markdown tables.
 #
 # mimalloc and jemalloc are built here, once, from the C sources that the
 # benches' Rust dependencies vendor (the versions in Cargo.lock: crate
@@ -122,6 +123,7 @@ git init -q -b main "$work/repo"
         git add -A && git commit -qm "c$i"
     done
 )
+cc -O2 -o "$work/run" benches/c/run.c
 cc -O2 -pthread -o "$work/cases" capi/tests/c/cases.c capi/tests/c/ctor_lib.c -ldl 2>/dev/null || \
     { cc -O2 -shared -fPIC -o "$work/libctor_lib.so" capi/tests/c/ctor_lib.c;
       cc -O2 -pthread -o "$work/cases" capi/tests/c/cases.c -L"$work" -lctor_lib -Wl,-rpath,"$work" -ldl; }
@@ -147,7 +149,7 @@ for ((r = 0; r < rounds; r++)); do
         label=${p%%|*}; cmd=${p#*|}
         for ((k = 0; k < n; k++)); do
             a=${order[$(((k + r) % n))]}
-            out=$(LD_PRELOAD=${libs[$a]} /usr/bin/time -f "%e %M %U %S" $cmd 2>&1 >/dev/null | tail -1)
+            out=$(LD_PRELOAD=${libs[$a]} "$work/run" $cmd 2>&1 >/dev/null | tail -1)
             read -r e m u s <<<"$out"
             times[$label|$a]+="$e "
             rss[$label|$a]+="$m "
@@ -180,7 +182,7 @@ for p in "${programs[@]}"; do
     label=${p%%|*}
     printf "| %s |" "$label"
     for a in "${order[@]}"; do
-        printf " %.2f |" "$(echo "${cpu[$label|$a]}" | median)"
+        printf " %.3f |" "$(echo "${cpu[$label|$a]}" | median)"
     done
     echo
 done

@@ -120,13 +120,8 @@ pub(crate) unsafe fn allocate_in(
 #[cold]
 #[inline(never)]
 fn allocate_slow(heap: *mut RawHeap, size: usize, align: usize, zero: bool) -> *mut u8 {
-    let heap = if heap == thread::empty_heap() {
-        thread::init_current()
-    } else {
-        heap
-    };
-    if heap.is_null() {
-        return ptr::null_mut();
+    if heap == thread::empty_heap() {
+        return first_allocation(size, align, zero);
     }
     // SAFETY: a real heap of the calling thread.
     unsafe {
@@ -154,6 +149,24 @@ fn allocate_slow(heap: *mut RawHeap, size: usize, align: usize, zero: bool) -> *
             None => (*heap).malloc_huge(size, align, zero),
         }
     }
+}
+
+/// The calling thread's first allocation from its default heap (or its
+/// first after the heap's teardown): makes the heap, then tries its fast
+/// path, since the heap may be a parked one (`heap/park.rs`) whose pages
+/// already hold free blocks, before the generic path. Apart from
+/// [`allocate_slow`] so that its common path keeps its short prologue.
+#[cold]
+#[inline(never)]
+fn first_allocation(size: usize, align: usize, zero: bool) -> *mut u8 {
+    let heap = thread::init_current();
+    if heap.is_null() {
+        return ptr::null_mut();
+    }
+    // SAFETY: the calling thread's own heap, just made or adopted; not the
+    // empty heap, so a miss goes to `allocate_slow`'s generic path and
+    // comes back here no more.
+    unsafe { allocate_in(heap, size, align, zero) }
 }
 
 /// # Safety
