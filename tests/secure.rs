@@ -693,6 +693,42 @@ child!(child_reuse_keeps_the_guard_page, {
     overflow(p as *mut u8, len, &others);
 });
 
+child!(child_gathered_block_below_a_boundary, {
+    // Two written 6 MiB blocks, freed, gathered into a 15 MiB block: its usual end, 16 MiB
+    // into its segment, is a 4 MiB boundary, and the huge page below it is moved, resident
+    // memory, so the block ends a page lower, its guard page the last page before the
+    // boundary (the memory past it splits off as a spare). Writes past it in 4 KiB steps.
+    let (a, b) = (alloc(6 << 20), alloc(6 << 20));
+    touch(a, 6 << 20);
+    touch(b, 6 << 20);
+    free(a);
+    free(b);
+    let moved = shardalloc::stats().moved;
+    let p = alloc(15 << 20);
+    if shardalloc::stats().moved == moved {
+        println!("NOT RESHAPED: no spare moved into the 15 MiB block");
+        std::process::exit(6);
+    }
+    if (block_end(p) + 4096).is_multiple_of(4 << 20) {
+        println!("ENDS A PAGE BELOW A 4 MIB BOUNDARY");
+    }
+    touch(p, 15 << 20);
+    // Blocks that may take the spare split off right after it.
+    let others: Vec<(usize, usize)> = (0..2).map(|_| (alloc(3 << 20).addr(), 3 << 20)).collect();
+    overflow(p, 15 << 20, &others);
+});
+
+#[test]
+fn a_gathered_block_ends_below_a_4_mib_boundary_and_faults_past_it() {
+    let o = run_child("child_gathered_block_below_a_boundary");
+    assert_faulted(&o, "past a gathered block ending below a 4 MiB boundary");
+    assert!(
+        o.stdout.contains("ENDS A PAGE BELOW A 4 MIB BOUNDARY"),
+        "{}",
+        o.stdout
+    );
+}
+
 #[test]
 fn a_reused_spare_keeps_its_guard_page_where_the_block_can_end_before_it() {
     let o = run_child_with(

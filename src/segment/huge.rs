@@ -45,6 +45,9 @@ pub(crate) struct HugeLayout {
     pub(crate) map_size: usize,
     /// Advised for transparent huge pages.
     huge_pages: bool,
+    /// Secure builds: the block's alignment (at least an OS page).
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    align: usize,
 }
 
 impl HugeLayout {
@@ -89,7 +92,56 @@ impl HugeLayout {
             total,
             map_size,
             huge_pages,
+            #[cfg(all(feature = "secure", not(any(loom, miri))))]
+            align,
         })
+    }
+
+    /// Secure builds: this layout in a gathered segment at `base` (its
+    /// spares moved in), with the block one OS page lower when it ends on
+    /// a 4 MiB boundary and the huge page below that boundary is resident
+    /// (`os::all_resident`): its guard page is then the last page before
+    /// the boundary, and what lies past the boundary splits off as a spare
+    /// (`split_huge_tail` at the layout's `map_size`) rather than staying
+    /// with the block, as for a reused spare (`huge_offset_before_boundary`).
+    ///
+    /// # Safety
+    /// `[base, base + self.map_size)` is a mapping of ours, read-write,
+    /// that nothing uses.
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    unsafe fn below_boundary_in(self, base: NonNull<u8>) -> HugeLayout {
+        let end = self.total - GUARD_SIZE;
+        let first = self.block_offset - self.lead;
+        let Some(offset) = Segment::huge_offset_before_boundary(
+            end - self.block_offset,
+            self.align,
+            self.block_offset,
+            if self.huge_pages {
+                HUGE_OS_PAGE
+            } else {
+                OS_PAGE_SIZE
+            },
+        ) else {
+            return self;
+        };
+        if offset < first {
+            return self;
+        }
+        let from = end - HUGE_OS_PAGE;
+        // SAFETY: the huge page below the block's end lies in the mapping
+        // (caller), which holds the block.
+        let resident =
+            unsafe { os::all_resident(base.as_ptr().add(from), HUGE_OS_PAGE - GUARD_SIZE) };
+        if !resident {
+            return self;
+        }
+        HugeLayout {
+            block_offset: offset,
+            lead: offset - first,
+            total: self.total - GUARD_SIZE,
+            map_size: end,
+            ..self
+        }
     }
 }
 
@@ -228,6 +280,12 @@ impl Segment {
             unsafe { os::unmap(dest, map_size, SEGMENT_SIZE) };
             return None;
         }
+        // Secure: the block a page lower where that keeps the next 4 MiB
+        // out of its segment.
+        #[cfg(all(feature = "secure", not(any(loom, miri))))]
+        // SAFETY: our mapping, at least `layout.map_size` bytes (caller),
+        // read-write (the guard pages of the spares were lifted), unused.
+        let layout = unsafe { layout.below_boundary_in(dest) };
         // SAFETY: our mapping of `map_size` bytes, holding nothing anyone
         // uses; the block's memory is not zero, which `init_huge` records.
         let (segment, block) =
