@@ -12,9 +12,11 @@ const TRIM_MIN: usize = 1 << 20;
 /// Whether spare huge segments are reshaped rather than given back: split
 /// (`Segment::split_huge_tail`) and gathered into one by moving their pages
 /// (`Segment::gather_huge`). Needs real mappings (not the loom and Miri
-/// test backend). Secure builds too: a spare's guard page is made
-/// read-write again before its pages move or a new block takes them, and
-/// the new block gets a guard page of its own right after its end.
+/// test backend). Secure builds too: a block in a reused spare ends right
+/// before the spare's guard page where it can (no `mprotect`), else the
+/// guard page moves to its end; a spare split off keeps a guard page that
+/// lies in it; a spare's guard page is made read-write again before its
+/// pages move.
 pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri)));
 
 /// Whether a huge block backed by huge pages is placed to end on a 2 MiB
@@ -22,7 +24,9 @@ pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri)));
 /// the block (secure builds), a block ending inside a 2 MiB page would
 /// split that page's mapping, and its last part would be faulted 4 KiB at a
 /// time. Without guard pages the mapping is rounded up to whole huge pages
-/// instead (`HugeLayout::map_size`).
+/// instead (`HugeLayout::map_size`). (Reused and gathered blocks whose end
+/// would be a 4 MiB boundary end a page below it instead, when the huge
+/// page the guard page then splits is resident: `reuse_huge`.)
 pub(super) const END_ON_HUGE_PAGE: bool = GUARD_SIZE != 0;
 
 /// Where a huge block goes in its segment, and how that segment is mapped.
