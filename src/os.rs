@@ -422,6 +422,45 @@ pub(crate) unsafe fn protect_none(ptr: *mut u8, size: usize) -> bool {
     unsafe { libc::mprotect(ptr.cast(), size, libc::PROT_NONE) == 0 }
 }
 
+/// Faults `[ptr, ptr + size)` in for writing (`MADV_POPULATE_WRITE`, Linux
+/// 5.14): memory that is about to be split off from a transparent huge page
+/// by a guard page is faulted now, while the whole huge page can still be
+/// mapped at once, rather than 4 KiB at a time afterwards. Resident pages
+/// are left as they are. Returns whether it worked (an older kernel refuses
+/// with `EINVAL`; the memory is then faulted when touched).
+///
+/// # Safety
+/// The range is page-aligned, inside one of our mappings, read-write, and
+/// holds no block (its contents may be replaced by zero pages only where
+/// nothing was resident).
+#[cfg(all(feature = "secure", not(any(loom, miri))))]
+pub(crate) unsafe fn populate_write(ptr: *mut u8, size: usize) -> bool {
+    crate::stats::MADVISE_CALLS.add(1);
+    // SAFETY: the caller guarantees the range is ours, writable and unused;
+    // populating keeps resident contents.
+    unsafe { libc::madvise(ptr.cast(), size, libc::MADV_POPULATE_WRITE) == 0 }
+}
+
+/// Whether every OS page of `[ptr, ptr + size)` is resident (`mincore`),
+/// for ranges of at most 512 OS pages; false when the kernel refuses or the
+/// range is longer.
+///
+/// # Safety
+/// The range is page-aligned and inside one of our mappings.
+#[cfg(all(feature = "secure", not(any(loom, miri))))]
+pub(crate) unsafe fn all_resident(ptr: *mut u8, size: usize) -> bool {
+    let mut pages = [0u8; 512];
+    if size > pages.len() * OS_PAGE_SIZE {
+        return false;
+    }
+    // SAFETY: the range is ours (caller); the vector holds one byte per
+    // page of it (checked above).
+    let done = unsafe { libc::mincore(ptr.cast(), size, pages.as_mut_ptr()) } == 0;
+    done && pages[..size.div_ceil(OS_PAGE_SIZE)]
+        .iter()
+        .all(|&p| p & 1 != 0)
+}
+
 /// Makes `[ptr, ptr + size)` read-write again (a guard page that a huge
 /// spare's new block, or a move of its pages, needs back). Returns whether
 /// it worked.

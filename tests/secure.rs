@@ -628,6 +628,176 @@ fn writing_past_a_huge_block_made_of_spares_faults_before_another_block() {
     }
 }
 
+/// The end of live block `p` (its usable size rounded up to whole OS pages): where its guard
+/// page starts.
+fn block_end(p: *mut u8) -> usize {
+    // SAFETY: a live block of ours.
+    p.addr() + unsafe { shardalloc::usable_size(p) }.next_multiple_of(4096)
+}
+
+/// Exits with 6 (the test would prove nothing) unless `p` lies in the segment of `spare`.
+fn expect_in_spare(p: *mut u8, spare: *mut u8, what: &str) {
+    if p.addr() >> 22 != spare.addr() >> 22 {
+        println!("NOT RESHAPED: {what}");
+        std::process::exit(6);
+    }
+}
+
+child!(child_reuse_keeps_the_guard_page, {
+    // `SECURE_TEST_CASE=shrunk`: a 5 MiB block in the spare of a 6 MiB one ends where the
+    // 6 MiB block ended, right before its guard page, which stays where it is (no `mprotect`).
+    // `tail`: a 3 MiB block in an 8 MiB spare ends a page below the 4 MiB boundary, where its
+    // guard page goes; the spare splits off at that boundary with the old guard page, and the
+    // next 3 MiB block ends right before it. Then writes past the block `SECURE_TEST_WRITE`
+    // names (`b` or `c`) in 4 KiB steps, checking it never reaches another live block.
+    let case = std::env::var("SECURE_TEST_CASE").unwrap_or_default();
+    let which = std::env::var("SECURE_TEST_WRITE").unwrap_or_default();
+    let (first, second) = if case == "shrunk" {
+        (6 << 20, 5 << 20)
+    } else {
+        (8 << 20, 3 << 20)
+    };
+    let a = alloc(first);
+    touch(a, first);
+    let old_end = block_end(a);
+    free(a);
+    let b = alloc(second);
+    expect_in_spare(b, a, "the second block is not in the first one's spare");
+    let mut live = vec![(b.addr(), second)];
+    if case == "shrunk" {
+        if block_end(b) == old_end {
+            println!("B ENDS AT THE OLD GUARD");
+        }
+    } else {
+        if (block_end(b) + 4096).is_multiple_of(4 << 20) {
+            println!("B ENDS A PAGE BELOW A 4 MIB BOUNDARY");
+        }
+        let c = alloc(3 << 20);
+        expect_in_spare(
+            c.wrapping_sub(4 << 20),
+            a,
+            "the third block is not in the split tail",
+        );
+        if block_end(c) == old_end {
+            println!("C ENDS AT THE OLD GUARD");
+        }
+        live.push((c.addr(), 3 << 20));
+    }
+    for &(p, len) in &live {
+        touch(p as *mut u8, len);
+    }
+    let target = if which == "c" { 1 } else { 0 };
+    let (p, len) = live[target];
+    let others: Vec<(usize, usize)> = live.iter().copied().filter(|&(q, _)| q != p).collect();
+    // The first step is the OS page right after the block: its guard page.
+    overflow(p as *mut u8, len, &others);
+});
+
+child!(child_gathered_block_below_a_boundary, {
+    // Two written 6 MiB blocks, freed, gathered into a 15 MiB block: its usual end, 16 MiB
+    // into its segment, is a 4 MiB boundary, and the huge page below it is moved, resident
+    // memory, so the block ends a page lower, its guard page the last page before the
+    // boundary (the memory past it splits off as a spare). Writes past it in 4 KiB steps.
+    let (a, b) = (alloc(6 << 20), alloc(6 << 20));
+    touch(a, 6 << 20);
+    touch(b, 6 << 20);
+    free(a);
+    free(b);
+    let moved = shardalloc::stats().moved;
+    let p = alloc(15 << 20);
+    if shardalloc::stats().moved == moved {
+        println!("NOT RESHAPED: no spare moved into the 15 MiB block");
+        std::process::exit(6);
+    }
+    if (block_end(p) + 4096).is_multiple_of(4 << 20) {
+        println!("ENDS A PAGE BELOW A 4 MIB BOUNDARY");
+    }
+    touch(p, 15 << 20);
+    // Blocks that may take the spare split off right after it.
+    let others: Vec<(usize, usize)> = (0..2).map(|_| (alloc(3 << 20).addr(), 3 << 20)).collect();
+    overflow(p, 15 << 20, &others);
+});
+
+#[test]
+fn a_gathered_block_ends_below_a_4_mib_boundary_and_faults_past_it() {
+    let o = run_child("child_gathered_block_below_a_boundary");
+    assert_faulted(&o, "past a gathered block ending below a 4 MiB boundary");
+    assert!(
+        o.stdout.contains("ENDS A PAGE BELOW A 4 MIB BOUNDARY"),
+        "{}",
+        o.stdout
+    );
+}
+
+#[test]
+fn a_reused_spare_keeps_its_guard_page_where_the_block_can_end_before_it() {
+    let o = run_child_with(
+        "child_reuse_keeps_the_guard_page",
+        &[("SECURE_TEST_CASE", "shrunk"), ("SECURE_TEST_WRITE", "b")],
+    );
+    assert_faulted(&o, "past a block ending at its spare's guard page");
+    assert!(o.stdout.contains("B ENDS AT THE OLD GUARD"), "{}", o.stdout);
+}
+
+#[test]
+fn a_split_tail_keeps_the_old_guard_page_for_its_next_block() {
+    for which in ["b", "c"] {
+        let o = run_child_with(
+            "child_reuse_keeps_the_guard_page",
+            &[("SECURE_TEST_CASE", "tail"), ("SECURE_TEST_WRITE", which)],
+        );
+        assert_faulted(&o, &format!("past block {which}"));
+        assert!(
+            o.stdout.contains("B ENDS A PAGE BELOW A 4 MIB BOUNDARY"),
+            "{}",
+            o.stdout
+        );
+        assert!(o.stdout.contains("C ENDS AT THE OLD GUARD"), "{}", o.stdout);
+    }
+}
+
+/// Minor page faults of the calling thread so far.
+fn thread_minflt() -> i64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: `usage` is a valid out-pointer for getrusage.
+    let done = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    assert_eq!(done, 0, "getrusage(RUSAGE_THREAD)");
+    // SAFETY: getrusage filled it.
+    unsafe { usage.assume_init() }.ru_minflt
+}
+
+child!(child_block_in_untouched_spare_memory, {
+    // A 7 MiB block never written past its first huge page (its start, within the header's
+    // huge page, is written when it is handed out), freed; a 3 MiB block in its spare would
+    // end a page below the 4 MiB boundary, its guard page splitting its last huge page (2–4
+    // MiB, not resident), which would then be faulted 4 KiB at a time: it is placed as usual
+    // instead, its guard page on the boundary.
+    let a = alloc(7 << 20);
+    free(a);
+    let b = alloc(3 << 20);
+    expect_in_spare(b, a, "the 3 MiB block is not in the 7 MiB spare");
+    let before = thread_minflt();
+    touch(b, 3 << 20);
+    println!("FAULTS {}", thread_minflt() - before);
+});
+
+#[test]
+fn a_block_in_untouched_spare_memory_is_faulted_in_huge_pages() {
+    let mode =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if !(mode.contains("[always]") || mode.contains("[madvise]"))
+        || !shardalloc::options::huge_os_pages()
+    {
+        println!("skipping: transparent huge pages off here ({mode:?})");
+        return;
+    }
+    let o = run_child("child_block_in_untouched_spare_memory");
+    assert_eq!(o.code, Some(0), "{} {}", o.stdout, o.stderr);
+    let faults: i64 = reported(&o, "FAULTS").parse().expect("a fault count");
+    // Two huge pages at most (and a few 4 KiB ones); 4 KiB faults would take over 500.
+    assert!(faults < 64, "{faults} page faults for a 3 MiB block");
+}
+
 // ---- SHARDALLOC_SECURE_GUARD_PAGES ------------------------------------------------------------
 
 child!(child_write_the_guard_page, {

@@ -12,9 +12,11 @@ const TRIM_MIN: usize = 1 << 20;
 /// Whether spare huge segments are reshaped rather than given back: split
 /// (`Segment::split_huge_tail`) and gathered into one by moving their pages
 /// (`Segment::gather_huge`). Needs real mappings (not the loom and Miri
-/// test backend). Secure builds too: a spare's guard page is made
-/// read-write again before its pages move or a new block takes them, and
-/// the new block gets a guard page of its own right after its end.
+/// test backend). Secure builds too: a block in a reused spare ends right
+/// before the spare's guard page where it can (no `mprotect`), else the
+/// guard page moves to its end; a spare split off keeps a guard page that
+/// lies in it; a spare's guard page is made read-write again before its
+/// pages move.
 pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri)));
 
 /// Whether a huge block backed by huge pages is placed to end on a 2 MiB
@@ -22,7 +24,9 @@ pub(crate) const RESHAPE_HUGE_SPARES: bool = cfg!(not(any(loom, miri)));
 /// the block (secure builds), a block ending inside a 2 MiB page would
 /// split that page's mapping, and its last part would be faulted 4 KiB at a
 /// time. Without guard pages the mapping is rounded up to whole huge pages
-/// instead (`HugeLayout::map_size`).
+/// instead (`HugeLayout::map_size`). (Reused and gathered blocks whose end
+/// would be a 4 MiB boundary end a page below it instead, when the huge
+/// page the guard page then splits is resident: `reuse_huge`.)
 pub(super) const END_ON_HUGE_PAGE: bool = GUARD_SIZE != 0;
 
 /// Where a huge block goes in its segment, and how that segment is mapped.
@@ -45,6 +49,9 @@ pub(crate) struct HugeLayout {
     pub(crate) map_size: usize,
     /// Advised for transparent huge pages.
     huge_pages: bool,
+    /// Secure builds: the block's alignment (at least an OS page).
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    align: usize,
 }
 
 impl HugeLayout {
@@ -89,7 +96,56 @@ impl HugeLayout {
             total,
             map_size,
             huge_pages,
+            #[cfg(all(feature = "secure", not(any(loom, miri))))]
+            align,
         })
+    }
+
+    /// Secure builds: this layout in a gathered segment at `base` (its
+    /// spares moved in), with the block one OS page lower when it ends on
+    /// a 4 MiB boundary and the huge page below that boundary is resident
+    /// (`os::all_resident`): its guard page is then the last page before
+    /// the boundary, and what lies past the boundary splits off as a spare
+    /// (`split_huge_tail` at the layout's `map_size`) rather than staying
+    /// with the block, as for a reused spare (`huge_offset_before_boundary`).
+    ///
+    /// # Safety
+    /// `[base, base + self.map_size)` is a mapping of ours, read-write,
+    /// that nothing uses.
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    unsafe fn below_boundary_in(self, base: NonNull<u8>) -> HugeLayout {
+        let end = self.total - GUARD_SIZE;
+        let first = self.block_offset - self.lead;
+        let Some(offset) = Segment::huge_offset_before_boundary(
+            end - self.block_offset,
+            self.align,
+            self.block_offset,
+            if self.huge_pages {
+                HUGE_OS_PAGE
+            } else {
+                OS_PAGE_SIZE
+            },
+        ) else {
+            return self;
+        };
+        if offset < first {
+            return self;
+        }
+        let from = end - HUGE_OS_PAGE;
+        // SAFETY: the huge page below the block's end lies in the mapping
+        // (caller), which holds the block.
+        let resident =
+            unsafe { os::all_resident(base.as_ptr().add(from), HUGE_OS_PAGE - GUARD_SIZE) };
+        if !resident {
+            return self;
+        }
+        HugeLayout {
+            block_offset: offset,
+            lead: offset - first,
+            total: self.total - GUARD_SIZE,
+            map_size: end,
+            ..self
+        }
     }
 }
 
@@ -228,6 +284,12 @@ impl Segment {
             unsafe { os::unmap(dest, map_size, SEGMENT_SIZE) };
             return None;
         }
+        // Secure: the block a page lower where that keeps the next 4 MiB
+        // out of its segment.
+        #[cfg(all(feature = "secure", not(any(loom, miri))))]
+        // SAFETY: our mapping, at least `layout.map_size` bytes (caller),
+        // read-write (the guard pages of the spares were lifted), unused.
+        let layout = unsafe { layout.below_boundary_in(dest) };
         // SAFETY: our mapping of `map_size` bytes, holding nothing anyone
         // uses; the block's memory is not zero, which `init_huge` records.
         let (segment, block) =
@@ -247,10 +309,17 @@ impl Segment {
     /// heap, on no list; the two are separate mappings from then on), or
     /// null with nothing changed.
     ///
+    /// Secure builds: a guard page of the segment past the cut goes with
+    /// the new spare as its own guard page when it lies past the spare's
+    /// header (a block of the spare may end right before it,
+    /// `huge_offset_at_guard`); one inside that header is made read-write
+    /// again first. (Either way the segment is left without one: its block
+    /// ends before `keep`, and the caller places its guard page.)
+    ///
     /// # Safety
     /// The caller owns `segment`, mapped at `SEGMENT_SIZE`; nothing uses
-    /// its memory past `keep`, which is read-write (secure: its guard page
-    /// lies before `keep`); [`RESHAPE_HUGE_SPARES`] holds.
+    /// its memory past `keep`, which is read-write but (secure) for the
+    /// segment's guard page; [`RESHAPE_HUGE_SPARES`] holds.
     pub(crate) unsafe fn split_huge_tail(segment: *mut Segment, keep: usize) -> *mut Segment {
         // SAFETY: ours (caller).
         let header = unsafe { &mut *segment };
@@ -263,6 +332,25 @@ impl Segment {
             return ptr::null_mut();
         };
         let tail_len = map_size - cut;
+        // Secure: the segment's guard page past the cut, as the tail's (its
+        // offset there), or 0.
+        #[cfg(feature = "secure")]
+        let tail_guard = match header.huge_guard.get() {
+            guard if guard >= cut + HEADER_SIZE => {
+                header.huge_guard.set(0);
+                guard - cut
+            }
+            guard if guard >= cut => {
+                // SAFETY: ours (caller).
+                if !unsafe { Segment::lift_huge_guard(segment) } {
+                    // Our own page, whose protection only we changed:
+                    // lifting it merges mappings and cannot need more.
+                    crate::fatal::fatal("a huge spare's guard page cannot be made writable again");
+                }
+                0
+            }
+            _ => 0,
+        };
         // Relaxed: the owner reads the id it stored itself; pairs with nothing.
         let thread_id = header.thread_id.load(Ordering::Relaxed);
         // SAFETY: our segment's page (caller); its committed length changes
@@ -279,10 +367,11 @@ impl Segment {
                 stats::COMMITTED.add(Segment::committed_len(segment, page));
             }
         }
-        // SAFETY: the part past `cut`: SEGMENT_SIZE-aligned read-write memory
-        // of ours, unused, at least a huge page (above, and caller), now a
-        // mapping of its own (secure: without a guard page, it holds no
-        // block; in the segment map).
+        // SAFETY: the part past `cut`: SEGMENT_SIZE-aligned memory of ours,
+        // unused, at least a huge page (above, and caller), read-write but
+        // for a guard page past its header (above), now a mapping of its
+        // own (secure: in the segment map; it holds no block, so it needs
+        // no guard page, but keeps the one it has).
         unsafe {
             let tail = segment.cast::<u8>().add(cut).cast::<Segment>();
             #[cfg(feature = "secure")]
@@ -298,6 +387,8 @@ impl Segment {
                 header.heap.get(),
                 false,
             );
+            #[cfg(feature = "secure")]
+            (*tail).huge_guard.set(tail_guard);
             stats::COMMITTED.add(Segment::committed_len(tail, Segment::page(tail, 0)));
             tail
         }
@@ -442,11 +533,106 @@ impl Segment {
         // Reshaped, a spare offers its whole mapping; otherwise its old
         // block's. The block, and (secure) its guard page, must fit.
         let limit = if RESHAPE_HUGE_SPARES { map_size } else { total };
+        // Secure: where `reuse_huge` would place it (`huge_spare_offset`).
+        #[cfg(all(feature = "secure", not(any(loom, miri))))]
+        if align <= SEGMENT_SIZE && map_align == SEGMENT_SIZE {
+            return Segment::huge_block_offset(size, align)
+                // SAFETY: a live huge segment (caller).
+                .map(|(offset, lead)| unsafe {
+                    Segment::huge_spare_offset(segment, size, align, offset, lead).0
+                })
+                .and_then(|offset| Segment::huge_total(offset, size))
+                .is_some_and(|end| end <= limit);
+        }
         align <= SEGMENT_SIZE
             && map_align == SEGMENT_SIZE
             && Segment::huge_block_offset(size, align)
                 .and_then(|(offset, _)| Segment::huge_total(offset, size))
                 .is_some_and(|end| end <= limit)
+    }
+
+    /// Secure builds: where a block of `size` bytes aligned to `align`
+    /// (usually at `offset`, with `lead`: `huge_block_offset`) goes in spare
+    /// `segment`, its lead there, and whether its guard page splits its
+    /// last huge page: right before the spare's guard page where it can end
+    /// there (`huge_offset_at_guard`: no `mprotect`), else a page below a
+    /// usual end on a 4 MiB boundary (`huge_offset_before_boundary`: the
+    /// guard page splits that huge page), else as usual. `huge_fits` checks
+    /// this place (or, `huge_reuse_offset`, the usual one when it fits too).
+    ///
+    /// # Safety
+    /// `segment` is a live huge segment.
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    unsafe fn huge_spare_offset(
+        segment: *mut Segment,
+        size: usize,
+        align: usize,
+        offset: usize,
+        lead: usize,
+    ) -> (usize, usize, bool) {
+        // SAFETY: a live segment (caller).
+        let total = unsafe { (*segment).size };
+        // The trimming unit of `reuse_huge`.
+        let unit = if total >= HUGE_OS_PAGE && options::huge_os_pages() {
+            HUGE_OS_PAGE
+        } else {
+            OS_PAGE_SIZE
+        };
+        let first = offset - lead;
+        // SAFETY: a live huge segment (caller).
+        let at_guard = unsafe { Segment::huge_offset_at_guard(segment, size, align, offset, unit) };
+        if let Some(at) = at_guard {
+            return (at, at - first, false);
+        }
+        match Segment::huge_offset_before_boundary(size, align, offset, unit) {
+            Some(at) => (at, at - first, true),
+            None => (offset, lead, false),
+        }
+    }
+
+    /// Secure builds: where `reuse_huge` puts a block of `size` bytes
+    /// aligned to `align` in spare `segment` (usually at `offset`, with
+    /// `lead`), its lead there, and whether the huge page its guard page
+    /// splits must be faulted in first: as `huge_spare_offset` says, but a
+    /// block ending a page below a 4 MiB boundary, whose last huge page the
+    /// guard page splits, goes there only when that huge page is resident
+    /// (`os::all_resident`, one `mincore`), or when the usual place does not
+    /// fit (then it is faulted in first: `place_huge_guard`). Otherwise
+    /// the touches of its untouched part would fault 4 KiB at a time.
+    ///
+    /// # Safety
+    /// `segment` is a live huge segment, ours, and `huge_fits(segment,
+    /// size, align)` holds.
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    unsafe fn huge_reuse_offset(
+        segment: *mut Segment,
+        size: usize,
+        align: usize,
+        offset: usize,
+        lead: usize,
+    ) -> (usize, usize, bool) {
+        // SAFETY: a live segment (caller).
+        let placed = unsafe { Segment::huge_spare_offset(segment, size, align, offset, lead) };
+        let (at, _, splits) = placed;
+        if !splits {
+            return placed;
+        }
+        // The block ends a page below a 4 MiB boundary (so `end` does not
+        // overflow: the spare fits it).
+        let end = at + size.next_multiple_of(OS_PAGE_SIZE);
+        let from = end & !(HUGE_OS_PAGE - 1);
+        // SAFETY: the block's last huge page up to its end lies inside the
+        // spare's mapping, which fits the block (caller).
+        if unsafe { os::all_resident(segment.cast::<u8>().add(from), end - from) } {
+            return (placed.0, placed.1, false);
+        }
+        // SAFETY: as above.
+        let map_size = unsafe { (*segment).map_size };
+        if Segment::huge_total(offset, size).is_some_and(|total| total <= map_size) {
+            (offset, lead, false)
+        } else {
+            placed
+        }
     }
 
     /// Secure builds: makes huge segment `segment`'s guard page (if it has
@@ -478,13 +664,19 @@ impl Segment {
 
     /// Secure builds: moves huge segment `segment`'s guard page to offset
     /// `at` (right after its new block): the old one is made read-write
-    /// again, the new one `PROT_NONE` when guard pages are on.
+    /// again, the new one `PROT_NONE` when guard pages are on. With
+    /// `fault_in`, the memory of the huge page the new guard page lands in,
+    /// up to it, is faulted in first (`os::populate_write`): the block ends
+    /// there, and once the guard page splits that huge page's mapping, what
+    /// was not resident would be faulted 4 KiB at a time.
     ///
     /// # Safety
     /// The caller owns `segment`, a live huge segment whose page is unused;
-    /// `[at, at + GUARD_SIZE)` lies inside its mapping and holds no block.
+    /// `[at, at + GUARD_SIZE)` lies inside its mapping and holds no block;
+    /// with `fault_in`, neither does the rest of that huge page below `at`
+    /// hold one yet.
     #[cfg(all(feature = "secure", not(any(loom, miri))))]
-    unsafe fn place_huge_guard(segment: *mut Segment, at: usize) {
+    unsafe fn place_huge_guard(segment: *mut Segment, at: usize, fault_in: bool) {
         // SAFETY: ours (caller).
         let header = unsafe { &*segment };
         if header.huge_guard.get() == at {
@@ -499,10 +691,92 @@ impl Segment {
         if !options::secure_guard_pages() {
             return;
         }
+        let from = at & !(HUGE_OS_PAGE - 1);
+        if fault_in && from < at {
+            // SAFETY: read-write memory of the mapping (its only guard page
+            // was lifted above), below `at` in the same huge page, which
+            // holds no block yet (caller). A refusal costs 4 KiB faults only.
+            unsafe { os::populate_write(segment.cast::<u8>().add(from), at - from) };
+        }
         // SAFETY: an OS page inside the mapping holding no block (caller).
         if unsafe { os::protect_none(segment.cast::<u8>().add(at), GUARD_SIZE) } {
             header.huge_guard.set(at);
         }
+    }
+
+    /// Secure builds: where a block of `size` bytes aligned to `align`
+    /// starts in spare `segment` if it ends right before the spare's guard
+    /// page, which then stays where it is (no `mprotect` to lift it and
+    /// place another). `None` when the spare has no guard page, when the
+    /// block would not start on its alignment between the header and
+    /// `SEGMENT_SIZE` (the mask of `Segment::of` must find the header), or
+    /// when the guard page would split the block's last huge page where
+    /// `offset` (the usual placement, `huge_block_offset`) splits none
+    /// (`unit`, the trimming unit of `reuse_huge`, is a huge page).
+    ///
+    /// The block may then keep more of the spare than the usual placement
+    /// (up to the next 4 MiB boundary past the guard page, where the rest
+    /// splits off): measured on `malloc-large`, that memory is resident
+    /// already and peak RSS did not move (docs/security.md, "Huge blocks").
+    ///
+    /// # Safety
+    /// `segment` is a live huge segment.
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    unsafe fn huge_offset_at_guard(
+        segment: *mut Segment,
+        size: usize,
+        align: usize,
+        offset: usize,
+        unit: usize,
+    ) -> Option<usize> {
+        // SAFETY: a live segment (caller).
+        let guard = unsafe { (*segment).huge_guard.get() };
+        let align = align.max(OS_PAGE_SIZE);
+        let len = checked_align_up(size, OS_PAGE_SIZE)?;
+        let at = guard.checked_sub(len)?;
+        let first = checked_align_up(HEADER_SIZE, align)?;
+        if guard == 0 || !at.is_multiple_of(align) || at < first || at > SEGMENT_SIZE {
+            return None;
+        }
+        let splits_none = (offset + len).is_multiple_of(HUGE_OS_PAGE);
+        // (A guard page right before a 2 MiB boundary was placed there by
+        // `huge_offset_before_boundary`, the huge page it splits faulted in.)
+        let on_huge_page =
+            guard.is_multiple_of(HUGE_OS_PAGE) || (guard + GUARD_SIZE).is_multiple_of(HUGE_OS_PAGE);
+        if unit == HUGE_OS_PAGE && splits_none && !on_huge_page {
+            return None;
+        }
+        Some(at)
+    }
+
+    /// Secure builds: where a block of `size` bytes aligned to `align`
+    /// starts in a reused spare when its usual end (`offset` plus its OS
+    /// pages, from `huge_block_offset`) is a 4 MiB boundary: one OS page
+    /// lower, so that its guard page is the last page before the boundary
+    /// and the spare splits off there (`split_huge_tail`), as in the plain
+    /// build, rather than 4 MiB further (the guard page past the boundary
+    /// would keep the whole next 4 MiB with the block). The guard page then
+    /// splits the block's last huge page, which `place_huge_guard` faults
+    /// in first. `None` when the usual end is not such a boundary, huge
+    /// pages are off (`unit`), guard pages are off, or the block would start
+    /// below the header or off its alignment.
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    fn huge_offset_before_boundary(
+        size: usize,
+        align: usize,
+        offset: usize,
+        unit: usize,
+    ) -> Option<usize> {
+        let align = align.max(OS_PAGE_SIZE);
+        let end = offset.checked_add(checked_align_up(size, OS_PAGE_SIZE)?)?;
+        if unit != HUGE_OS_PAGE
+            || !end.is_multiple_of(SEGMENT_SIZE)
+            || !options::secure_guard_pages()
+        {
+            return None;
+        }
+        let at = offset.checked_sub(GUARD_SIZE)?;
+        (at.is_multiple_of(align) && at >= checked_align_up(HEADER_SIZE, align)?).then_some(at)
     }
 
     /// Sets a spare huge segment's page up again for a block of `size` bytes
@@ -525,6 +799,12 @@ impl Segment {
         unsafe {
             let (offset, lead) =
                 Segment::huge_block_offset(size, align).unwrap_or((HEADER_SIZE, 0));
+            // Secure: right before the spare's guard page where the block
+            // can end there, or a page below a 4 MiB boundary
+            // (`huge_reuse_offset`).
+            #[cfg(all(feature = "secure", not(any(loom, miri))))]
+            let (offset, lead, fault_in) =
+                Segment::huge_reuse_offset(segment, size, align, offset, lead);
             let total = (*segment).size;
             let block = segment.cast::<u8>().add(offset);
             let page = Segment::page(segment, 0);
@@ -542,16 +822,19 @@ impl Segment {
                 // warm for the next huge block), else stays with the block.
                 // The block's own size is tight (what its heap's page bytes
                 // and limit count); the rest up to the cut stays mapped and
-                // resident with it, counted as committed. Secure: the guard
-                // page goes right after the block, before the split (the
-                // old one may lie in the tail), and stays with the block.
+                // resident with it, counted as committed. Secure: the old
+                // guard page goes with the tail when it lies there (past
+                // the tail's header), and the block's goes right after the
+                // block (where the old one already is when the block was
+                // placed to end before it: no `mprotect` at all).
                 let map_size = (*segment).map_size;
                 let keep = checked_align_up(offset + size + GUARD_SIZE, unit)
                     .map_or(map_size, |k| k.min(map_size));
                 (*segment).size = Segment::huge_total(offset, size).map_or(keep, |t| t.min(keep));
+                let tail = Segment::split_huge_tail(segment, keep);
                 #[cfg(all(feature = "secure", not(any(loom, miri))))]
-                Segment::place_huge_guard(segment, (*segment).size - GUARD_SIZE);
-                Segment::split_huge_tail(segment, keep)
+                Segment::place_huge_guard(segment, (*segment).size - GUARD_SIZE, fault_in);
+                tail
             } else {
                 // (A partial huge page at the end stays: it is 4 KiB pages,
                 // faulted in one by one if it ever went back.)

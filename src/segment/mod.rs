@@ -202,14 +202,18 @@ pub(crate) struct Segment {
     huge_halves: Cell<u8>,
     /// Secure builds, huge segments: the offset from the segment start of
     /// the guard page made `PROT_NONE` right after the block (its end
-    /// rounded up to OS pages), or 0 when there is none (guard pages off, a
-    /// refused `mprotect`, a spare split off another segment). Owner-only.
+    /// rounded up to OS pages; a spare's: after its last block, where the
+    /// next may end too), or 0 when there is none (guard pages off, a
+    /// refused `mprotect`, a spare split off another segment short of that
+    /// segment's guard page). Owner-only.
     #[cfg(feature = "secure")]
     huge_guard: Cell<usize>,
     /// Secure builds, huge segments: how far past its lowest aligned start
     /// the block was placed so that it ends on a 2 MiB boundary
-    /// (`Segment::huge_block_offset`); not counted in the heap's page
-    /// bytes. Owner-only.
+    /// (`Segment::huge_block_offset`), or a page below a 4 MiB one, or
+    /// right before a reused spare's guard page (`Segment::reuse_huge`);
+    /// under `SEGMENT_SIZE`, not counted in the heap's page bytes.
+    /// Owner-only.
     #[cfg(feature = "secure")]
     huge_lead: Cell<usize>,
     /// Page descriptors; only the first `page_count` are initialised.
