@@ -577,6 +577,14 @@ impl Page {
         unsafe {
             block.cast::<[usize; 2]>().write([0; 2])
         };
+        // Under loom the link's first bytes are its tracked cell, which
+        // `Block::init` set: only the canary is cleared (the models' keys
+        // are fixed, so a reused spare's old canary would match).
+        #[cfg(all(feature = "secure", loom))]
+        // SAFETY: the block is ours and holds the canary word past the link.
+        unsafe {
+            crate::secure::clear_canary(block.cast())
+        };
         self.next.set(ptr::null_mut());
         self.prev.set(ptr::null_mut());
         // Relaxed, as in `init`. A huge page is always "full": its one remote
