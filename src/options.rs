@@ -11,7 +11,8 @@
 //! | `SHARDALLOC_PENDING_RESET_KIB` | [`set_pending_reset_limit`] | 32768 | the floor of the process-wide warm budget: unused memory waiting on the decay curve beyond this, the memory in use and the most memory in use within the last decay time goes back at once, oldest first |
 //! | `SHARDALLOC_SEGMENT_CACHE` | [`set_segment_cache`] | 4 | empty segments (4 MiB of address space each, their memory already given back) kept for reuse, at most 16; warm ones (still holding their memory, within the warm budget) may fill all 16 slots until their decay time; 0 turns the cache off |
 //! | `SHARDALLOC_PURGE_THREAD` | [`set_purge_thread`] | on in Rust programs, off in the C library | `1`: a background thread gives warm memory back along the decay curve when no thread calls the allocator (started at the first warm memory; in the C library, when it loads), asleep while there is none; `0`: memory goes back on allocator calls only |
-//! | `SHARDALLOC_HUGE_OS_PAGES` | [`set_huge_os_pages`] | `1` | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) on huge blocks of 2 MiB or more; `0`: never |
+//! | `SHARDALLOC_HUGE_OS_PAGES` | [`set_huge_os_pages`] | `1` | `1`: ask for transparent huge pages (`MADV_HUGEPAGE`) on huge blocks of 2 MiB or more and on dense segments; `0`: never |
+//! | `SHARDALLOC_DENSE_SEGMENTS` | [`set_dense_segments`] | `4` | how many small (or medium) segments a heap fills with 4 KiB pages before its next one is backed by transparent huge pages from the start; `0`: every one (far fewer page faults, resident memory in 2 MiB steps, as mimalloc's arenas), at most 64 |
 //!
 //! Options are plain atomics read with `Relaxed` ordering: a change takes
 //! effect on each thread's next slow path, and nothing depends on two
@@ -68,12 +69,15 @@ impl std::error::Error for OptionError {}
 pub const MAX_RESET_DELAY_MS: u64 = 60_000;
 /// Largest accepted segment cache.
 pub const MAX_SEGMENT_CACHE: usize = 16;
+/// Largest accepted [`set_dense_segments`].
+pub const MAX_DENSE_SEGMENTS: usize = 64;
 
 static RESET_DELAY_MS: AtomicUsize = AtomicUsize::new(500);
 static RESET_MODE_FREE: AtomicUsize = AtomicUsize::new(0);
 static PENDING_RESET_LIMIT: AtomicUsize = AtomicUsize::new(32 << 20);
 static HUGE_OS_PAGES: AtomicUsize = AtomicUsize::new(1);
 static SEGMENT_CACHE: AtomicUsize = AtomicUsize::new(4);
+static DENSE_SEGMENTS: AtomicUsize = AtomicUsize::new(4);
 /// 0: off; 1: on (asked for); 2: the default: on in a Rust program; the C
 /// library's load-time constructor turns it off unless asked for.
 static PURGE_THREAD: AtomicUsize = AtomicUsize::new(PURGE_THREAD_AUTO);
@@ -187,6 +191,32 @@ pub fn huge_os_pages() -> bool {
     HUGE_OS_PAGES.load(Ordering::Relaxed) != 0
 }
 
+/// Sets how many small (or medium) segments a heap fills with 4 KiB pages
+/// before its next one of that kind is advised for transparent huge pages
+/// from its creation (when [`huge_os_pages`] is on). A small heap keeps
+/// 4 KiB pages because a huge page is resident whole once any byte of it is
+/// touched; 0 backs every segment with huge pages: far fewer page faults,
+/// at the cost of resident memory in 2 MiB steps (the profile of mimalloc's
+/// arenas; `docs/benchmarks.md` measures both). At most
+/// [`MAX_DENSE_SEGMENTS`]; takes effect for segments created from then on.
+pub fn set_dense_segments(segments: usize) -> Result<(), OptionError> {
+    if segments > MAX_DENSE_SEGMENTS {
+        return Err(OptionError {
+            option: "dense segments",
+            expected: "0..=64 segments",
+        });
+    }
+    // Relaxed: see the module documentation.
+    DENSE_SEGMENTS.store(segments, Ordering::Relaxed);
+    Ok(())
+}
+
+/// See [`set_dense_segments`].
+pub fn dense_segments() -> usize {
+    // Relaxed: see the module documentation.
+    DENSE_SEGMENTS.load(Ordering::Relaxed)
+}
+
 /// How many empty segments are kept for reuse.
 pub fn segment_cache() -> usize {
     // Relaxed: see the module documentation.
@@ -229,6 +259,12 @@ pub(crate) fn read_environment() {
             b"1" => set_huge_os_pages(true),
             b"0" => set_huge_os_pages(false),
             _ => report(b"SHARDALLOC_HUGE_OS_PAGES", value, b"0 or 1"),
+        }
+    }
+    if let Some(value) = env(c"SHARDALLOC_DENSE_SEGMENTS") {
+        match parse_number(value).filter(|&n| n <= MAX_DENSE_SEGMENTS) {
+            Some(n) => DENSE_SEGMENTS.store(n, Ordering::Relaxed),
+            None => report(b"SHARDALLOC_DENSE_SEGMENTS", value, b"0..=64 segments"),
         }
     }
     if let Some(value) = env(c"SHARDALLOC_PURGE_THREAD") {
@@ -413,6 +449,7 @@ mod tests {
     fn setters_reject_out_of_range_values() {
         assert!(set_reset_delay_ms(MAX_RESET_DELAY_MS + 1).is_err());
         assert!(set_segment_cache(MAX_SEGMENT_CACHE + 1).is_err());
+        assert!(set_dense_segments(MAX_DENSE_SEGMENTS + 1).is_err());
         let error = set_segment_cache(99).unwrap_err();
         assert_eq!(
             error.to_string(),

@@ -46,6 +46,8 @@ void shardalloc_set_pending_reset_limit(size_t bytes); /* per thread */
 size_t shardalloc_pending_reset_limit(void);
 int shardalloc_set_segment_cache(size_t segments); /* 0..=16 */
 size_t shardalloc_segment_cache(void);
+int shardalloc_set_dense_segments(size_t segments); /* 0..=64; 0: every segment on huge pages */
+size_t shardalloc_dense_segments(void);
 void shardalloc_set_huge_os_pages(int enabled);
 int shardalloc_huge_os_pages(void);
 

@@ -130,6 +130,23 @@ pub extern "C" fn shardalloc_segment_cache() -> usize {
     options::segment_cache()
 }
 
+/// Sets how many segments of a kind a heap fills with 4 KiB pages before
+/// the next is backed by transparent huge pages (0: every one); 0 on
+/// success, `EINVAL` above 64.
+#[unsafe(no_mangle)]
+pub extern "C" fn shardalloc_set_dense_segments(segments: usize) -> c_int {
+    match options::set_dense_segments(segments) {
+        Ok(()) => 0,
+        Err(_) => EINVAL,
+    }
+}
+
+/// See [`shardalloc_set_dense_segments`].
+#[unsafe(no_mangle)]
+pub extern "C" fn shardalloc_dense_segments() -> usize {
+    options::dense_segments()
+}
+
 /// Turns transparent huge pages for huge blocks on (nonzero) or off.
 #[unsafe(no_mangle)]
 pub extern "C" fn shardalloc_set_huge_os_pages(enabled: c_int) {

@@ -91,10 +91,6 @@ impl SegmentList {
     }
 }
 
-/// Segments of a kind a heap holds before its next one of that kind is
-/// backed by huge pages from the start (16 MiB of them).
-const DENSE_AFTER: usize = 4;
-
 impl RawHeap {
     /// The list of our segments of `kind` with an unused page slot.
     pub(super) fn slot_list(&self, kind: PageKind) -> Option<&SegmentList> {
@@ -164,15 +160,20 @@ impl RawHeap {
         unsafe { Segment::reuse(cached, kind, self.thread_id(), self.as_ptr()) }
     }
 
-    /// The heap already holds [`DENSE_AFTER`] small or medium segments of
-    /// `kind`: it is about to fill another one, dense enough for transparent
-    /// huge pages from the start (a small heap keeps 4 KiB pages: a huge
-    /// page is resident whole as soon as any byte of it is touched).
+    /// The heap already holds `options::dense_segments()` (by default 4:
+    /// 16 MiB) small or medium segments of `kind`: it is about to fill
+    /// another one, dense enough for transparent huge pages from the start
+    /// (a small heap keeps 4 KiB pages: a huge page is resident whole as
+    /// soon as any byte of it is touched). With the option at 0, every one.
     fn is_dense_in(&self, kind: PageKind) -> bool {
         if kind == PageKind::Large {
             // One page per segment, carved as blocks are needed: a huge
             // page would make its untouched tail resident.
             return false;
+        }
+        let dense_after = options::dense_segments();
+        if dense_after == 0 {
+            return true;
         }
         let mut count = 0;
         let mut segment = self.segments.first.get();
@@ -181,7 +182,7 @@ impl RawHeap {
             unsafe {
                 if (*segment).kind == kind {
                     count += 1;
-                    if count >= DENSE_AFTER {
+                    if count >= dense_after {
                         return true;
                     }
                 }

@@ -44,6 +44,9 @@ int main(void) {
     CHECK(shardalloc_pending_reset_limit() == 1 << 20);
     CHECK(shardalloc_set_segment_cache(17) == EINVAL);
     CHECK(shardalloc_set_segment_cache(2) == 0 && shardalloc_segment_cache() == 2);
+    CHECK(shardalloc_set_dense_segments(65) == EINVAL);
+    CHECK(shardalloc_set_dense_segments(0) == 0 && shardalloc_dense_segments() == 0);
+    CHECK(shardalloc_set_dense_segments(4) == 0 && shardalloc_dense_segments() == 4);
     shardalloc_set_huge_os_pages(0);
     CHECK(shardalloc_huge_os_pages() == 0);
 
