@@ -51,6 +51,7 @@ impl Page {
                 self.clear_interior_marks(self.free.get());
             }
             self.capacity.set((capacity + count) as u32);
+            self.extent.set((capacity + count) * size);
             return;
         }
         // SAFETY: blocks `capacity .. capacity + count` lie inside the page
@@ -70,6 +71,8 @@ impl Page {
             self.clear_interior_marks(first);
         }
         self.capacity.set((capacity + count) as u32);
+        #[cfg(feature = "secure")]
+        self.extent.set((capacity + count) * size);
     }
 
     /// Secure mode's extension: the new blocks are threaded in a random
