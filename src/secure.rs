@@ -13,11 +13,13 @@
 //! * **Freed canary.** A free writes `block ⊕ k` into the block's second
 //!   word; allocation clears it. A free that finds it already there is a
 //!   double free.
-//! * **Segment map.** A bitmap over the 4 MiB-aligned addresses below 2^48
-//!   marks our segments; a free is trusted only if its segment is marked,
-//!   its page in use and the pointer on a block boundary of that page.
+//! * **Segment map.** A byte map over the 4 MiB-aligned addresses below
+//!   2^48 marks our segments; a free is trusted only if its segment is
+//!   marked, its page in use and the pointer on a block boundary of that
+//!   page.
 //!
-//! The block-boundary test is one widening multiplication: with
+//! The block-boundary test is one widening multiplication ([`split`]; the
+//! owner's paths use the cheaper [`in_extent`]): with
 //! `m = ⌈2^64 / size⌉` (`Page::boundary_m`) and `offset = addr − page_start`,
 //! the high half of `offset · m` is `offset / size` and the low half is below
 //! `m` exactly when `size` divides `offset` (for offsets below 2^32; any
