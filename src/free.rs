@@ -68,8 +68,10 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
     #[cfg(not(feature = "secure"))]
     let segment = Segment::of(ptr);
-    // Secure: nothing about `ptr` is trusted until the segment map and the
-    // page's block boundaries vouch for it (else `invalid free` aborts).
+    // Secure: nothing about `ptr` is trusted until the segment map vouches
+    // for its segment (whose header the owner test reads next) and the
+    // page's block boundaries for the block, tested on each path with the
+    // bound it needs (else `invalid free` or `double free` aborts).
     #[cfg(feature = "secure")]
     // SAFETY: any address may be checked.
     let Some((segment, page)) = (unsafe { crate::secure::check_free(ptr) }) else {
