@@ -68,11 +68,16 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
     #[cfg(not(feature = "secure"))]
     let segment = Segment::of(ptr);
-    // Secure: nothing about `ptr` is trusted until the segment map and the
-    // page's block boundaries vouch for it (else `invalid free` aborts).
+    // Secure: nothing about `ptr` is trusted until the segment map vouches
+    // for its segment (whose header the owner test reads next) and the
+    // page's block boundaries for the block, tested on each path with the
+    // bound it needs (else `invalid free` or `double free` aborts).
     #[cfg(feature = "secure")]
     // SAFETY: any address may be checked.
-    let (segment, page, index) = unsafe { crate::secure::check_free(ptr) };
+    let Some((segment, page)) = (unsafe { crate::secure::check_free(ptr) }) else {
+        // Reported (and aborted: `secure::reject_free`).
+        return;
+    };
     // SAFETY: `ptr` is a live block (caller), so its segment and page are
     // live. The segment's owner id equals ours only if this thread owns it,
     // in which case the page's lists are ours to touch.
@@ -89,7 +94,10 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
             #[cfg(feature = "secure")]
             let used = {
                 let key = (*page).key.get();
-                crate::secure::mark_freed_local(page, block, index, key);
+                if !crate::secure::mark_freed_local(page, block, key) {
+                    // Reported (and aborted: `secure::reject_free`).
+                    return;
+                }
                 (*page).push_local_keyed(block, key)
             };
             if used == 0 || (*page).flags.get() != 0 {
@@ -97,7 +105,10 @@ pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
             }
         } else {
             #[cfg(feature = "secure")]
-            crate::secure::mark_freed_remote(page, block, index);
+            if !crate::secure::mark_freed_remote(page, block) {
+                // Reported (and aborted: `secure::reject_free`).
+                return;
+            }
             free_remote(segment, page, block);
         }
     }

@@ -13,11 +13,13 @@
 //! * **Freed canary.** A free writes `block ⊕ k` into the block's second
 //!   word; allocation clears it. A free that finds it already there is a
 //!   double free.
-//! * **Segment map.** A bitmap over the 4 MiB-aligned addresses below 2^48
-//!   marks our segments; a free is trusted only if its segment is marked,
-//!   its page in use and the pointer on a block boundary of that page.
+//! * **Segment map.** A byte map over the 4 MiB-aligned addresses below
+//!   2^48 marks our segments; a free is trusted only if its segment is
+//!   marked, its page in use and the pointer on a block boundary of that
+//!   page.
 //!
-//! The block-boundary test is one widening multiplication: with
+//! The block-boundary test is one widening multiplication ([`split`]; the
+//! owner's paths use the cheaper [`in_extent`]): with
 //! `m = ⌈2^64 / size⌉` (`Page::boundary_m`) and `offset = addr − page_start`,
 //! the high half of `offset · m` is `offset / size` and the low half is below
 //! `m` exactly when `size` divides `offset` (for offsets below 2^32; any
@@ -177,6 +179,31 @@ unsafe fn split(page: *mut Page, addr: usize) -> (usize, usize, usize) {
     ((wide >> 64) as usize, wide as usize, m)
 }
 
+/// Whether `addr` is the start of a block of `page` below its extension
+/// (`Page::extent`, `capacity · block_size` bytes from `page_start`): the
+/// offset bounded by the extent (one compare with memory; "negative"
+/// offsets are huge and fail it), then the low half of `offset · m` below
+/// `m` (a 64-bit `imul`, exact since an offset below the extent is below
+/// 4 MiB, or, in a huge page, where `m = 1`, passes only at 0). A page not
+/// in use has `m = 0`: nothing passes. Seven instructions where the index
+/// test of [`split`] and a bound on `capacity` took nine (the widening
+/// `mul` also ties up two registers).
+///
+/// # Safety
+/// `page` is a descriptor of one of our live segments, and the caller its
+/// owner (`extent` is owner-only).
+#[inline(always)]
+unsafe fn in_extent(page: *mut Page, addr: usize) -> bool {
+    // SAFETY: a live descriptor of ours (caller); `page_start` and
+    // `boundary_m` do not change while the page holds live blocks, `extent`
+    // only on its owner, the caller.
+    unsafe {
+        let offset = addr.wrapping_sub((*page).page_start.get().addr());
+        let m = (*page).boundary_m.get();
+        offset < (*page).extent.get() && offset.wrapping_mul(m) < m
+    }
+}
+
 /// Decodes the link stored in free block `block` and checks that it is null
 /// or a block of the same page (below its block count: callers may be a
 /// reaper holding the heap's lock, so the owner-only `capacity` is not
@@ -217,11 +244,8 @@ pub(crate) unsafe fn checked_next_in(
     // SAFETY: a free block of a live page of ours (caller).
     unsafe {
         let next = decode((*page).key.get(), block, stored);
-        if !next.is_null() {
-            let (index, rest, m) = split(page, next.addr());
-            if rest >= m || index >= (*page).capacity.get() as usize {
-                corrupt(block);
-            }
+        if !next.is_null() && !in_extent(page, next.addr()) {
+            corrupt(block);
         }
         next
     }
@@ -318,20 +342,21 @@ unsafe fn classify(ptr: *mut u8) -> Found {
 }
 
 /// Checks a pointer handed to `free`/`dealloc` before any header is
-/// trusted: its segment is in the map, and it is on a block boundary of a
-/// page in use. Returns its segment, page and block index, or aborts with
-/// `invalid free` (or `double free`, for a block of a page emptied since).
-/// The index is not bounded yet: [`mark_freed_local`] bounds it by the
-/// page's extension, [`mark_freed_remote`] by its block count (one compare
-/// on each path instead of two on the local one).
+/// trusted: its segment is in the map. Returns its segment and page; or
+/// reports it (`invalid free`) through [`reject_free`], which aborts, and
+/// returns `None` (never reached: see [`reject_free`]). Whether it is a
+/// block of that page is tested next, on each path with the bound it needs:
+/// [`mark_freed_local`] the page's extension, [`mark_freed_remote`] its
+/// block count.
 ///
 /// # Safety
 /// See [`find_page`].
 #[inline(always)]
-pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page, usize) {
+pub(crate) unsafe fn check_free(ptr: *mut u8) -> Option<(*mut Segment, *mut Page)> {
     let segment = Segment::of(ptr);
     if !segment_map::contains(segment.addr()) {
-        reject(ptr);
+        reject_free(ptr);
+        return None;
     }
     // SAFETY: the segment is one of ours and mapped (the map says so); the
     // page index is below its page count (below); the fields read do not
@@ -343,12 +368,7 @@ pub(crate) unsafe fn check_free(ptr: *mut u8) -> (*mut Segment, *mut Page, usize
         // tile those 4 MiB (small: 64 × 64 KiB, medium: 8 × 512 KiB; large
         // and huge: a shift of 22 or more, index 0 of 1).
         debug_assert!(index < (*segment).page_count);
-        let page = Segment::page(segment, index);
-        let (block, rest, m) = split(page, ptr.addr());
-        if rest >= m {
-            reject(ptr);
-        }
-        (segment, page, block)
+        Some((segment, Segment::page(segment, index)))
     }
 }
 
@@ -362,6 +382,28 @@ fn reject(ptr: *mut u8) -> ! {
         Found::FreedPage => misuse("double free", ptr.addr()),
         Found::Live(_) | Found::NotOurs => misuse("invalid free", ptr.addr()),
     }
+}
+
+/// [`reject`] for the free path. **It never returns** (the process
+/// aborts); it is declared to return `()` so that the free fast path, which
+/// returns right after calling it, reaches it with a tail jump. A call to a
+/// `-> !` function is a real call, which needs the stack aligned: LLVM then
+/// gives the whole fast path a stack frame (a `push` and a `pop` on every
+/// free; it does not shrink-wrap the frame into the cold blocks). Callers
+/// return at once after it, freeing nothing, so they would stay correct
+/// even if it did return.
+#[cold]
+#[inline(never)]
+pub(crate) fn reject_free(ptr: *mut u8) {
+    reject(ptr)
+}
+
+/// A block freed twice (its freed canary found in place): as
+/// [`reject_free`], never returns.
+#[cold]
+#[inline(never)]
+fn double_free(block: *mut Block) {
+    misuse("double free", block.addr())
 }
 
 /// Checks a pointer handed to `usable_size`/`realloc`: [`check_free`]'s
@@ -408,73 +450,83 @@ fn canary_word(block: *mut Block) -> *mut usize {
     block.wrapping_byte_add(CANARY_OFFSET).cast::<usize>()
 }
 
-/// A free by the owner thread of block `index` of `page`, whose key is
-/// `key`: aborts with `double free` if the block is past the blocks ever
-/// threaded (never handed out since the page was set up), or already
-/// carries its freed canary; else writes the canary. One load, one compare,
-/// one store.
+/// A free by the owner thread of `block`, a pointer into `page` (whose key
+/// is `key`): reports it unless it is the start of a block below the page's
+/// extension ([`in_extent`]; else [`reject_owner_free`]), or as a
+/// `double free` if it already carries its freed canary, and returns false
+/// (never reached: the reports abort, see [`reject_free`]); else writes the
+/// canary and returns true. The canary: one load, one compare, one store.
 ///
 /// # Safety
-/// `page` is a page of the calling thread and `block`, its block `index`,
-/// passed [`check_free`].
+/// `page` is a page of the calling thread and `block` passed
+/// [`check_free`] with it.
 #[inline(always)]
-pub(crate) unsafe fn mark_freed_local(
-    page: *mut Page,
-    block: *mut Block,
-    index: usize,
-    key: usize,
-) {
-    // SAFETY: the page is ours (caller); the canary word lies inside the
-    // block (every secure block holds `CANARY_MIN_BLOCK` bytes, and the
-    // index is below the page's extension).
+pub(crate) unsafe fn mark_freed_local(page: *mut Page, block: *mut Block, key: usize) -> bool {
+    // SAFETY: the page is ours (caller); once `in_extent` passes, the
+    // canary word lies inside the block (every secure block holds
+    // `CANARY_MIN_BLOCK` bytes, and it is one of the page's blocks).
     unsafe {
-        if index >= (*page).capacity.get() as usize {
-            beyond_extension(page, block, index);
+        if !in_extent(page, block.addr()) {
+            reject_owner_free(page, block);
+            return false;
         }
         let word = canary_word(block);
         let expected = canary(key, block);
         if word.read() == expected {
-            misuse("double free", block.addr());
+            double_free(block);
+            return false;
         }
         word.write(expected);
+        true
     }
 }
 
-/// A block boundary past the page's extension: a block of the page never
-/// handed out since it was set up (its slot is on a free list or
-/// untouched), or past the page's blocks altogether.
+/// A pointer freed by the owner of its page that is not the start of a block
+/// below the page's extension: a block boundary past the extension, below
+/// the page's block count, is a block never handed out since the page was
+/// set up (its slot is on a free list or untouched): `double free`; else as
+/// [`reject_free`] (a block of a page emptied since: `double free`;
+/// anything else, an interior pointer say: `invalid free`). As
+/// [`reject_free`], never returns.
 #[cold]
 #[inline(never)]
-fn beyond_extension(page: *mut Page, block: *mut Block, index: usize) -> ! {
+fn reject_owner_free(page: *mut Page, block: *mut Block) {
     // SAFETY: a descriptor of one of our segments (`check_free`).
-    if index < unsafe { (*page).reserved.get() } as usize {
+    let (index, rest, m) = unsafe { split(page, block.addr()) };
+    // SAFETY: as above.
+    if rest < m && index < unsafe { (*page).reserved.get() } as usize {
         misuse("double free", block.addr());
     }
     reject(block.cast())
 }
 
-/// A free by another thread of block `index` of `page`: as
-/// [`mark_freed_local`] (bounded by the page's block count instead of the
-/// owner-only extension), with an atomic swap so that two threads freeing
-/// the same block at once cannot both pass.
+/// A free by another thread of `block`, a pointer into `page`: as
+/// [`mark_freed_local`], the block bounded by the page's block count instead
+/// of the owner-only extension ([`split`]), with an atomic swap so that two
+/// threads freeing the same block at once cannot both pass.
 ///
 /// # Safety
-/// `block` passed [`check_free`], with `page` and `index`.
+/// `block` passed [`check_free`] with `page`.
 #[inline(always)]
-pub(crate) unsafe fn mark_freed_remote(page: *mut Page, block: *mut Block, index: usize) {
-    // SAFETY: the block is a block of the live `page` (caller, and the
-    // index bound); the canary word lies inside it and is word-aligned.
+pub(crate) unsafe fn mark_freed_remote(page: *mut Page, block: *mut Block) -> bool {
+    // SAFETY: a descriptor of one of our segments (`check_free`); once the
+    // bounds pass, the block is a block of the live `page`, and its canary
+    // word lies inside it and is word-aligned.
     unsafe {
-        if index >= (*page).reserved.get() as usize {
-            reject(block.cast());
+        let (index, rest, m) = split(page, block.addr());
+        if rest >= m || index >= (*page).reserved.get() as usize {
+            reject_free(block.cast());
+            return false;
         }
         let word = AtomicUsize::from_ptr(canary_word(block));
         let expected = canary((*page).key.get(), block);
         // Relaxed: only the value matters; the block itself is published to
         // the owner by the list push's Release CAS that follows.
         if word.swap(expected, Ordering::Relaxed) == expected {
-            misuse("double free", block.addr());
+            double_free(block);
+            return false;
         }
+        true
     }
 }
 
@@ -491,7 +543,11 @@ pub(crate) unsafe fn clear_canary(block: *mut Block) {
 /// The process-wide map of our segments: one bit per 4 MiB-aligned address
 /// below [`ADDRESS_LIMIT`] (2^26 bits: 8 MiB of zero-initialised static
 /// memory, of which only the OS pages covering addresses we actually map
-/// ever become resident — one 4 KiB page of the map covers 128 GiB).
+/// ever become resident — one 4 KiB page of the map covers 128 GiB). A bit
+/// and not a byte: a byte map's test is 2 instructions shorter (no bit
+/// index, no `bt`) but its 64 MiB of static memory count against a strict
+/// overcommit limit (`vm.overcommit_memory=2`) or `ulimit -v` in every
+/// process that links the allocator.
 pub(crate) mod segment_map {
     use super::{ADDRESS_LIMIT, SEGMENT_SHIFT};
     use core::sync::atomic::{AtomicU64, Ordering};

@@ -356,6 +356,43 @@ fn free_of_an_interior_pointer_by_another_thread_aborts() {
     assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
 }
 
+child!(child_free_past_the_extension, {
+    // A block boundary of a page in use that no extension has threaded yet (200 blocks on:
+    // an extension threads about 21 blocks of this class, 192 B, and a page holds 341):
+    // never handed out.
+    let p = alloc(176);
+    // SAFETY: a live block of ours.
+    let size = unsafe { shardalloc::usable_size(p) };
+    let q = p.wrapping_add(size * 200);
+    report("ADDR", q.addr());
+    free(q);
+    std::hint::black_box(p);
+    println!("SURVIVED");
+});
+
+#[test]
+fn free_of_a_block_past_the_extension_aborts() {
+    let o = run_child("child_free_past_the_extension");
+    assert_aborted(&o, "double free", Some(&reported(&o, "ADDR")));
+}
+
+child!(child_free_into_the_segment_header, {
+    // Our own segment, on its owner thread, but below the first page's blocks: the offset
+    // from the page start is "negative".
+    let p = alloc(64);
+    let header = p.wrapping_sub(p.addr() % (4 << 20)).wrapping_add(64);
+    report("ADDR", header.addr());
+    free(header);
+    std::hint::black_box(p);
+    println!("SURVIVED");
+});
+
+#[test]
+fn free_into_a_segment_header_aborts() {
+    let o = run_child("child_free_into_the_segment_header");
+    assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
+}
+
 child!(child_stack_free, {
     let mut on_stack = [0u64; 8];
     let p = on_stack.as_mut_ptr().cast::<u8>();
