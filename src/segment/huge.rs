@@ -9,6 +9,17 @@ use super::*;
 /// spare) smaller gives the difference back to the OS.
 const TRIM_MIN: usize = 1 << 20;
 
+/// The unit in which a reused spare of `total` bytes is trimmed
+/// (`reuse_huge`): a huge page where the spare is advised for them, since
+/// trimming inside one would split it, else an OS page.
+fn trim_unit(total: usize) -> usize {
+    if total >= HUGE_OS_PAGE && options::huge_os_pages() {
+        HUGE_OS_PAGE
+    } else {
+        OS_PAGE_SIZE
+    }
+}
+
 /// Whether spare huge segments are reshaped rather than given back: split
 /// (`Segment::split_huge_tail`) and gathered into one by moving their pages
 /// (`Segment::gather_huge`). Needs real mappings (not the loom and Miri
@@ -572,12 +583,7 @@ impl Segment {
     ) -> (usize, usize, bool) {
         // SAFETY: a live segment (caller).
         let total = unsafe { (*segment).size };
-        // The trimming unit of `reuse_huge`.
-        let unit = if total >= HUGE_OS_PAGE && options::huge_os_pages() {
-            HUGE_OS_PAGE
-        } else {
-            OS_PAGE_SIZE
-        };
+        let unit = trim_unit(total);
         let first = offset - lead;
         // SAFETY: a live huge segment (caller).
         let at_guard = unsafe { Segment::huge_offset_at_guard(segment, size, align, offset, unit) };
@@ -811,11 +817,7 @@ impl Segment {
             // A spare advised for huge pages is trimmed at a 2 MiB boundary:
             // trimming inside a huge page would split it, and the next
             // touch of the trimmed part would fault it back 4 KiB at a time.
-            let unit = if total >= HUGE_OS_PAGE && options::huge_os_pages() {
-                HUGE_OS_PAGE
-            } else {
-                OS_PAGE_SIZE
-            };
+            let unit = trim_unit(total);
             let tail = if RESHAPE_HUGE_SPARES {
                 // The block takes what it needs, in whole units; the rest of
                 // the mapping becomes a spare of its own where it can (kept
