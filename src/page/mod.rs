@@ -179,12 +179,23 @@ pub(crate) const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_o
 /// while a block of the page is live; the two atomics are the only fields
 /// written across threads.
 ///
-/// Layout: the first cache line holds everything the owner touches on its
-/// fast paths; the atomics other threads write sit on the second line, so a
-/// remote free does not steal the line the owner allocates from.
+/// Layout, by who writes a line (a line one thread writes while another
+/// reads it moves between their caches on every write):
+/// * plain builds, two lines: the first holds everything the owner touches
+///   on its fast paths; the atomics other threads write sit on the second,
+///   so a remote free does not steal the line the owner allocates from (it
+///   reads only the second line);
+/// * secure builds, three ([`LineBreak`]): a remote free also reads the
+///   page's key, start, multiplier and block count (to check the block and
+///   mark it freed), so those sit on a line of their own that nobody writes
+///   while the page is in use: the owner's writes (`free`, `used`, ...) stay
+///   on the first line, the remote writes (`thread_free`) on the third. With
+///   the key on the owner's line, a producer/consumer pair moved that line
+///   between the two cores on every free (`xmalloc` t=1 ran 1.6× the plain
+///   build's time against 1.3× its instructions; `docs/security.md`).
 #[repr(C, align(64))]
 pub(crate) struct Page {
-    // --- cache line 1: owner only (plus immutable fields) ---
+    // --- cache line 1: written by the owner only ---
     /// Blocks ready for allocation. First field: the empty-page sentinel
     /// (see [`empty_page`]) has only this one.
     pub(crate) free: Cell<*mut Block>,
@@ -197,7 +208,9 @@ pub(crate) struct Page {
     pub(crate) used: OwnerCount,
     /// Blocks threaded into the lists so far (lazy extension).
     pub(crate) capacity: Cell<u32>,
-    /// Blocks that fit in the page.
+    /// Blocks that fit in the page. (Secure builds: on the read-mostly
+    /// line, below.)
+    #[cfg(not(feature = "secure"))]
     pub(crate) reserved: Cell<u32>,
     /// RawHeap queue index (a size-class bin, `BIN_HUGE`; `BIN_FULL` is a flag).
     pub(crate) bin: Cell<u8>,
@@ -211,82 +224,112 @@ pub(crate) struct Page {
     /// see [`OwnerList`]).
     pub(crate) retire_expire: OwnerFlags,
     /// Size of every block; for a huge page, the usable size of its block.
-    /// (Secure builds keep it on the second line, below, to make room for
-    /// `extent`.)
+    /// (Secure builds: on the read-mostly line, below.)
     #[cfg(not(feature = "secure"))]
     pub(crate) block_size: Cell<usize>,
+    /// Address of the first block. (Secure builds: on the read-mostly
+    /// line, below.)
+    #[cfg(not(feature = "secure"))]
+    pub(crate) page_start: Cell<*mut u8>,
     /// Secure mode: bytes of the page's extension, `capacity · block_size`
-    /// (set with `capacity`): the fast paths bound a block's offset by it,
-    /// one compare with memory, instead of bounding its index by `capacity`
-    /// (a `u32`: a load, a compare) after a widening multiplication.
+    /// (set with `capacity`, by the owner, hence on this line): the owner's
+    /// fast paths bound a block's offset by it, one compare with memory,
+    /// instead of bounding its index by `capacity` (a `u32`: a load, a
+    /// compare) after a widening multiplication.
     #[cfg(feature = "secure")]
     pub(crate) extent: Cell<usize>,
-    /// Address of the first block.
-    pub(crate) page_start: Cell<*mut u8>,
-    /// Queue links (owner only). Secure builds keep them on the second line
-    /// (below), to make room for the key and the boundary multiplier here.
-    #[cfg(not(feature = "secure"))]
+    /// Queue links (owner only).
     pub(crate) next: OwnerCell<*mut Page>,
-    #[cfg(not(feature = "secure"))]
     pub(crate) prev: OwnerCell<*mut Page>,
+    // --- secure builds, cache line 2: read-mostly (set by `init`) ---
+    #[cfg(feature = "secure")]
+    read_mostly: LineBreak,
     /// Secure mode: the key encoding the links stored in this page's free
-    /// blocks and their freed canaries; drawn afresh by every `init`. On the
-    /// first line: every pop and every push uses it.
+    /// blocks and their freed canaries; drawn afresh by every `init`. Every
+    /// pop and every push uses it, remote pushes included.
     #[cfg(feature = "secure")]
     pub(crate) key: Cell<usize>,
+    /// Address of the first block (secure builds; see above).
+    #[cfg(feature = "secure")]
+    pub(crate) page_start: Cell<*mut u8>,
     /// Secure mode: the block-boundary test's multiplier
     /// (`secure::boundary_multiplier`), set with `block_size`; 0 while the
     /// page is not in use (no pointer passes the test then).
     #[cfg(feature = "secure")]
     pub(crate) boundary_m: Cell<usize>,
-    // --- cache line 2: written by other threads ---
+    /// Size of every block (secure builds; see above).
+    #[cfg(feature = "secure")]
+    pub(crate) block_size: Cell<usize>,
+    /// Blocks that fit in the page (secure builds; see above).
+    #[cfg(feature = "secure")]
+    pub(crate) reserved: Cell<u32>,
+    /// The page slot holds a page in use (segment bookkeeping; changes only
+    /// with the slot's state, not while the page is in use). Secure builds.
+    #[cfg(feature = "secure")]
+    pub(crate) in_use: Cell<bool>,
+    /// As `in_use` (secure builds; each field's meaning is given with the
+    /// plain builds' copy on the last line, below).
+    #[cfg(feature = "secure")]
+    pub(crate) memory_is_zero: Cell<bool>,
+    /// As `in_use` (secure builds).
+    #[cfg(feature = "secure")]
+    reset_pending: UnsafeCell<bool>,
+    /// As `in_use` (secure builds).
+    #[cfg(feature = "secure")]
+    pub(crate) emptied_at: Cell<u64>,
+    // --- cache line 2 (secure builds: 3): written by other threads ---
+    #[cfg(feature = "secure")]
+    remote: LineBreak,
     /// Blocks freed by other threads, tagged with the [`DelayedMode`].
     pub(crate) thread_free: AtomicPtr<Block>,
     /// The owning heap; null while the page is abandoned or unused.
     pub(crate) heap: AtomicPtr<RawHeap>,
     /// The page slot holds a page in use (segment bookkeeping).
+    #[cfg(not(feature = "secure"))]
     pub(crate) in_use: Cell<bool>,
     /// The page's memory is known to be zero (fresh from the OS or reset).
+    #[cfg(not(feature = "secure"))]
     pub(crate) memory_is_zero: Cell<bool>,
     /// An unused slot on its heap's reset queue. Owner only, or the holder
     /// of the heap's lock (a reaper); an `UnsafeCell` so that loom checks
     /// that the lock orders the two.
+    #[cfg(not(feature = "secure"))]
     reset_pending: UnsafeCell<bool>,
-    /// (Secure builds: `reaped_delayed_count`, below, here, in the padding
-    /// after the flags, to make room for `block_size` on this line.)
-    #[cfg(feature = "secure")]
-    pub(crate) reaped_delayed_count: Cell<u32>,
     /// When an unused slot emptied (`os::now_ms`): its age on the decay
     /// curve. 0 for a slot of an abandoned segment not yet seen unused.
+    #[cfg(not(feature = "secure"))]
     pub(crate) emptied_at: Cell<u64>,
     /// Scratch of a reaper holding the heap's lock (`reset_remote_frees`):
     /// the blocks of this page it took from the heap's delayed list for the
     /// moment. Empty otherwise.
     pub(crate) reaped_delayed: Cell<*mut Block>,
-    #[cfg(not(feature = "secure"))]
     pub(crate) reaped_delayed_count: Cell<u32>,
-    /// Queue links (owner only; secure builds, see above).
-    #[cfg(feature = "secure")]
-    pub(crate) next: OwnerCell<*mut Page>,
-    #[cfg(feature = "secure")]
-    pub(crate) prev: OwnerCell<*mut Page>,
-    /// Size of every block (secure builds; see above).
-    #[cfg(feature = "secure")]
-    pub(crate) block_size: Cell<usize>,
 }
+
+/// A zero-sized field that starts a new cache line in a `repr(C)` struct
+/// (secure builds' [`Page`]).
+#[cfg(feature = "secure")]
+#[repr(align(64))]
+struct LineBreak;
+
+#[cfg(not(loom))]
+const _: () = assert!(
+    size_of::<Page>() == if cfg!(feature = "secure") { 192 } else { 128 },
+    "plain builds keep the descriptor at two lines, secure builds at three"
+);
 
 #[cfg(all(feature = "secure", not(loom)))]
 const _: () = assert!(
-    size_of::<Page>() == 128
-        && core::mem::offset_of!(Page, boundary_m) < 64
-        && core::mem::offset_of!(Page, extent) < 64,
-    "secure builds keep the descriptor at two lines, the key on the first"
+    core::mem::offset_of!(Page, extent) < 64
+        && core::mem::offset_of!(Page, key) == 64
+        && core::mem::offset_of!(Page, emptied_at) < 128,
+    "secure builds: the owner's line, then the read-mostly line"
 );
 
 #[cfg(not(loom))]
 const _: () = assert!(
-    core::mem::offset_of!(Page, thread_free) == 64,
-    "remote-written fields start the second line"
+    core::mem::offset_of!(Page, thread_free) == size_of::<Page>() - 64,
+    "remote-written fields start the last line"
 );
 
 // SAFETY: a `Page` is shared between the owner thread and remote freeing
@@ -473,6 +516,10 @@ impl Page {
             boundary_m: Cell::new(0),
             #[cfg(feature = "secure")]
             extent: Cell::new(0),
+            #[cfg(feature = "secure")]
+            read_mostly: LineBreak,
+            #[cfg(feature = "secure")]
+            remote: LineBreak,
         }
     }
 
