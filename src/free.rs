@@ -29,8 +29,8 @@ pub unsafe fn free(ptr: *mut u8) {
     if ptr.is_null() {
         return;
     }
-    // SAFETY: forwarded from the caller; the id is the calling thread's.
-    unsafe { free_block(ptr, crate::thread::current_thread_id()) }
+    // SAFETY: forwarded from the caller.
+    unsafe { free_current(ptr) }
 }
 
 /// The usable size of a block: at least the size it was allocated with (the
@@ -58,6 +58,37 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
     }
 }
 
+/// Frees a block on the calling thread: [`free_block`] with the calling
+/// thread's id. Secure builds first try the thread's owner cache
+/// ([`crate::secure::owner_cache`]): a block of the segment the thread last
+/// freed into as its owner goes straight to the local free, its segment
+/// vouched for (the block itself is checked there as always).
+///
+/// # Safety
+/// `ptr` is a live block returned by this allocator.
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) unsafe fn free_current(ptr: *mut u8) {
+    #[cfg(feature = "secure")]
+    {
+        let segment = Segment::of(ptr);
+        if crate::secure::owner_cache::hit(segment.addr()) {
+            // SAFETY: the cache vouches that `segment` is mapped, ours and
+            // the calling thread's (it was, and no segment changed hands or
+            // left the map since); `free_local` checks the block.
+            unsafe { free_local(Segment::page_of(segment, ptr), ptr.cast()) };
+            return;
+        }
+        // SAFETY: forwarded from the caller; the id is the calling thread's.
+        unsafe { free_checked(ptr, crate::thread::current_thread_id(), true) }
+    }
+    #[cfg(not(feature = "secure"))]
+    // SAFETY: forwarded from the caller; the id is the calling thread's.
+    unsafe {
+        free_block(ptr, crate::thread::current_thread_id())
+    }
+}
+
 /// Frees a block on the thread whose id is `thread_id`: a local free when
 /// that thread owns the block's segment, a remote free otherwise.
 ///
@@ -65,46 +96,94 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 /// `ptr` is a live block returned by this allocator; `thread_id` is the
 /// calling thread's id.
 #[inline(always)]
+#[cfg_attr(all(feature = "secure", not(any(test, loom))), allow(dead_code))]
 pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
-    #[cfg(not(feature = "secure"))]
-    let segment = Segment::of(ptr);
-    // Secure: nothing about `ptr` is trusted until the segment map vouches
-    // for its segment (whose header the owner test reads next) and the
-    // page's block boundaries for the block, tested on each path with the
-    // bound it needs (else `invalid free` or `double free` aborts).
     #[cfg(feature = "secure")]
-    // SAFETY: any address may be checked.
-    let Some((segment, page)) = (unsafe { crate::secure::check_free(ptr) }) else {
-        // Reported (and aborted: `secure::reject_free`).
-        return;
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        free_checked(ptr, thread_id, false)
     };
+    #[cfg(not(feature = "secure"))]
     // SAFETY: `ptr` is a live block (caller), so its segment and page are
     // live. The segment's owner id equals ours only if this thread owns it,
     // in which case the page's lists are ours to touch.
     unsafe {
-        #[cfg(not(feature = "secure"))]
+        let segment = Segment::of(ptr);
         let page = Segment::page_of(segment, ptr);
         let block = ptr.cast::<Block>();
         // Relaxed: only equality with our own id matters, and only this
         // thread ever stores its own id into a segment.
         if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
-            #[cfg(not(feature = "secure"))]
-            let used = (*page).push_local(block);
-            // Secure: the key is loaded once for the canary and the link.
-            #[cfg(feature = "secure")]
-            let used = {
-                let key = (*page).key.get();
-                if !crate::secure::mark_freed_local(page, block, key) {
-                    // Reported (and aborted: `secure::reject_free`).
-                    return;
-                }
-                (*page).push_local_keyed(block, key)
-            };
-            if used == 0 || (*page).flags.get() != 0 {
-                after_local_free(page);
-            }
+            free_local(page, block);
         } else {
-            #[cfg(feature = "secure")]
+            free_remote(segment, page, block);
+        }
+    }
+}
+
+/// The owner's free of `block`, a pointer into `page`, a page of the calling
+/// thread: checked (secure: a block of the page below its extension, not
+/// carrying its freed canary; else reported, and the process aborts), then
+/// pushed onto the page's `local_free`.
+///
+/// # Safety
+/// `page` is a live page of a segment the calling thread owns, and `block`
+/// points into it.
+#[inline(always)]
+unsafe fn free_local(page: *mut Page, block: *mut Block) {
+    // SAFETY: the page is ours (caller), so are its lists.
+    unsafe {
+        #[cfg(not(feature = "secure"))]
+        let used = (*page).push_local(block);
+        // Secure: the key is loaded once for the canary and the link.
+        #[cfg(feature = "secure")]
+        let used = {
+            let key = (*page).key.get();
+            if !crate::secure::mark_freed_local(page, block, key) {
+                // Reported (and aborted: `secure::reject_free`).
+                return;
+            }
+            (*page).push_local_keyed(block, key)
+        };
+        if used == 0 || (*page).flags.get() != 0 {
+            after_local_free(page);
+        }
+    }
+}
+
+/// Secure builds' [`free_block`]: nothing about `ptr` is trusted until the
+/// segment map vouches for its segment (whose header the owner test reads
+/// next) and the page's block boundaries for the block, tested on each path
+/// with the bound it needs (else `invalid free` or `double free` aborts).
+/// With `remember` (the id is the calling thread's own), a local free of a
+/// block of a small, medium or large segment records the segment in the
+/// thread's owner cache.
+///
+/// # Safety
+/// As for [`free_block`].
+#[cfg(feature = "secure")]
+#[inline(always)]
+unsafe fn free_checked(ptr: *mut u8, thread_id: usize, remember: bool) {
+    // Read before the checks: a change racing them leaves the entry stale.
+    let generation = crate::secure::owner_cache::generation();
+    // SAFETY: any address may be checked.
+    let Some((segment, page)) = (unsafe { crate::secure::check_free(ptr) }) else {
+        // Reported (and aborted: `secure::reject_free`).
+        return;
+    };
+    // SAFETY: the map vouches for the segment, so its header is ours to
+    // read; the segment's owner id equals ours only if this thread owns it,
+    // in which case the page's lists are ours to touch.
+    unsafe {
+        let block = ptr.cast::<Block>();
+        // Relaxed: only equality with our own id matters, and only this
+        // thread ever stores its own id into a segment.
+        if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
+            if remember && (*segment).kind != PageKind::Huge {
+                crate::secure::owner_cache::remember(segment.addr(), generation);
+            }
+            free_local(page, block);
+        } else {
             if !crate::secure::mark_freed_remote(page, block) {
                 // Reported (and aborted: `secure::reject_free`).
                 return;

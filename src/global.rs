@@ -3,7 +3,7 @@
 //! slow path or a huge segment; a pointer's segment picks the local or the
 //! remote free.
 
-use crate::free::{free, free_block, usable_size};
+use crate::free::{free, free_current, usable_size};
 use crate::heap::{RawHeap, zero_block};
 use crate::os::{self, OS_PAGE_SIZE};
 use crate::page::Block;
@@ -53,9 +53,8 @@ unsafe impl GlobalAlloc for ShardAlloc {
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // SAFETY: the caller passes a live block of ours (never null, by
-        // `GlobalAlloc`'s contract, so no test for it); the id is the
-        // calling thread's.
-        unsafe { free_block(ptr, thread::current_thread_id()) }
+        // `GlobalAlloc`'s contract, so no test for it).
+        unsafe { free_current(ptr) }
     }
 
     #[inline]

@@ -439,6 +439,54 @@ fn free_into_memory_mapped_by_the_program_aborts() {
     assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
 }
 
+child!(child_free_into_a_remapped_segment, {
+    // The owner cache (a free into the segment the thread last freed into as its owner skips
+    // the map): a 512 KiB block has a segment to itself; its free caches that segment, empties
+    // it, and `collect(true)` unmaps it. The program then maps memory of its own at the same
+    // address and writes there a copy of the segment's header taken while the block was live
+    // (a forged header that passes every test but the map's), and frees the block again. A
+    // stale cache entry would let the free trust the forged header; the unmap must have made
+    // it stale, so the map is asked and the free is refused. Nothing in between frees
+    // anything (a free into another segment of ours would replace the cache entry).
+    const SEGMENT: usize = 4 << 20;
+    let p = alloc(512 << 10);
+    let segment = (p.addr() - 1) & !(SEGMENT - 1);
+    let mut header = [0u8; 16 << 10];
+    // SAFETY: the segment's header, ours and mapped while `p` is live; read as bytes only.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            std::ptr::with_exposed_provenance::<u8>(segment),
+            header.as_mut_ptr(),
+            header.len(),
+        )
+    };
+    report("ADDR", p.addr());
+    free(p);
+    shardalloc::collect(true);
+    // SAFETY: a fresh anonymous mapping at a fixed address, refused if anything is there.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::with_exposed_provenance_mut(segment),
+            SEGMENT,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(at.addr(), segment, "the segment was not given back to the OS");
+    // SAFETY: our own mapping, at least `header.len()` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), at.cast::<u8>(), header.len()) };
+    free(p);
+    println!("SURVIVED");
+});
+
+#[test]
+fn free_into_a_segment_the_program_remapped_aborts() {
+    let o = run_child("child_free_into_a_remapped_segment");
+    assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
+}
+
 // ---- free-list poisoning ---------------------------------------------------------------------
 
 /// Allocates 64 B blocks until the allocator aborts or `limit` blocks are out; prints

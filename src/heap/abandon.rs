@@ -138,11 +138,11 @@ impl RawHeap {
             let segment = unsafe { &*segment_ptr };
             segment.heap.set(ptr::null_mut());
             // Relaxed: as in `abandon_segment`.
-            segment.thread_id.store(0, Ordering::Relaxed);
+            segment.set_owner(0);
             // SAFETY: owner, the page is off every list of ours.
             if !unsafe { page.try_orphan() } {
                 // Its free is under way: keep it.
-                segment.thread_id.store(self.thread_id(), Ordering::Relaxed);
+                segment.set_owner(self.thread_id());
                 segment.heap.set(self.as_ptr());
                 // SAFETY: ours, on no list.
                 unsafe {
@@ -225,7 +225,7 @@ impl RawHeap {
         // Relaxed: frees only compare it with their own (nonzero) id; the
         // hand-off to a reclaiming thread is ordered by the list's Release
         // push.
-        segment.thread_id.store(0, Ordering::Relaxed);
+        segment.set_owner(0);
         // Its empty slots stay warm for the thread that adopts it, within
         // the process's warm budget.
         // SAFETY: ours, off every list of the heap; `shared` outlives every
@@ -444,7 +444,7 @@ impl RawHeap {
         let segment = unsafe { &*segment_ptr };
         // Relaxed: from now on frees on this thread are local; other threads
         // only compare it with their own ids.
-        segment.thread_id.store(self.thread_id(), Ordering::Relaxed);
+        segment.set_owner(self.thread_id());
         segment.heap.set(self.as_ptr());
         // SAFETY: ours, on no list of ours yet.
         unsafe {

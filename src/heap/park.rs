@@ -217,7 +217,7 @@ impl RawHeap {
                 // and only this id's thread (us, or the adopter after its
                 // Acquire) stores that id; a remote free reading a stale
                 // value takes the remote path, right either way.
-                (*segment).thread_id.store(thread_id, Ordering::Relaxed);
+                (*segment).set_owner(thread_id);
                 segment = (*segment).all.next.get();
             }
         }

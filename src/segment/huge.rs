@@ -175,7 +175,7 @@ impl Segment {
             header.heap.set(ptr::null_mut());
             // Relaxed: no block of the segment is live, so no free reads it;
             // the pool's Release put publishes it to the next owner.
-            header.thread_id.store(0, Ordering::Relaxed);
+            header.set_owner(0);
             header.cache_due_ms.set(due_ms);
             Segment::uncount_warm(segment);
             let warm = Segment::committed_len(segment, Segment::page(segment, 0));
@@ -195,7 +195,7 @@ impl Segment {
             Segment::uncount_warm(segment);
             (*segment).heap.set(heap);
             // Relaxed: as in `pool_huge`; the page is unused, no free reads it.
-            (*segment).thread_id.store(thread_id, Ordering::Relaxed);
+            (*segment).set_owner(thread_id);
         }
     }
 

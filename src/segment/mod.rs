@@ -251,6 +251,21 @@ impl Segment {
         }
     }
 
+    /// Hands the segment to thread `thread_id` (0: to no thread). Every
+    /// change of a segment's owner goes through here or through
+    /// [`Segment::init_header`]: secure builds first invalidate every
+    /// thread's owner cache ([`crate::secure::owner_cache`]), which lets a
+    /// free skip the owner test only while no segment changed hands.
+    #[inline]
+    pub(crate) fn set_owner(&self, thread_id: usize) {
+        #[cfg(feature = "secure")]
+        crate::secure::owner_cache::invalidate();
+        // Relaxed: a free only compares the owner with its own id, and only
+        // the owner's thread stores that id; each caller says how the
+        // hand-off itself is ordered.
+        self.thread_id.store(thread_id, Ordering::Relaxed);
+    }
+
     /// The page holding block `p` of `segment`.
     ///
     /// # Safety
@@ -663,6 +678,10 @@ impl Segment {
         heap: *mut RawHeap,
         memory_is_zero: bool,
     ) {
+        // A new owner for whatever segment was at this address before (see
+        // `Segment::set_owner`).
+        #[cfg(feature = "secure")]
+        crate::secure::owner_cache::invalidate();
         // SAFETY: the memory is ours and writable (caller); fields are
         // written in place so no reference to the uninitialised header exists.
         unsafe {
