@@ -182,17 +182,22 @@ impl Page {
     /// four runs 555–569, slower than groups: a line visited four times,
     /// far apart, leaves the L1 cache in between).
     ///
-    /// Threaded back to front, one run at a time: run 1's blocks from the
-    /// highest down onto what `free` held, then run 0's onto run 1. The
-    /// coin flips of 64 blocks are one 64-bit draw, and a run's blocks in
-    /// that word are its set bits (run 1) or clear bits (run 0), taken from
-    /// the highest: per block, one bit scan and one encoded store, with no
-    /// test of which run it joins and no run tails kept: 14 instructions a
-    /// block in the loop. (The former loop over every block, a branch on
-    /// its coin and on its run's tail, cost about 26: `Page::extend` took
-    /// 396 M of `rebuild` t=1's 3.00 G instructions under callgrind; 254 M
-    /// with this loop over bit-reversed words, 243 M since the words'
-    /// bits are numbered from the top instead of reversed.)
+    /// Threaded front to back, in the order the blocks will be handed out:
+    /// run 0's blocks upwards, then run 1's, then what `free` held; a
+    /// block's link is written once its successor is known. The coin flips
+    /// of 64 blocks are one 64-bit draw (bit `i` of word `w`: block
+    /// `64 w + i` joins run 1), and a run's blocks in that word are its set
+    /// bits (run 1) or clear bits (run 0), taken from the lowest: per block
+    /// one bit scan and one encoded store, with no test of which run it
+    /// joins (14 instructions a block in the loop). The stores go up
+    /// through memory as the hand-outs will. The former loop threaded back
+    /// to front (each run from its highest block down) with as many
+    /// instructions (`Page::extend` on `rebuild` t=1 `--scale 0.5` under
+    /// callgrind: 121 M, now 126 M), but spent most of its time waiting on
+    /// those stores, into memory that is usually cold (a reset page faulted
+    /// in again): it held 22 % of `rebuild` t=1's CPU samples (`perf record
+    /// -e cpu-clock`), about 10 % now, and the whole run takes 0.82–0.93 of
+    /// the time it took (11 interleaved rounds, three series).
     ///
     /// # Safety
     /// As for [`Page::extend_shuffled`].
@@ -200,43 +205,50 @@ impl Page {
     unsafe fn extend_runs(&self, start: *mut u8, capacity: usize, count: usize, size: usize) {
         const WORDS: usize = SHUFFLE_MAX / 64;
         let words = count.div_ceil(64);
-        // Bit `63 − i` of word `w`: block `64 w + i` of the extension joins
-        // run 1. (Numbered from the top, so that the lowest set bit is the
-        // highest block: one bit scan and one clear per block, no shifts,
-        // and no bit reversal of each word, as there was when bit `i` stood
-        // for block `64 w + i`: the coins are uniform either way.)
-        let mut coins = [0u64; WORDS];
+        // `runs[r][w]`: the blocks of word `w` (blocks `64 w ..`) in run `r`.
+        let mut runs = [[0u64; WORDS]; 2];
         let mut rng = crate::secure::LocalRng::new();
-        for coin in coins.iter_mut().take(words) {
-            *coin = rng.next_u64();
+        let [run0, run1] = &mut runs;
+        for (w, (zero, one)) in run0.iter_mut().zip(run1).enumerate().take(words) {
+            let coin = rng.next_u64();
+            let here = count - 64 * w;
+            let exists = if here >= 64 { !0 } else { (1u64 << here) - 1 };
+            *zero = !coin & exists;
+            *one = coin & exists;
         }
         let key = self.key.get();
-        // Blocks `capacity .. capacity + count` of the page (caller's range)
-        // are threaded; `top` (block 63 of a word) may lie past them, hence
-        // the wrapping arithmetic, but only blocks below `count` are written.
         let first = start.wrapping_add(capacity * size);
-        let mut next = self.free.get();
-        for run in [1u64, 0] {
-            for w in (0..words).rev() {
-                // The blocks of word `w` that exist (the top `here` bits,
-                // `here ≥ 1`), and of those the run's.
-                let here = count - 64 * w;
-                let exists = if here >= 64 { !0 } else { !0u64 << (64 - here) };
-                let mut mask = (coins[w] ^ run.wrapping_sub(1)) & exists;
-                let top = first.wrapping_add((64 * w + 63) * size);
+        // The head (the first block handed out): the lowest of run 0, or of
+        // run 1 if run 0 drew no block. It leaves its run's mask, so that
+        // every block the loop meets has a predecessor (`tail`).
+        let Some((run, w)) = (0..2)
+            .flat_map(|run| (0..words).map(move |w| (run, w)))
+            .find(|&(run, w)| runs[run][w] != 0)
+        else {
+            return; // (`count ≥ 1`: never.)
+        };
+        let lowest = runs[run][w].trailing_zeros() as usize;
+        runs[run][w] &= runs[run][w] - 1;
+        let head = first.wrapping_add((64 * w + lowest) * size).cast::<Block>();
+        let mut tail = head;
+        for run in &runs {
+            for (w, &word) in run.iter().enumerate().take(words) {
+                let mut mask = word;
+                let base = first.wrapping_add(64 * w * size);
                 while mask != 0 {
-                    let down = mask.trailing_zeros() as usize;
+                    let i = mask.trailing_zeros() as usize;
                     mask &= mask - 1;
-                    let block = top.wrapping_sub(down * size).cast::<Block>();
-                    // SAFETY: block `64 w + 63 − down < count` of the
-                    // extension: a never-used block of this page (caller),
-                    // linked once.
-                    unsafe { self.link_fresh_keyed(key, block, next) };
-                    next = block;
+                    let block = base.wrapping_add(i * size).cast::<Block>();
+                    // SAFETY: `tail` is block `< count` of the extension, a
+                    // never-used block of this page (caller), linked once.
+                    unsafe { self.link_fresh_keyed(key, tail, block) };
+                    tail = block;
                 }
             }
         }
-        self.free.set(next);
+        // SAFETY: as above.
+        unsafe { self.link_fresh_keyed(key, tail, self.free.get()) };
+        self.free.set(head);
     }
 
     /// Writes the link of a never-used block of this page being threaded by
