@@ -474,7 +474,11 @@ child!(child_free_into_a_remapped_segment, {
             0,
         )
     };
-    assert_eq!(at.addr(), segment, "the segment was not given back to the OS");
+    assert_eq!(
+        at.addr(),
+        segment,
+        "the segment was not given back to the OS"
+    );
     // SAFETY: our own mapping, at least `header.len()` bytes.
     unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), at.cast::<u8>(), header.len()) };
     free(p);
