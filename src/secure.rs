@@ -4,8 +4,9 @@
 //! * **Encoded links.** Every link stored inside a free block (the `free`,
 //!   `local_free` and `thread_free` lists, the delayed list, a reaper's
 //!   chains) is `rotl(next ⊕ block ⊕ k, k mod 64)`, with `k` the key of the
-//!   block's page (`Page::key`, on the descriptor's first cache line next to
-//!   `free`), drawn afresh from a process-wide generator seeded by
+//!   block's page (`Page::key`, on the descriptor's read-mostly cache line,
+//!   which remote frees read without disturbing the owner's), drawn afresh
+//!   from a process-wide generator seeded by
 //!   `getrandom` each time a page is set up. Every decoded link is validated
 //!   before it is followed ([`Block::next`](crate::page::Block)): null, or a
 //!   block boundary of the same page below its extension (delayed list: of a
@@ -13,10 +14,12 @@
 //! * **Freed canary.** A free writes `block ⊕ k` into the block's second
 //!   word; allocation clears it. A free that finds it already there is a
 //!   double free.
-//! * **Segment map.** A byte map over the 4 MiB-aligned addresses below
+//! * **Segment map.** A bitmap over the 4 MiB-aligned addresses below
 //!   2^48 marks our segments; a free is trusted only if its segment is
 //!   marked, its page in use and the pointer on a block boundary of that
-//!   page.
+//!   page. The [`owner_cache`] lets a thread's free into the segment it
+//!   last freed into as its owner skip the map and the owner test while no
+//!   segment has left the map or changed hands since.
 //!
 //! The block-boundary test is one widening multiplication ([`split`]; the
 //! owner's paths use the cheaper [`in_extent`]): with
