@@ -157,19 +157,31 @@ unsafe fn free_local(page: *mut Page, block: *mut Block) {
 /// with the bound it needs (else `invalid free` or `double free` aborts).
 /// With `remember` (the id is the calling thread's own), a local free of a
 /// block of a small, medium or large segment records the segment in the
-/// thread's owner cache.
+/// thread's owner cache, and a free by another thread records it as the
+/// segment the map last vouched for, which the next such free into it
+/// takes without asking the map again (the owner test stays).
 ///
 /// # Safety
 /// As for [`free_block`].
 #[cfg(feature = "secure")]
 #[inline(always)]
 unsafe fn free_checked(ptr: *mut u8, thread_id: usize, remember: bool) {
+    use crate::secure::owner_cache;
     // Read before the checks: a change racing them leaves the entry stale.
-    let generation = crate::secure::owner_cache::generation();
-    // SAFETY: any address may be checked.
-    let Some((segment, page)) = (unsafe { crate::secure::check_free(ptr) }) else {
-        // Reported (and aborted: `secure::reject_free`).
-        return;
+    let generation = owner_cache::generation();
+    let segment = Segment::of(ptr);
+    let page = if remember && owner_cache::vouched(segment.addr(), generation) {
+        // SAFETY: the cache vouches that the segment is mapped and ours (the
+        // map did, and no segment left it since); the page index needs no
+        // test (`secure::check_free`).
+        unsafe { Segment::page_of(segment, ptr) }
+    } else {
+        // SAFETY: any address may be checked.
+        let Some((_, page)) = (unsafe { crate::secure::check_free(ptr) }) else {
+            // Reported (and aborted: `secure::reject_free`).
+            return;
+        };
+        page
     };
     // SAFETY: the map vouches for the segment, so its header is ours to
     // read; the segment's owner id equals ours only if this thread owns it,
@@ -180,13 +192,16 @@ unsafe fn free_checked(ptr: *mut u8, thread_id: usize, remember: bool) {
         // thread ever stores its own id into a segment.
         if (*segment).thread_id.load(Ordering::Relaxed) == thread_id {
             if remember && (*segment).kind != PageKind::Huge {
-                crate::secure::owner_cache::remember(segment.addr(), generation);
+                owner_cache::remember(segment.addr(), generation);
             }
             free_local(page, block);
         } else {
             if !crate::secure::mark_freed_remote(page, block) {
                 // Reported (and aborted: `secure::reject_free`).
                 return;
+            }
+            if remember {
+                owner_cache::remember_vouched(segment.addr(), generation);
             }
             free_remote(segment, page, block);
         }

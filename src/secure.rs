@@ -629,6 +629,10 @@ pub(crate) mod owner_cache {
         /// until the thread's first free into a segment of its own.
         static LAST: core::cell::Cell<[usize; 2]> =
             const { core::cell::Cell::new([usize::MAX, 0]) };
+        /// As `LAST`, for the last segment the map vouched for on a free of
+        /// another thread's block ([`vouched`]).
+        static VOUCHED: core::cell::Cell<[usize; 2]> =
+            const { core::cell::Cell::new([usize::MAX, 0]) };
     }
 
     /// The generation now; read before the checks whose outcome
@@ -658,6 +662,34 @@ pub(crate) mod owner_cache {
     #[inline(always)]
     pub(crate) fn hit(_segment: usize) -> bool {
         false
+    }
+
+    /// Whether `segment` is the segment the map last vouched for on one of
+    /// the calling thread's frees of another thread's block, and no segment
+    /// left the map or changed hands since `generation` (read before the
+    /// caller's checks). Such a free still takes the owner test.
+    #[inline(always)]
+    pub(crate) fn vouched(segment: usize, generation: usize) -> bool {
+        #[cfg(not(loom))]
+        {
+            let [cached, at] = VOUCHED.with(core::cell::Cell::get);
+            cached == segment && at == generation
+        }
+        #[cfg(loom)]
+        {
+            let _ = (segment, generation);
+            false
+        }
+    }
+
+    /// Records that at `generation` the map vouched for `segment` (not the
+    /// calling thread's: see [`vouched`]).
+    #[inline(always)]
+    pub(crate) fn remember_vouched(segment: usize, generation: usize) {
+        #[cfg(not(loom))]
+        VOUCHED.with(|last| last.set([segment, generation]));
+        #[cfg(loom)]
+        let _ = (segment, generation);
     }
 
     /// Records that at `generation` the map and the owner test vouched for

@@ -491,6 +491,69 @@ fn free_into_a_segment_the_program_remapped_aborts() {
     assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
 }
 
+child!(child_remote_free_into_a_remapped_segment, {
+    // As above for a free by another thread, which remembers the segment the map vouched for
+    // (and still takes the owner test): thread B frees the owner's 512 KiB block (remembering
+    // its segment), the owner takes it back and `collect(true)` unmaps the segment, the
+    // program maps a forged copy of the segment's header there, and B frees the block again:
+    // the unmap made B's entry stale, so the map is asked and the free is refused. B does
+    // nothing else in between (barriers, which do not allocate, order the steps).
+    use std::sync::{Arc, Barrier};
+    const SEGMENT: usize = 4 << 20;
+    let p = alloc(512 << 10);
+    let segment = (p.addr() - 1) & !(SEGMENT - 1);
+    let mut header = [0u8; 16 << 10];
+    // SAFETY: as in `child_free_into_a_remapped_segment`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            std::ptr::with_exposed_provenance::<u8>(segment),
+            header.as_mut_ptr(),
+            header.len(),
+        )
+    };
+    report("ADDR", p.addr());
+    let (first, second) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
+    let other = {
+        let (first, second) = (Arc::clone(&first), Arc::clone(&second));
+        let a = Addr(p.expose_provenance());
+        std::thread::spawn(move || {
+            free(ptr_of(a));
+            first.wait();
+            second.wait();
+            free(ptr_of(a));
+        })
+    };
+    first.wait();
+    shardalloc::collect(true);
+    // SAFETY: as in `child_free_into_a_remapped_segment`.
+    let at = unsafe {
+        libc::mmap(
+            std::ptr::with_exposed_provenance_mut(segment),
+            SEGMENT,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(
+        at.addr(),
+        segment,
+        "the segment was not given back to the OS"
+    );
+    // SAFETY: our own mapping, at least `header.len()` bytes.
+    unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), at.cast::<u8>(), header.len()) };
+    second.wait();
+    other.join().unwrap();
+    println!("SURVIVED");
+});
+
+#[test]
+fn a_remote_free_into_a_segment_the_program_remapped_aborts() {
+    let o = run_child("child_remote_free_into_a_remapped_segment");
+    assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
+}
+
 // ---- free-list poisoning ---------------------------------------------------------------------
 
 /// Allocates 64 B blocks until the allocator aborts or `limit` blocks are out; prints
