@@ -439,20 +439,15 @@ fn free_into_memory_mapped_by_the_program_aborts() {
     assert_aborted(&o, "invalid free", Some(&reported(&o, "ADDR")));
 }
 
-child!(child_free_into_a_remapped_segment, {
-    // The owner cache (a free into the segment the thread last freed into as its owner skips
-    // the map): a 512 KiB block has a segment to itself; its free caches that segment, empties
-    // it, and `collect(true)` unmaps it. The program then maps memory of its own at the same
-    // address and writes there a copy of the segment's header taken while the block was live
-    // (a forged header that passes every test but the map's), and frees the block again. A
-    // stale cache entry would let the free trust the forged header; the unmap must have made
-    // it stale, so the map is asked and the free is refused. Nothing in between frees
-    // anything (a free into another segment of ours would replace the cache entry).
-    const SEGMENT: usize = 4 << 20;
-    let p = alloc(512 << 10);
-    let segment = (p.addr() - 1) & !(SEGMENT - 1);
+/// A segment's 4 MiB.
+const SEGMENT: usize = 4 << 20;
+
+/// A copy of the first 16 KiB of `block`'s segment (its header), taken while `block` is live,
+/// and the segment's address.
+fn copy_segment_header(block: *mut u8) -> (usize, [u8; 16 << 10]) {
+    let segment = (block.addr() - 1) & !(SEGMENT - 1);
     let mut header = [0u8; 16 << 10];
-    // SAFETY: the segment's header, ours and mapped while `p` is live; read as bytes only.
+    // SAFETY: the segment's header, ours and mapped while `block` is live; read as bytes only.
     unsafe {
         std::ptr::copy_nonoverlapping(
             std::ptr::with_exposed_provenance::<u8>(segment),
@@ -460,9 +455,12 @@ child!(child_free_into_a_remapped_segment, {
             header.len(),
         )
     };
-    report("ADDR", p.addr());
-    free(p);
-    shardalloc::collect(true);
+    (segment, header)
+}
+
+/// Maps memory of the program's own at `segment` (which must have gone back to the OS) and
+/// writes `header` there: a forged header that passes every test but the segment map's.
+fn forge_segment_header(segment: usize, header: &[u8]) {
     // SAFETY: a fresh anonymous mapping at a fixed address, refused if anything is there.
     let at = unsafe {
         libc::mmap(
@@ -481,6 +479,22 @@ child!(child_free_into_a_remapped_segment, {
     );
     // SAFETY: our own mapping, at least `header.len()` bytes.
     unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), at.cast::<u8>(), header.len()) };
+}
+
+child!(child_free_into_a_remapped_segment, {
+    // The owner cache (a free into the segment the thread last freed into as its owner skips
+    // the map): a 512 KiB block has a segment to itself; its free caches that segment, empties
+    // it, and `collect(true)` unmaps it. The program then maps memory of its own at the same
+    // address holding a copy of the segment's header taken while the block was live, and frees
+    // the block again. A stale cache entry would let the free trust the forged header; the
+    // unmap must have made it stale, so the map is asked and the free is refused. Nothing in
+    // between frees anything (a free into another segment of ours would replace the entry).
+    let p = alloc(512 << 10);
+    let (segment, header) = copy_segment_header(p);
+    report("ADDR", p.addr());
+    free(p);
+    shardalloc::collect(true);
+    forge_segment_header(segment, &header);
     free(p);
     println!("SURVIVED");
 });
@@ -499,18 +513,8 @@ child!(child_remote_free_into_a_remapped_segment, {
     // the unmap made B's entry stale, so the map is asked and the free is refused. B does
     // nothing else in between (barriers, which do not allocate, order the steps).
     use std::sync::{Arc, Barrier};
-    const SEGMENT: usize = 4 << 20;
     let p = alloc(512 << 10);
-    let segment = (p.addr() - 1) & !(SEGMENT - 1);
-    let mut header = [0u8; 16 << 10];
-    // SAFETY: as in `child_free_into_a_remapped_segment`.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            std::ptr::with_exposed_provenance::<u8>(segment),
-            header.as_mut_ptr(),
-            header.len(),
-        )
-    };
+    let (segment, header) = copy_segment_header(p);
     report("ADDR", p.addr());
     let (first, second) = (Arc::new(Barrier::new(2)), Arc::new(Barrier::new(2)));
     let other = {
@@ -525,24 +529,7 @@ child!(child_remote_free_into_a_remapped_segment, {
     };
     first.wait();
     shardalloc::collect(true);
-    // SAFETY: as in `child_free_into_a_remapped_segment`.
-    let at = unsafe {
-        libc::mmap(
-            std::ptr::with_exposed_provenance_mut(segment),
-            SEGMENT,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(
-        at.addr(),
-        segment,
-        "the segment was not given back to the OS"
-    );
-    // SAFETY: our own mapping, at least `header.len()` bytes.
-    unsafe { std::ptr::copy_nonoverlapping(header.as_ptr(), at.cast::<u8>(), header.len()) };
+    forge_segment_header(segment, &header);
     second.wait();
     other.join().unwrap();
     println!("SURVIVED");
