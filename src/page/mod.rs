@@ -175,9 +175,10 @@ pub(crate) const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_o
 /// memory itself.
 ///
 /// Fields in `Cell`s are touched only by the owner thread; `block_size` and
-/// `page_start` are also read by remote freeing threads but never change
-/// while a block of the page is live; the two atomics are the only fields
-/// written across threads.
+/// `page_start` (secure builds: also `key`, `boundary_m` and `reserved`)
+/// are also read by remote freeing threads but never change while a block
+/// of the page is live; the two atomics are the only fields written across
+/// threads.
 ///
 /// Layout, by who writes a line (a line one thread writes while another
 /// reads it moves between their caches on every write):
@@ -334,7 +335,8 @@ const _: () = assert!(
 
 // SAFETY: a `Page` is shared between the owner thread and remote freeing
 // threads. The remote side only touches the atomics and reads
-// `block_size`/`page_start`, which the owner never writes while any block
+// `block_size`/`page_start` (secure builds: also `key`, `boundary_m` and
+// `reserved`, set with them), which the owner never writes while any block
 // of the page is live (a live block keeps `used > 0`, and the fields change
 // only in `init`, on an unused page). The `Cell` fields are the owner's (the
 // thread whose id is stored in the segment, checked on every free before a
