@@ -649,19 +649,20 @@ pub(crate) mod owner_cache {
     }
 
     /// Whether `segment` is the calling thread's cached own segment and no
-    /// segment left the map or changed hands since it was cached.
-    #[cfg(not(loom))]
+    /// segment left the map or changed hands since it was cached. (Under
+    /// loom the cache is off: the models check the full path.)
     #[inline(always)]
     pub(crate) fn hit(segment: usize) -> bool {
-        let [cached, at] = LAST.with(core::cell::Cell::get);
-        cached == segment && at == generation()
-    }
-
-    /// Under loom the cache is off: the models check the full path.
-    #[cfg(loom)]
-    #[inline(always)]
-    pub(crate) fn hit(_segment: usize) -> bool {
-        false
+        #[cfg(not(loom))]
+        {
+            let [cached, at] = LAST.with(core::cell::Cell::get);
+            cached == segment && at == generation()
+        }
+        #[cfg(loom)]
+        {
+            let _ = segment;
+            false
+        }
     }
 
     /// Whether `segment` is the segment the map last vouched for on one of
