@@ -318,7 +318,8 @@ impl Segment {
     /// Maps and initialises a segment of `kind` (not huge) owned by `heap`
     /// on thread `thread_id`. A `dense` segment (its heap already filled
     /// one of this kind) is backed by transparent huge pages from the start
-    /// where the option allows ([`Segment::advise_huge_halves`]). Returns
+    /// where the option allows (both halves advised `MADV_HUGEPAGE` before
+    /// the header's first write; see `halves.rs` for the rest). Returns
     /// `None` when the OS refuses.
     pub(crate) fn create(
         kind: PageKind,
