@@ -60,7 +60,7 @@ pub unsafe fn usable_size(ptr: *const u8) -> usize {
 
 /// Frees a block on the calling thread: [`free_block`] with the calling
 /// thread's id. Secure builds first try the thread's owner cache
-/// ([`crate::secure::owner_cache`]): a block of the segment the thread last
+/// (`secure::owner_cache`): a block of the segment the thread last
 /// freed into as its owner goes straight to the local free, its segment
 /// vouched for (the block itself is checked there as always).
 ///

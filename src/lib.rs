@@ -49,9 +49,9 @@
 //! From the call downward (each a module, see `docs/design.md` §1):
 //!
 //! * `global` — [`ShardAlloc`] and [`collect`]: routing only;
-//! * `free` — [`free`] and [`usable_size`]: the whole free path;
+//! * `free` — [`free()`] and [`usable_size`]: the whole free path;
 //! * `first_class` — [`Heap`], first-class heaps;
-//! * `report` — [`stats`] and [`print_stats`];
+//! * `report` — [`stats()`] and [`print_stats`];
 //! * `thread` — the thread's default heap behind a thread-local pointer,
 //!   thread start and exit, the fork handlers;
 //! * `heap` — `RawHeap`, the heap behind both, in child modules: page

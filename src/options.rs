@@ -20,12 +20,12 @@
 //! they use `core` atomics even under loom.
 //!
 //! Secure builds (feature `secure`, `docs/security.md`) also read
-//! `SHARDALLOC_SECURE_GUARD_PAGES` ([`set_secure_guard_pages`]), default `1`:
+//! `SHARDALLOC_SECURE_GUARD_PAGES` (`set_secure_guard_pages`), default `1`:
 //! every new segment ends with a `PROT_NONE` guard page; `0` leaves the
 //! guards out (one `mprotect` call and one mapping split less per segment;
 //! an overflow past a large or huge block then runs into the next mapping
 //! instead of faulting). The layout is the same either way. And
-//! `SHARDALLOC_SECURE_SHUFFLE` ([`set_secure_shuffle`]), default `runs`:
+//! `SHARDALLOC_SECURE_SHUFFLE` (`set_secure_shuffle`), default `runs`:
 //! each block of a page extension joins one of two runs at random, each
 //! run handed out in address order; `groups` shuffles groups of 1 KiB of
 //! consecutive blocks; `blocks` shuffles every block (stronger, and slower

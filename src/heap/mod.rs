@@ -82,7 +82,7 @@ pub(crate) struct RawHeap {
     medium_slots: SegmentList,
     /// Large segments whose page is unused (emptied, waiting for its reset).
     large_slots: SegmentList,
-    /// Slow-path calls so far: every [`COLLECT_INTERVAL`]th one runs a
+    /// Slow-path calls so far: every [`COLLECT_INTERVAL`](alloc::COLLECT_INTERVAL)th one runs a
     /// collect pass over all the heap's pages.
     slow_calls: Cell<usize>,
     /// Unused page slots whose memory waits for the reset delay, oldest first

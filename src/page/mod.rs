@@ -186,7 +186,7 @@ pub(crate) const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_o
 ///   on its fast paths; the atomics other threads write sit on the second,
 ///   so a remote free does not steal the line the owner allocates from (it
 ///   reads only the second line);
-/// * secure builds, three ([`LineBreak`]): a remote free also reads the
+/// * secure builds, three (`LineBreak`): a remote free also reads the
 ///   page's key, start, multiplier and block count (to check the block and
 ///   mark it freed), so those sit on a line of their own that nobody writes
 ///   while the page is in use: the owner's writes (`free`, `used`, ...) stay

@@ -255,7 +255,7 @@ impl Segment {
     /// Hands the segment to thread `thread_id` (0: to no thread). Every
     /// change of a segment's owner goes through here or through
     /// [`Segment::init_header`]: secure builds first invalidate every
-    /// thread's owner cache ([`crate::secure::owner_cache`]), which lets a
+    /// thread's owner cache (`secure::owner_cache`), which lets a
     /// free skip the owner test only while no segment changed hands.
     #[inline]
     pub(crate) fn set_owner(&self, thread_id: usize) {
