@@ -88,7 +88,7 @@ use core::ptr::{self, NonNull};
 /// ```
 ///
 /// A *raw* block of a heap may be freed from any thread with
-/// [`shardalloc::free`](crate::free) (or `ShardAlloc::dealloc`) while the
+/// [`shardalloc::free`](crate::free()) (or `ShardAlloc::dealloc`) while the
 /// heap exists: the free is the same lock-free remote free as for any block.
 ///
 /// # Destroy, and the rule for frees racing it
@@ -228,7 +228,7 @@ impl Heap {
     }
 
     /// Frees a block; null is accepted and ignored. (Any thread may free a
-    /// block of any heap with [`shardalloc::free`](crate::free); this is the
+    /// block of any heap with [`shardalloc::free`](crate::free()); this is the
     /// same call.)
     ///
     /// # Safety
@@ -295,7 +295,7 @@ impl Heap {
     /// while the visit runs (a collection allocating from it holds a
     /// `&Heap`, so it must be gone, or the visit must happen where no such
     /// borrow is alive). `f` may read the blocks, and may call
-    /// [`shardalloc::stats`](crate::stats) (which counts this heap too).
+    /// [`shardalloc::stats`](crate::stats()) (which counts this heap too).
     ///
     /// Frees by *other* threads are not held off: a block whose free by
     /// another thread is under way while the visit runs may still be
