@@ -29,7 +29,7 @@ pub unsafe fn free(ptr: *mut u8) {
     if ptr.is_null() {
         return;
     }
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `ptr` is a live block of ours (caller), not null (tested).
     unsafe { free_current(ptr) }
 }
 
@@ -79,11 +79,13 @@ pub(crate) unsafe fn free_current(ptr: *mut u8) {
             unsafe { free_local(Segment::page_of(segment, ptr), ptr.cast()) };
             return;
         }
-        // SAFETY: forwarded from the caller; the id is the calling thread's.
+        // SAFETY: `ptr` is a live block of ours (caller); the id is the
+        // calling thread's, which `remember` requires.
         unsafe { free_checked(ptr, crate::thread::current_thread_id(), true) }
     }
     #[cfg(not(feature = "secure"))]
-    // SAFETY: forwarded from the caller; the id is the calling thread's.
+    // SAFETY: `ptr` is a live block of ours (caller); the id is the
+    // calling thread's.
     unsafe {
         free_block(ptr, crate::thread::current_thread_id())
     }
@@ -99,7 +101,8 @@ pub(crate) unsafe fn free_current(ptr: *mut u8) {
 #[cfg_attr(all(feature = "secure", not(any(test, loom))), allow(dead_code))]
 pub(crate) unsafe fn free_block(ptr: *mut u8, thread_id: usize) {
     #[cfg(feature = "secure")]
-    // SAFETY: forwarded from the caller.
+    // SAFETY: `ptr` is a live block of ours and `thread_id` the calling
+    // thread's (caller); without `remember` no cache entry is written.
     unsafe {
         free_checked(ptr, thread_id, false)
     };

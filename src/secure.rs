@@ -496,7 +496,8 @@ pub(crate) unsafe fn mark_freed_local(page: *mut Page, block: *mut Block, key: u
 fn reject_owner_free(page: *mut Page, block: *mut Block) {
     // SAFETY: a descriptor of one of our segments (`check_free`).
     let (index, rest, m) = unsafe { split(page, block.addr()) };
-    // SAFETY: as above.
+    // SAFETY: the same descriptor; `reserved` changes only in `init`, on a
+    // page with no live block.
     if rest < m && index < unsafe { (*page).reserved.get() } as usize {
         misuse("double free", block.addr());
     }

@@ -246,7 +246,8 @@ impl Page {
                 }
             }
         }
-        // SAFETY: as above.
+        // SAFETY: `tail`, the last block threaded, is block `< count` of
+        // the extension, never used and not linked yet (caller's range).
         unsafe { self.link_fresh_keyed(key, tail, self.free.get()) };
         self.free.set(head);
     }

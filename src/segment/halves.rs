@@ -17,7 +17,8 @@ impl Segment {
         segment: *mut Segment,
         page: *mut Page,
     ) -> Option<core::ops::Range<usize>> {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: `segment` is live and `page` one of its slots (caller);
+        // `page_count` never changes while the segment lives.
         let (count, index) = unsafe { ((*segment).page_count, Segment::page_index(segment, page)) };
         if count < 2 {
             return None;
@@ -34,7 +35,8 @@ impl Segment {
     /// `page` is a slot of the live `segment`, whose slots the caller may
     /// read (owner, or lock holder).
     pub(crate) unsafe fn would_split_huge_page(segment: *mut Segment, page: *mut Page) -> bool {
-        // SAFETY: forwarded from the caller.
+        // SAFETY: `page` is a slot of the live `segment` and the caller may
+        // read its slots (owner or lock holder): no slot changes under us.
         unsafe {
             let Some(half) = Segment::half_of(segment, page) else {
                 return false;

@@ -352,7 +352,7 @@ impl Segment {
                 guard - cut
             }
             guard if guard >= cut => {
-                // SAFETY: ours (caller).
+                // SAFETY: a live huge segment the caller owns exclusively.
                 if !unsafe { Segment::lift_huge_guard(segment) } {
                     // Our own page, whose protection only we changed:
                     // lifting it merges mappings and cannot need more.
@@ -548,7 +548,8 @@ impl Segment {
         #[cfg(all(feature = "secure", not(any(loom, miri))))]
         if align <= SEGMENT_SIZE && map_align == SEGMENT_SIZE {
             return Segment::huge_block_offset(size, align)
-                // SAFETY: a live huge segment (caller).
+                // SAFETY: a live huge segment (caller): its header is
+                // mapped and its guard offset only changes under its owner.
                 .map(|(offset, lead)| unsafe {
                     Segment::huge_spare_offset(segment, size, align, offset, lead).0
                 })
@@ -581,11 +582,12 @@ impl Segment {
         offset: usize,
         lead: usize,
     ) -> (usize, usize, bool) {
-        // SAFETY: a live segment (caller).
+        // SAFETY: a live huge segment (caller): its header is mapped.
         let total = unsafe { (*segment).size };
         let unit = trim_unit(total);
         let first = offset - lead;
-        // SAFETY: a live huge segment (caller).
+        // SAFETY: as the caller requires of `huge_offset_at_guard`: a live
+        // huge segment.
         let at_guard = unsafe { Segment::huge_offset_at_guard(segment, size, align, offset, unit) };
         if let Some(at) = at_guard {
             return (at, at - first, false);
@@ -617,7 +619,7 @@ impl Segment {
         offset: usize,
         lead: usize,
     ) -> (usize, usize, bool) {
-        // SAFETY: a live segment (caller).
+        // SAFETY: a live huge segment (caller), as `huge_spare_offset` needs.
         let placed = unsafe { Segment::huge_spare_offset(segment, size, align, offset, lead) };
         let (at, _, splits) = placed;
         if !splits {
@@ -632,7 +634,7 @@ impl Segment {
         if unsafe { os::all_resident(segment.cast::<u8>().add(from), end - from) } {
             return (placed.0, placed.1, false);
         }
-        // SAFETY: as above.
+        // SAFETY: a live huge segment (caller): its header is mapped.
         let map_size = unsafe { (*segment).map_size };
         if Segment::huge_total(offset, size).is_some_and(|total| total <= map_size) {
             (offset, lead, false)
@@ -735,7 +737,7 @@ impl Segment {
         offset: usize,
         unit: usize,
     ) -> Option<usize> {
-        // SAFETY: a live segment (caller).
+        // SAFETY: a live huge segment (caller): its header is mapped.
         let guard = unsafe { (*segment).huge_guard.get() };
         let align = align.max(OS_PAGE_SIZE);
         let len = checked_align_up(size, OS_PAGE_SIZE)?;
