@@ -6,8 +6,8 @@
 //!   chains) is `rotl(next ⊕ block ⊕ k, k mod 64)`, with `k` the key of the
 //!   block's page (`Page::key`, on the descriptor's read-mostly cache line,
 //!   which remote frees read without disturbing the owner's), drawn afresh
-//!   from a process-wide generator seeded by
-//!   `getrandom` each time a page is set up. Every decoded link is validated
+//!   each time a page is set up from the thread's generator, seeded from a
+//!   process-wide one seeded by `getrandom`. Every decoded link is validated
 //!   before it is followed ([`Block::next`](crate::page::Block)): null, or a
 //!   block boundary of the same page below its extension (delayed list: of a
 //!   page of one of our segments); otherwise `free-list corruption` aborts.
@@ -35,7 +35,9 @@
 use crate::fatal::misuse;
 use crate::page::{ADDRESS_LIMIT, Block, Page};
 use crate::segment::{SEGMENT_SHIFT, Segment};
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+#[cfg(not(loom))]
+use core::sync::atomic::AtomicU64;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// Where a free block keeps its freed canary: the word after its link (past
 /// the link's tracked cell under loom).
@@ -47,8 +49,18 @@ pub(crate) const CANARY_OFFSET: usize = size_of::<Block>().next_multiple_of(size
 /// paths write the canary without testing the size.
 pub(crate) const CANARY_MIN_BLOCK: usize = CANARY_OFFSET + size_of::<usize>();
 
-/// State of the process-wide generator (a Weyl sequence; 0: not seeded).
-static RNG: AtomicU64 = AtomicU64::new(0);
+/// A value alone on its cache line: a word every thread reads on its hot
+/// path must not share a line with one that other threads write (the
+/// generator's state sat on the owner cache's generation line, and a
+/// producer's page extensions, each one RMW of it, stole the line from its
+/// consumer's frees, each one load of the generation).
+#[repr(align(64))]
+pub(crate) struct OwnLine<T>(pub(crate) T);
+
+/// The process-wide seed source (a Weyl sequence; 0: not seeded): each
+/// thread's generator takes its seed from it, once ([`thread_seed`]).
+#[cfg(not(loom))]
+static SEEDS: OwnLine<AtomicU64> = OwnLine(AtomicU64::new(0));
 
 const WEYL: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -60,20 +72,58 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A random 64-bit value from the process-wide generator, seeded from the
-/// OS (`getrandom`) at its first use. Lock-free; never allocates.
+#[cfg(not(loom))]
+std::thread_local! {
+    /// The calling thread's generator: a Weyl sequence as the process-wide
+    /// one, from a seed of its own (0: not seeded yet). Thread-local so
+    /// that two threads setting up and extending pages at once do not take
+    /// turns on one cache line (an RMW per extension and two per page set
+    /// up, when the state was process-wide).
+    static THREAD_RNG: core::cell::Cell<u64> = const { core::cell::Cell::new(0) };
+}
+
+/// A random 64-bit value from the calling thread's generator (splitmix64),
+/// seeded at its first use from the process-wide seed source, itself
+/// seeded from the OS (`getrandom`). Never allocates; no atomic operation
+/// but the first on each thread.
 #[cfg(not(loom))]
 pub(crate) fn random_u64() -> u64 {
+    THREAD_RNG.with(|state| {
+        let mut s = state.get();
+        if s == 0 {
+            s = thread_seed();
+        }
+        s = s.wrapping_add(WEYL);
+        state.set(s);
+        mix(s)
+    })
+}
+
+/// A seed for a thread's generator: two outputs of the process-wide seed
+/// source combined (as [`new_key`] does, so that a thread's state does not
+/// give away the source's), never 0.
+#[cfg(not(loom))]
+#[cold]
+#[inline(never)]
+fn thread_seed() -> u64 {
     // Relaxed: the state is a counter; nothing else is published through it.
-    if RNG.load(Ordering::Relaxed) == 0 {
+    if SEEDS.0.load(Ordering::Relaxed) == 0 {
         let mut seed = [0u8; 8];
         crate::os::random_bytes(&mut seed);
         let seed = u64::from_ne_bytes(seed) | 1;
         // Relaxed: whichever seed wins, it is random; no data hangs on it.
-        let _ = RNG.compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = SEEDS
+            .0
+            .compare_exchange(0, seed, Ordering::Relaxed, Ordering::Relaxed);
     }
-    // Relaxed: an RMW on a counter, nothing published with it.
-    mix(RNG.fetch_add(WEYL, Ordering::Relaxed).wrapping_add(WEYL))
+    // Relaxed: RMWs on a counter, nothing published with them.
+    let draw = || {
+        mix(SEEDS
+            .0
+            .fetch_add(WEYL, Ordering::Relaxed)
+            .wrapping_add(WEYL))
+    };
+    (draw() ^ draw().rotate_left(23)) | 1
 }
 
 /// Under loom a model must run the same way on every exploration: secure
@@ -89,7 +139,7 @@ pub(crate) fn random_u64() -> u64 {
 pub(crate) struct LocalRng(u64);
 
 impl LocalRng {
-    /// A generator seeded from the process-wide one.
+    /// A generator seeded from the thread's.
     pub(crate) fn new() -> LocalRng {
         LocalRng(random_u64() | 1)
     }
@@ -621,8 +671,9 @@ pub(crate) mod segment_map {
 pub(crate) mod owner_cache {
     use core::sync::atomic::{AtomicUsize, Ordering};
 
-    /// Bumped before any segment leaves the map or changes owner.
-    static GENERATION: AtomicUsize = AtomicUsize::new(0);
+    /// Bumped before any segment leaves the map or changes owner; read by
+    /// every free, so alone on its cache line.
+    static GENERATION: super::OwnLine<AtomicUsize> = super::OwnLine(AtomicUsize::new(0));
 
     #[cfg(not(loom))]
     std::thread_local! {
@@ -646,7 +697,7 @@ pub(crate) mod owner_cache {
         // hands); another thread's bump is seen once the hardware makes it
         // visible, and a free racing it is the program's use after free,
         // which no ordering here would close (see the module doc).
-        GENERATION.load(Ordering::Relaxed)
+        GENERATION.0.load(Ordering::Relaxed)
     }
 
     /// Whether `segment` is the calling thread's cached own segment and no
@@ -708,7 +759,7 @@ pub(crate) mod owner_cache {
     /// leaves the map or changes owner.
     pub(crate) fn invalidate() {
         // Relaxed: a counter, as in `generation` (the RMW keeps every bump).
-        GENERATION.fetch_add(1, Ordering::Relaxed);
+        GENERATION.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
