@@ -895,6 +895,41 @@ fn a_split_tail_keeps_the_old_guard_page_for_its_next_block() {
     }
 }
 
+child!(child_reuse_prefers_a_spare_that_keeps_its_guard, {
+    // Spare A, of a 3 MiB block mapped with guard pages off (so it has none), is the smaller
+    // one: 6 MiB of mapping against spare B's 8 MiB (of a 4.5 MiB block, its guard page 6 MiB
+    // in). A 3 MiB block fits either, but only in B can it end right before a guard page that
+    // is already there: it goes to B, and A is left for later (in A its guard page would need
+    // an `mprotect`). Then writes past it in 4 KiB steps.
+    shardalloc::options::set_secure_guard_pages(false);
+    let a = alloc(3 << 20);
+    shardalloc::options::set_secure_guard_pages(true);
+    let b = alloc(9 << 19);
+    touch(a, 3 << 20);
+    touch(b, 9 << 19);
+    let b_end = block_end(b);
+    free(a);
+    free(b);
+    let c = alloc(3 << 20);
+    if c.addr() >> 22 == a.addr() >> 22 {
+        println!("IN THE SMALLER SPARE, WITHOUT A GUARD PAGE");
+        std::process::exit(7);
+    }
+    expect_in_spare(c, b, "the 3 MiB block is in neither spare");
+    if block_end(c) == b_end {
+        println!("C ENDS AT B'S GUARD");
+    }
+    touch(c, 3 << 20);
+    overflow(c, 3 << 20, &[]);
+});
+
+#[test]
+fn a_reused_spare_is_one_whose_guard_page_stays_where_one_can() {
+    let o = run_child("child_reuse_prefers_a_spare_that_keeps_its_guard");
+    assert_faulted(&o, "past a block in the spare that kept its guard page");
+    assert!(o.stdout.contains("C ENDS AT B'S GUARD"), "{}", o.stdout);
+}
+
 /// Minor page faults of the calling thread so far.
 fn thread_minflt() -> i64 {
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();

@@ -563,6 +563,28 @@ impl Segment {
                 .is_some_and(|end| end <= limit)
     }
 
+    /// Secure builds: whether spare `segment` would take a block of `size`
+    /// bytes aligned to `align` right before its guard page, which then
+    /// stays where it is (`huge_offset_at_guard`): a reuse without any
+    /// `mprotect`, which `RawHeap::best_huge_spare` prefers.
+    ///
+    /// # Safety
+    /// `segment` is a live huge segment.
+    #[cfg(all(feature = "secure", not(any(loom, miri))))]
+    pub(crate) unsafe fn huge_keeps_guard(
+        segment: *mut Segment,
+        size: usize,
+        align: usize,
+    ) -> bool {
+        let Some((offset, _)) = Segment::huge_block_offset(size, align) else {
+            return false;
+        };
+        // SAFETY: a live huge segment (caller): its header is mapped.
+        let unit = trim_unit(unsafe { (*segment).size });
+        // SAFETY: as the caller guarantees.
+        unsafe { Segment::huge_offset_at_guard(segment, size, align, offset, unit) }.is_some()
+    }
+
     /// Secure builds: where a block of `size` bytes aligned to `align`
     /// (usually at `offset`, with `lead`: `huge_block_offset`) goes in spare
     /// `segment`, its lead there, and whether its guard page splits its
