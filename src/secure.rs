@@ -21,13 +21,19 @@
 //!   last freed into as its owner skip the map and the owner test while no
 //!   segment has left the map or changed hands since.
 //!
-//! The block-boundary test is one widening multiplication ([`split`]; the
-//! owner's paths use the cheaper [`in_extent`]): with
-//! `m = ⌈2^64 / size⌉` (`Page::boundary_m`) and `offset = addr − page_start`,
-//! the high half of `offset · m` is `offset / size` and the low half is below
-//! `m` exactly when `size` divides `offset` (for offsets below 2^32; any
-//! larger offset has a high half at least `offset / size`, so the index
-//! bound rejects it). A page not in use has `m = 0`, which nothing passes.
+//! The block-boundary test is one multiplication and one rotation
+//! ([`block_index`]): with `size = d · 2^s` (`d` odd), `inv` the inverse of
+//! `d` modulo 2^64 (`Page::boundary_inv`, `Page::boundary_shift`) and
+//! `offset = addr − page_start` (wrapping), `rotr(offset · inv, s)` is
+//! `offset / size` when `size` divides `offset`, and otherwise at least
+//! 2^(64 − s) / d, above any page's block count (Granlund and Montgomery's
+//! divisibility test: an odd `d` divides a `W`-bit `y` exactly when
+//! `y · inv mod 2^W ≤ (2^W − 1) / d`, the quotient then; a multiple of
+//! 2^s has its low `s` bits zero, which the rotation moves to the top
+//! otherwise). So `addr` is the start of block `i < n` exactly when the
+//! result is below `n`, for every address, "negative" offsets included: the
+//! owner's paths bound it by the page's extension (`Page::extent`), others
+//! by `Page::live_blocks`, 0 while the page is not in use.
 //!
 //! Nothing here allocates or panics; a detected misuse ends the process
 //! through [`crate::fatal::misuse`].
@@ -202,59 +208,71 @@ pub(crate) unsafe fn key_of(block: *mut Block) -> usize {
     unsafe { (*page_of(block)).key.get() }
 }
 
-/// The multiplier of the block-boundary test for blocks of `size` bytes in
-/// a page of `count` blocks: `m = ⌈2^64 / size⌉` (Lemire, Kaser and Kurz,
-/// "Faster remainder by direct computation", 2019: for `offset < 2^32`,
-/// `offset · m mod 2^64 < m` exactly when `size` divides `offset`, and
-/// `⌊offset · m / 2^64⌋ = offset / size`; page offsets of non-huge pages are
-/// below 4 MiB). A page of one block (huge, or large one-block pages) gets
-/// `m = 1`: only offset 0 passes.
-pub(crate) fn boundary_multiplier(size: usize, count: u32) -> usize {
-    if count <= 1 || size == 0 || size > u32::MAX as usize {
-        1
-    } else {
-        usize::MAX / size + 1
+/// The block-boundary test's constants for blocks of `size` bytes in a
+/// page of `count` blocks: `(inv, s)` with `size = d · 2^s`, `d` odd and
+/// `inv · d ≡ 1 (mod 2^64)` (see the module documentation). A page of one
+/// block (huge, or a large one-block page) gets `(1, 0)`: the index is the
+/// offset itself, below 1 only at 0.
+pub(crate) fn boundary_constants(size: usize, count: u32) -> (usize, u32) {
+    if count <= 1 || size == 0 {
+        return (1, 0);
     }
+    let shift = size.trailing_zeros();
+    let odd = size >> shift;
+    // Newton's iteration: `odd` is its own inverse modulo 8 (3 bits), and
+    // each step doubles the bits that are right: 6, 12, 24, 48, 96.
+    let mut inv = odd;
+    for _ in 0..5 {
+        inv = inv.wrapping_mul(2usize.wrapping_sub(odd.wrapping_mul(inv)));
+    }
+    (inv, shift)
 }
 
-/// `(index, rest)` of `addr` in `page`: `addr` is the start of block `index`
-/// of the page exactly when `rest < m` and `index` is below the page's block
-/// count (see the module documentation). One `mul` instruction.
+/// The index of the block of `page` that starts at `addr`, if one does
+/// (below the page's block count); otherwise a value above any block
+/// count (see the module documentation). One `imul`, one `ror`.
 ///
 /// # Safety
 /// `page` is a descriptor of one of our live segments.
 #[inline(always)]
-unsafe fn split(page: *mut Page, addr: usize) -> (usize, usize, usize) {
-    // SAFETY: a live descriptor (caller); `page_start` and `boundary_m` do
-    // not change while the page holds live blocks.
-    let (start, m) = unsafe { ((*page).page_start.get().addr(), (*page).boundary_m.get()) };
-    let wide = (addr.wrapping_sub(start) as u128) * (m as u128);
-    ((wide >> 64) as usize, wide as usize, m)
+unsafe fn block_index(page: *mut Page, addr: usize) -> usize {
+    // SAFETY: a live descriptor (caller); `page_start` and the constants
+    // are set by `Page::init` and do not change while the page is in use.
+    unsafe {
+        let offset = addr.wrapping_sub((*page).page_start.get().addr());
+        offset
+            .wrapping_mul((*page).boundary_inv.get())
+            .rotate_right((*page).boundary_shift.get())
+    }
 }
 
 /// Whether `addr` is the start of a block of `page` below its extension
-/// (`Page::extent`, `capacity · block_size` bytes from `page_start`): the
-/// offset bounded by the extent (one compare with memory; "negative"
-/// offsets are huge and fail it), then the low half of `offset · m` below
-/// `m` (a 64-bit `imul`, exact since an offset below the extent is below
-/// 4 MiB, or, in a huge page, where `m = 1`, passes only at 0). A page not
-/// in use has `m = 0`: nothing passes. Seven instructions where the index
-/// test of [`split`] and a bound on `capacity` took nine (the widening
-/// `mul` also ties up two registers).
+/// (`Page::extent`, its `capacity` as a word): [`block_index`] and one
+/// compare with memory (seven instructions and one branch, where the former
+/// test, an offset bound and a multiply-and-compare, took eight and two).
+/// A page not in use has an extension of 0: nothing passes.
 ///
 /// # Safety
 /// `page` is a descriptor of one of our live segments, and the caller its
 /// owner (`extent` is owner-only).
 #[inline(always)]
 unsafe fn in_extent(page: *mut Page, addr: usize) -> bool {
-    // SAFETY: a live descriptor of ours (caller); `page_start` and
-    // `boundary_m` do not change while the page holds live blocks, `extent`
-    // only on its owner, the caller.
-    unsafe {
-        let offset = addr.wrapping_sub((*page).page_start.get().addr());
-        let m = (*page).boundary_m.get();
-        offset < (*page).extent.get() && offset.wrapping_mul(m) < m
-    }
+    // SAFETY: a live descriptor of ours (caller); `extent` changes only on
+    // its owner, the caller.
+    unsafe { block_index(page, addr) < (*page).extent.get() }
+}
+
+/// Whether `addr` is the start of a block of `page`, a page in use (its
+/// [`Page::live_blocks`] bound is 0 otherwise): the test of callers that
+/// are not the page's owner.
+///
+/// # Safety
+/// As for [`block_index`].
+#[inline(always)]
+unsafe fn is_live_block(page: *mut Page, addr: usize) -> bool {
+    // SAFETY: as for `block_index`; `live_blocks` changes only while the
+    // page holds no live block.
+    unsafe { block_index(page, addr) < (*page).live_blocks.get() }
 }
 
 /// Decodes the link stored in free block `block` and checks that it is null
@@ -271,11 +289,8 @@ pub(crate) unsafe fn checked_next(block: *mut Block, stored: *mut Block) -> *mut
     unsafe {
         let page = page_of(block);
         let next = decode((*page).key.get(), block, stored);
-        if !next.is_null() {
-            let (index, rest, m) = split(page, next.addr());
-            if rest >= m || index >= (*page).reserved.get() as usize {
-                corrupt(block);
-            }
+        if !next.is_null() && !is_live_block(page, next.addr()) {
+            corrupt(block);
         }
         next
     }
@@ -355,7 +370,7 @@ enum Found {
 }
 
 /// See [`find_page`]. The careful version of [`check_free`]'s test: it
-/// also tells a block of a page no longer in use (whose `boundary_m` is 0)
+/// also tells a block of a page no longer in use (whose `live_blocks` is 0)
 /// from a pointer that was never a block.
 ///
 /// # Safety
@@ -372,21 +387,16 @@ unsafe fn classify(ptr: *mut u8) -> Found {
             return Found::NotOurs;
         }
         let page = Segment::page(segment, index);
-        let reserved = (*page).reserved.get();
         if (*page).in_use.get() {
-            let (block, rest, m) = split(page, ptr.addr());
-            return if rest < m && block < reserved as usize {
+            return if is_live_block(page, ptr.addr()) {
                 Found::Live(page)
             } else {
                 Found::NotOurs
             };
         }
-        // Not in use: its multiplier is 0; test the last layout's.
-        let size = (*page).block_size.get();
-        let m = boundary_multiplier(size, reserved);
-        let offset = ptr.addr().wrapping_sub((*page).page_start.get().addr());
-        let wide = (offset as u128) * (m as u128);
-        if (wide as usize) < m && ((wide >> 64) as usize) < reserved as usize {
+        // Not in use: its bound is 0; test the last layout's block count
+        // (its constants are the last layout's).
+        if block_index(page, ptr.addr()) < (*page).reserved.get() as usize {
             Found::FreedPage
         } else {
             Found::NotOurs
@@ -474,8 +484,7 @@ pub(crate) unsafe fn check_pointer(ptr: *const u8) {
             // Below the page count, as in `check_free`.
             debug_assert!(index < (*segment).page_count);
             let page = Segment::page(segment, index);
-            let (block, rest, m) = split(page, ptr.addr());
-            if rest < m && block < (*page).reserved.get() as usize {
+            if is_live_block(page, ptr.addr()) {
                 return;
             }
         }
@@ -545,10 +554,7 @@ pub(crate) unsafe fn mark_freed_local(page: *mut Page, block: *mut Block, key: u
 #[inline(never)]
 fn reject_owner_free(page: *mut Page, block: *mut Block) {
     // SAFETY: a descriptor of one of our segments (`check_free`).
-    let (index, rest, m) = unsafe { split(page, block.addr()) };
-    // SAFETY: the same descriptor; `reserved` changes only in `init`, on a
-    // page with no live block.
-    if rest < m && index < unsafe { (*page).reserved.get() } as usize {
+    if unsafe { is_live_block(page, block.addr()) } {
         misuse("double free", block.addr());
     }
     reject(block.cast())
@@ -556,7 +562,7 @@ fn reject_owner_free(page: *mut Page, block: *mut Block) {
 
 /// A free by another thread of `block`, a pointer into `page`: as
 /// [`mark_freed_local`], the block bounded by the page's block count instead
-/// of the owner-only extension ([`split`]), with an atomic swap so that two
+/// of the owner-only extension ([`is_live_block`]), with an atomic swap so that two
 /// threads freeing the same block at once cannot both pass.
 ///
 /// # Safety
@@ -567,8 +573,7 @@ pub(crate) unsafe fn mark_freed_remote(page: *mut Page, block: *mut Block) -> bo
     // bounds pass, the block is a block of the live `page`, and its canary
     // word lies inside it and is word-aligned.
     unsafe {
-        let (index, rest, m) = split(page, block.addr());
-        if rest >= m || index >= (*page).reserved.get() as usize {
+        if !is_live_block(page, block.addr()) {
             reject_free(block.cast());
             return false;
         }
@@ -784,42 +789,52 @@ mod tests {
         assert_ne!(decode(key, other, stored), other);
     }
 
+    /// `rotr((addr − start) · inv, s) < n` holds exactly for the starts of
+    /// blocks `0 .. n`: every size class over a segment's span on both
+    /// sides of the page start (every 8 bytes), far offsets, and odd sizes.
     #[test]
-    fn the_boundary_multiplier_divides_exactly() {
-        for &size in crate::size_class::BLOCK_SIZES.iter().filter(|&&s| s > 0) {
-            let m = boundary_multiplier(size, 64);
-            let split = |offset: usize| {
-                let wide = (offset as u128) * (m as u128);
-                ((wide >> 64) as usize, wide as usize)
-            };
-            for offset in (0..(4usize << 20)).step_by(8) {
-                let (index, rest) = split(offset);
+    fn the_boundary_test_is_exact() {
+        let check = |size: usize, count: usize| {
+            let (inv, shift) = boundary_constants(size, count as u32);
+            let index = |offset: usize| offset.wrapping_mul(inv).rotate_right(shift);
+            let span = 4usize << 20;
+            let mut offset = 0usize.wrapping_sub(span);
+            while offset != span {
+                let expected = offset.is_multiple_of(size) && offset / size < count;
                 assert_eq!(
-                    rest < m,
-                    offset.is_multiple_of(size),
-                    "size {size} offset {offset}"
+                    index(offset) < count,
+                    expected,
+                    "size {size} offset {offset:#x}"
                 );
-                assert_eq!(index, offset / size, "size {size} offset {offset}");
+                if expected {
+                    assert_eq!(index(offset), offset / size);
+                }
+                offset = offset.wrapping_add(if size.is_multiple_of(8) { 8 } else { 1 });
             }
-            // Addresses below the page start or far past it: the index is at
-            // least offset / size, so the bound on it rejects them.
-            let count = (4usize << 20) / size;
-            for offset in [
+            for far in [
+                usize::MAX,
                 usize::MAX - 7,
                 0usize.wrapping_sub(size),
-                0usize.wrapping_sub(4 << 20),
+                0usize.wrapping_sub(size * count),
+                size * count,
                 1 << 32,
                 size << 32,
                 1 << 47,
+                (1 << 48) - size,
             ] {
-                let (index, rest) = split(offset);
-                assert!(
-                    rest >= m || index >= count,
-                    "size {size} offset {offset:#x}"
-                );
+                assert!(index(far) >= count, "size {size} offset {far:#x}");
             }
+        };
+        for &size in crate::size_class::BLOCK_SIZES.iter().filter(|&&s| s > 0) {
+            check(size, (64 << 10) / size.min(64 << 10));
+            check(size, (4usize << 20) / size);
         }
-        assert_eq!(boundary_multiplier(5 << 20, 1), 1);
+        for size in [24, 40, 48, 3 * 1024, 7 * 4096] {
+            check(size, 1000);
+        }
+        // One block (huge pages): offset 0 only, whatever the size.
+        check(5 << 20, 1);
+        assert_eq!(boundary_constants(5 << 20, 1), (1, 0));
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl Page {
                 self.clear_interior_marks(self.free.get());
             }
             self.capacity.set((capacity + count) as u32);
-            self.extent.set((capacity + count) * size);
+            self.extent.set(capacity + count);
             return;
         }
         // SAFETY: blocks `capacity .. capacity + count` lie inside the page
@@ -72,7 +72,7 @@ impl Page {
         }
         self.capacity.set((capacity + count) as u32);
         #[cfg(feature = "secure")]
-        self.extent.set((capacity + count) * size);
+        self.extent.set(capacity + count);
     }
 
     /// Secure mode's extension: the new blocks are threaded in a random

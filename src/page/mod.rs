@@ -175,7 +175,7 @@ pub(crate) const MARK_OFFSET: usize = size_of::<Block>().next_multiple_of(size_o
 /// memory itself.
 ///
 /// Fields in `Cell`s are touched only by the owner thread; `block_size` and
-/// `page_start` (secure builds: also `key`, `boundary_m` and `reserved`)
+/// `page_start` (secure builds: also `key`, the boundary test's constants and `reserved`)
 /// are also read by remote freeing threads but never change while a block
 /// of the page is live; the two atomics are the only fields written across
 /// threads.
@@ -232,11 +232,10 @@ pub(crate) struct Page {
     /// line, below.)
     #[cfg(not(feature = "secure"))]
     pub(crate) page_start: Cell<*mut u8>,
-    /// Secure mode: bytes of the page's extension, `capacity · block_size`
-    /// (set with `capacity`, by the owner, hence on this line): the owner's
-    /// fast paths bound a block's offset by it, one compare with memory,
-    /// instead of bounding its index by `capacity` (a `u32`: a load, a
-    /// compare) after a widening multiplication.
+    /// Secure mode: `capacity` as a word (set with it, by the owner, hence
+    /// on this line): the owner's fast paths bound a block's index by it,
+    /// one compare with memory, where the `u32` would take a load and a
+    /// compare.
     #[cfg(feature = "secure")]
     pub(crate) extent: Cell<usize>,
     /// Queue links (owner only).
@@ -253,17 +252,25 @@ pub(crate) struct Page {
     /// Address of the first block (secure builds; see above).
     #[cfg(feature = "secure")]
     pub(crate) page_start: Cell<*mut u8>,
-    /// Secure mode: the block-boundary test's multiplier
-    /// (`secure::boundary_multiplier`), set with `block_size`; 0 while the
-    /// page is not in use (no pointer passes the test then).
+    /// Secure mode: the block-boundary test's inverse of the block size's
+    /// odd factor (`secure::boundary_constants`), set with `block_size`.
     #[cfg(feature = "secure")]
-    pub(crate) boundary_m: Cell<usize>,
+    pub(crate) boundary_inv: Cell<usize>,
     /// Size of every block (secure builds; see above).
     #[cfg(feature = "secure")]
     pub(crate) block_size: Cell<usize>,
     /// Blocks that fit in the page (secure builds; see above).
     #[cfg(feature = "secure")]
     pub(crate) reserved: Cell<u32>,
+    /// Secure mode: the block-boundary test's rotation, the block size's
+    /// trailing zeros (`secure::boundary_constants`).
+    #[cfg(feature = "secure")]
+    pub(crate) boundary_shift: Cell<u32>,
+    /// Secure mode: `reserved` while the page is in use, 0 otherwise: the
+    /// bound of the block-boundary test of frees by other threads and of
+    /// reapers (no pointer passes it in a page not in use).
+    #[cfg(feature = "secure")]
+    pub(crate) live_blocks: Cell<usize>,
     /// The page slot holds a page in use (segment bookkeeping; changes only
     /// with the slot's state, not while the page is in use). Secure builds.
     #[cfg(feature = "secure")]
@@ -335,7 +342,7 @@ const _: () = assert!(
 
 // SAFETY: a `Page` is shared between the owner thread and remote freeing
 // threads. The remote side only touches the atomics and reads
-// `block_size`/`page_start` (secure builds: also `key`, `boundary_m` and
+// `block_size`/`page_start` (secure builds: also `key`, the boundary constants and
 // `reserved`, set with them), which the owner never writes while any block
 // of the page is live (a live block keeps `used > 0`, and the fields change
 // only in `init`, on an unused page). The `Cell` fields are the owner's (the
@@ -515,7 +522,11 @@ impl Page {
             #[cfg(feature = "secure")]
             key: Cell::new(0),
             #[cfg(feature = "secure")]
-            boundary_m: Cell::new(0),
+            boundary_inv: Cell::new(1),
+            #[cfg(feature = "secure")]
+            boundary_shift: Cell::new(0),
+            #[cfg(feature = "secure")]
+            live_blocks: Cell::new(0),
             #[cfg(feature = "secure")]
             extent: Cell::new(0),
             #[cfg(feature = "secure")]
@@ -577,10 +588,13 @@ impl Page {
         #[cfg(feature = "secure")]
         {
             self.key.set(crate::secure::new_key());
-            self.boundary_m.set(crate::secure::boundary_multiplier(
+            let (inverse, shift) = crate::secure::boundary_constants(
                 block_size,
                 u32::try_from(reserved).unwrap_or(u32::MAX),
-            ));
+            );
+            self.boundary_inv.set(inverse);
+            self.boundary_shift.set(shift);
+            self.live_blocks.set(reserved);
         }
         self.free.set(ptr::null_mut());
         self.local_free.set(ptr::null_mut());
@@ -626,7 +640,10 @@ impl Page {
         #[cfg(feature = "secure")]
         {
             self.key.set(crate::secure::new_key());
-            self.boundary_m.set(1);
+            let (inverse, shift) = crate::secure::boundary_constants(usable, 1);
+            self.boundary_inv.set(inverse);
+            self.boundary_shift.set(shift);
+            self.live_blocks.set(1);
         }
         // SAFETY: the block is fresh memory of ours, at least a word long.
         unsafe { Block::init(block.cast(), ptr::null_mut()) };
@@ -635,7 +652,7 @@ impl Page {
         self.used.set(1);
         self.capacity.set(1);
         #[cfg(feature = "secure")]
-        self.extent.set(usable);
+        self.extent.set(1);
         self.reserved.set(1);
         self.bin.set(u8::try_from(bin).unwrap_or(u8::MAX));
         self.flags.set(0);

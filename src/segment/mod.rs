@@ -855,10 +855,14 @@ impl Segment {
         // SAFETY: owner only (caller).
         unsafe {
             (*page).in_use.set(false);
-            // Secure: no pointer passes the block-boundary test of a page
-            // not in use (a free of one of its blocks is a double free).
+            // Secure: no pointer passes the block-boundary tests of a page
+            // not in use (a free of one of its blocks is a double free),
+            // its owner's (bounded by the extension) nor another thread's.
             #[cfg(feature = "secure")]
-            (*page).boundary_m.set(0);
+            {
+                (*page).live_blocks.set(0);
+                (*page).extent.set(0);
+            }
             (*page).memory_is_zero.set(false);
             (*page).flags.set(0);
             (*page).free.set(ptr::null_mut());
