@@ -132,6 +132,19 @@ fn thread_seed() -> u64 {
     (draw() ^ draw().rotate_left(23)) | 1
 }
 
+/// After `fork`, in the child (its only thread, from the fork handler):
+/// the seed source and the thread's generator start over, from the OS at
+/// the next draw, so that parent and child, and two children of one
+/// parent, draw different keys and layouts from then on. (Pages set up
+/// before the fork keep their keys in both: their lists are encoded with
+/// them.)
+#[cfg(not(loom))]
+pub(crate) fn reseed_after_fork() {
+    // Relaxed: the child's only thread; nothing is published with it.
+    SEEDS.0.store(0, Ordering::Relaxed);
+    THREAD_RNG.with(|state| state.set(0));
+}
+
 /// Under loom a model must run the same way on every exploration: secure
 /// mode's keys, shuffles and slot choices are fixed there (the models check
 /// the protocols, not the secrecy).
@@ -860,6 +873,24 @@ mod tests {
         assert!(!owner_cache::hit(segment.addr()));
         // SAFETY: allocated above with `layout`, freed once.
         unsafe { core::alloc::GlobalAlloc::dealloc(&p, block, layout) };
+    }
+
+    /// After a fork the child's next draws do not continue its parent's
+    /// sequence: the thread's state is reset and the next draw reseeds.
+    #[test]
+    fn a_forked_child_draws_afresh() {
+        let _ = random_u64();
+        let state = THREAD_RNG.with(core::cell::Cell::get);
+        assert_ne!(state, 0);
+        // What the parent draws next, from the state both processes share.
+        let parents_next = mix(state.wrapping_add(WEYL));
+        reseed_after_fork();
+        assert_eq!(THREAD_RNG.with(core::cell::Cell::get), 0);
+        assert_ne!(random_u64(), parents_next);
+        assert_ne!(
+            THREAD_RNG.with(core::cell::Cell::get),
+            state.wrapping_add(WEYL)
+        );
     }
 
     #[test]

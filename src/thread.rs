@@ -191,6 +191,9 @@ extern "C" fn after_fork_in_parent() {
 ///   child's threads adopt, and their registry entries are free again. A heap
 ///   whose lock `before_fork` could not get is left as it is (leaked).
 extern "C" fn after_fork_in_child() {
+    // Secure: the child's randomness must not repeat its parent's.
+    #[cfg(feature = "secure")]
+    crate::secure::reseed_after_fork();
     crate::purge_thread::after_fork_in_child();
     SHARED.abandoned.unlock_after_fork();
     for_each_own_heap(|heap| {
