@@ -336,25 +336,27 @@ impl RawHeap {
                 RESHAPE_HUGE_SPARES
                     || self.within_limit(unsafe { Segment::page_bytes(segment, page) })
             };
-            if kind == PageKind::Huge
-                && segment_size < best_size
+            // Secure: `keeps_size` is at least `best_size` (its spares fit
+            // too), so a spare under it may improve either choice.
+            #[cfg(all(feature = "secure", not(any(loom, miri))))]
+            let bound = keeps_size;
+            #[cfg(not(all(feature = "secure", not(any(loom, miri)))))]
+            let bound = best_size;
+            let fits = kind == PageKind::Huge
+                && segment_size < bound
                 // SAFETY: as above.
                 && unsafe { Segment::huge_fits(segment, size, align) }
-                && within_limit()
-            {
+                && within_limit();
+            if fits && segment_size < best_size {
                 best = page;
                 best_size = segment_size;
             }
-            // Secure: a spare that keeps its guard page where it is.
+            // Secure: the smallest spare that keeps its guard page where it
+            // is (`fits` holds only under `keeps_size`).
             #[cfg(all(feature = "secure", not(any(loom, miri))))]
-            if kind == PageKind::Huge
-                && segment_size < keeps_size
-                // SAFETY: a slot of our live huge segment, as above.
-                && unsafe { Segment::huge_keeps_guard(segment, size, align) }
-                // SAFETY: as above.
-                && unsafe { Segment::huge_fits(segment, size, align) }
-                && within_limit()
-            {
+            // SAFETY: a slot of our live huge segment (as above), its header
+            // mapped while we hold the lock.
+            if fits && unsafe { Segment::huge_keeps_guard(segment, size, align) } {
                 keeps = page;
                 keeps_size = segment_size;
             }

@@ -581,7 +581,8 @@ impl Segment {
         };
         // SAFETY: a live huge segment (caller): its header is mapped.
         let unit = trim_unit(unsafe { (*segment).size });
-        // SAFETY: as the caller guarantees.
+        // SAFETY: a live huge segment (caller), which is all that
+        // `huge_offset_at_guard` reads (its header's guard offset).
         unsafe { Segment::huge_offset_at_guard(segment, size, align, offset, unit) }.is_some()
     }
 

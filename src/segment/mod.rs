@@ -855,9 +855,10 @@ impl Segment {
         // SAFETY: owner only (caller).
         unsafe {
             (*page).in_use.set(false);
-            // Secure: no pointer passes the block-boundary tests of a page
-            // not in use (a free of one of its blocks is a double free),
-            // its owner's (bounded by the extension) nor another thread's.
+            // Secure: no pointer passes either block-boundary test of a
+            // page not in use, the owner's (bounded by the extension) or
+            // another thread's (by `live_blocks`): a free of one of its
+            // blocks is a double free.
             #[cfg(feature = "secure")]
             {
                 (*page).live_blocks.set(0);
